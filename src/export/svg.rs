@@ -1,0 +1,67 @@
+//! SVG flamegraphs through inferno.
+
+use std::io::Write;
+use std::time::UNIX_EPOCH;
+
+use inferno::flamegraph::{self, Options};
+
+use super::{folded, ExportOptions};
+use crate::profile::Profile;
+
+/// Writes an interactive flamegraph whose title names what was profiled,
+/// when, at what frequency and for how long.
+pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Result<()> {
+    let lines: Vec<String> = folded::lines(p, opts).into_iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let mut o = Options::default();
+    o.title = format!("ember: {}", p.target);
+    o.subtitle = Some(format!(
+        "{} · {:.1} s at {} Hz · {} samples",
+        utc(p.start.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+        p.duration.as_secs_f64(),
+        p.frequency,
+        p.total()
+    ));
+    o.count_name = "samples".to_string();
+    o.name_type = "Function:".to_string();
+    if lines.is_empty() {
+        // inferno refuses empty input; an empty profile is still a valid answer.
+        write!(
+            w,
+            r#"<?xml version="1.0" standalone="no"?><svg version="1.1" width="1200" height="60" xmlns="http://www.w3.org/2000/svg"><text x="600" y="30" text-anchor="middle">{}: no samples</text></svg>"#,
+            xml_escape(&o.title)
+        )?;
+        return Ok(());
+    }
+    flamegraph::from_lines(&mut o, lines.iter().map(|s| s.as_str()), w)?;
+    Ok(())
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
+    }
+}

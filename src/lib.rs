@@ -1,0 +1,14 @@
+//! ember: a continuous CPU profiler for Linux.
+//!
+//! The data flows through the modules in order: [`sample`] (the BPF sampler)
+//! → [`aggregate`] (drain kernel maps into counts) → [`symbolize`] (addresses
+//! to functions, per binary) → [`profile`] (one symbolized profile) →
+//! [`export`] (pprof, folded stacks, SVG).
+
+pub mod aggregate;
+pub mod export;
+pub mod preflight;
+pub mod profile;
+pub mod record;
+pub mod sample;
+pub mod symbolize;

@@ -1,0 +1,321 @@
+//! Turns drained counts into a symbolized [`Profile`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{FrameKind, Function, Line, Location, Mapping, Profile, Sample};
+use crate::aggregate::Aggregate;
+use crate::sample::{SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_USER_LOST};
+use crate::symbolize::{BinaryId, Symbolizer};
+
+/// Profile metadata.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// When sampling started.
+    pub start: SystemTime,
+    /// How long it ran.
+    pub duration: Duration,
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// What was profiled.
+    pub target: String,
+}
+
+/// Where one user address resolved to before symbolization.
+#[derive(Clone, Copy)]
+enum Resolved {
+    Binary { bin: BinaryId, offset: u64, mapping: usize },
+    Anon { mapping: usize },
+    Unmapped,
+}
+
+const KERNEL_START: u64 = 0xffff_8000_0000_0000;
+
+/// Symbolizes every sample of `agg`.
+pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Profile {
+    let mut b = Builder::default();
+
+    // Pick up libraries loaded since each process was captured, and re-read
+    // perf maps, which JITs append to.
+    sym.reset_perf_maps();
+    let mut pids: Vec<u32> = agg.counts.keys().map(|k| k.tgid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for &pid in &pids {
+        if pid != 0 {
+            sym.refresh(pid);
+        }
+    }
+
+    // Pass 1: collect what needs symbolizing, per binary and for the kernel.
+    let mut per_bin: HashMap<BinaryId, Vec<u64>> = HashMap::new();
+    let mut kernel_addrs = Vec::new();
+    for key in agg.counts.keys() {
+        if let Some(frames) = agg.stacks.get(key.user_stack) {
+            let proc = sym.process(key.tgid);
+            for (i, &ip) in frames.iter().enumerate() {
+                let a = adjust(ip, i);
+                if let Some(m) = proc.and_then(|p| p.find(a)) {
+                    if let Some(bin) = sym.binary_of(m) {
+                        per_bin.entry(bin).or_default().push(m.file_offset(a));
+                    }
+                }
+            }
+        }
+        if let Some(frames) = agg.stacks.get(key.kernel_stack) {
+            kernel_addrs.extend(frames.iter().enumerate().map(|(i, &ip)| adjust(ip, i)));
+        }
+    }
+    for (bin, mut offsets) in per_bin {
+        sym.symbolize_binary(bin, &mut offsets);
+    }
+    sym.symbolize_kernel(&mut kernel_addrs);
+
+    // Pass 2: intern locations and samples.
+    let mut samples = Vec::with_capacity(agg.counts.len());
+    for (key, &count) in &agg.counts {
+        let mut locs = Vec::new();
+        if key.flags & SAMPLE_KERNEL_LOST != 0 {
+            locs.push(b.marker(lost_name("kernel", key.flags)));
+        }
+        if let Some(frames) = agg.stacks.get(key.kernel_stack) {
+            for (i, &ip) in frames.iter().enumerate() {
+                locs.push(b.kernel_location(sym, adjust(ip, i)));
+            }
+        }
+        if key.flags & SAMPLE_USER_LOST != 0 {
+            locs.push(b.marker(lost_name("user", key.flags)));
+        }
+        if let Some(frames) = agg.stacks.get(key.user_stack) {
+            for (i, &ip) in frames.iter().enumerate() {
+                locs.push(b.user_location(sym, key.tgid, adjust(ip, i)));
+            }
+        }
+        samples.push(Sample {
+            locations: locs,
+            count,
+            pid: key.tgid,
+            tid: key.tid,
+            comm: b.name(&key.comm),
+            thread_name: b.name(&key.thread_comm),
+        });
+    }
+    // Deterministic output order.
+    samples.sort_by(|a, b| (a.pid, a.tid, &a.locations).cmp(&(b.pid, b.tid, &b.locations)));
+    b.finish_mappings(sym);
+
+    Profile {
+        start: opts.start,
+        duration: opts.duration,
+        frequency: opts.frequency,
+        target: opts.target.clone(),
+        mappings: b.mappings,
+        functions: b.functions,
+        locations: b.locations,
+        samples,
+    }
+}
+
+/// Return addresses point after the call: step back into the call
+/// instruction so lines and inline frames are those of the call site.
+fn adjust(ip: u64, index: usize) -> u64 {
+    if index == 0 {
+        ip
+    } else {
+        ip.saturating_sub(1)
+    }
+}
+
+fn lost_name(what: &str, flags: u32) -> String {
+    if flags & SAMPLE_MAP_FULL != 0 {
+        format!("[lost {what} stack: stack map full]")
+    } else {
+        format!("[lost {what} stack: not readable]")
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    mappings: Vec<Mapping>,
+    mapping_ids: HashMap<(u64, u64, u64, Arc<str>), u32>,
+    mapping_bins: Vec<Option<BinaryId>>,
+    functions: Vec<Function>,
+    function_ids: HashMap<Function, u32>,
+    locations: Vec<Location>,
+    // (kind, pid for process-private code, mapping, address) -> location
+    location_ids: HashMap<(FrameKind, u32, Option<u32>, u64), u32>,
+    markers: HashMap<String, u32>,
+    names: HashMap<[u8; 16], Arc<str>>,
+    kernel_mapping: Option<u32>,
+}
+
+impl Builder {
+    fn name(&mut self, raw: &[u8; 16]) -> Arc<str> {
+        self.names
+            .entry(*raw)
+            .or_insert_with(|| {
+                let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                Arc::from(String::from_utf8_lossy(&raw[..end]).as_ref())
+            })
+            .clone()
+    }
+
+    fn function(&mut self, name: Arc<str>, system_name: Arc<str>, filename: Arc<str>) -> u32 {
+        let f = Function { name, system_name, filename };
+        if let Some(&id) = self.function_ids.get(&f) {
+            return id;
+        }
+        let id = self.functions.len() as u32;
+        self.functions.push(f.clone());
+        self.function_ids.insert(f, id);
+        id
+    }
+
+    fn mapping(&mut self, start: u64, limit: u64, offset: u64, file: Arc<str>, bin: Option<BinaryId>) -> u32 {
+        let key = (start, limit, offset, file.clone());
+        if let Some(&id) = self.mapping_ids.get(&key) {
+            return id;
+        }
+        let id = self.mappings.len() as u32;
+        self.mappings.push(Mapping {
+            start,
+            limit,
+            offset,
+            file,
+            build_id: String::new(),
+            has_functions: false,
+            has_filenames: false,
+            has_line_numbers: false,
+            has_inline_frames: false,
+        });
+        self.mapping_bins.push(bin);
+        self.mapping_ids.insert(key, id);
+        id
+    }
+
+    fn push_location(&mut self, key: (FrameKind, u32, Option<u32>, u64), lines: Vec<Line>, kind: FrameKind) -> u32 {
+        let id = self.locations.len() as u32;
+        self.locations.push(Location { mapping: key.2, address: key.3, lines, kind });
+        self.location_ids.insert(key, id);
+        id
+    }
+
+    fn marker(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.markers.get(&name) {
+            return id;
+        }
+        let n: Arc<str> = Arc::from(name.as_str());
+        let f = self.function(n.clone(), n, Arc::from(""));
+        let id = self.locations.len() as u32;
+        self.locations.push(Location {
+            mapping: None,
+            address: 0,
+            lines: vec![Line { function: f, line: 0 }],
+            kind: FrameKind::Lost,
+        });
+        self.markers.insert(name, id);
+        id
+    }
+
+    fn kernel_location(&mut self, sym: &Symbolizer, addr: u64) -> u32 {
+        let mapping = *self.kernel_mapping.get_or_insert_with(|| {
+            let id = self.mappings.len() as u32;
+            self.mappings.push(Mapping {
+                start: KERNEL_START,
+                limit: u64::MAX,
+                offset: 0,
+                file: Arc::from("[kernel.kallsyms]"),
+                build_id: String::new(),
+                has_functions: false,
+                has_filenames: false,
+                has_line_numbers: false,
+                has_inline_frames: false,
+            });
+            self.mapping_bins.push(None);
+            id
+        });
+        let key = (FrameKind::Kernel, 0, Some(mapping), addr);
+        if let Some(&id) = self.location_ids.get(&key) {
+            return id;
+        }
+        let frames = sym.kernel_frames(addr);
+        let lines = self.lines(&frames);
+        self.mappings[mapping as usize].has_functions |= !lines.is_empty();
+        self.push_location(key, lines, FrameKind::Kernel)
+    }
+
+    fn user_location(&mut self, sym: &mut Symbolizer, pid: u32, addr: u64) -> u32 {
+        let resolved = match sym.process(pid) {
+            Some(p) => match p.find_index(addr) {
+                Some(i) => match sym.binary_of(&p.mappings[i]) {
+                    Some(bin) => Resolved::Binary { bin, offset: p.mappings[i].file_offset(addr), mapping: i },
+                    None => Resolved::Anon { mapping: i },
+                },
+                None => Resolved::Unmapped,
+            },
+            None => Resolved::Unmapped,
+        };
+        let mapping = match resolved {
+            Resolved::Binary { mapping, bin, .. } => Some((mapping, Some(bin))),
+            Resolved::Anon { mapping } => Some((mapping, None)),
+            Resolved::Unmapped => None,
+        }
+        .map(|(i, bin)| {
+            let m = sym.process(pid).expect("resolved above").mappings[i].clone();
+            self.mapping(m.start, m.end, m.offset, m.path, bin)
+        });
+        // Code of a file is the same in every process mapping it at the
+        // same place; anonymous (JIT) code is private to its process.
+        let (kind, owner) = match resolved {
+            Resolved::Binary { .. } => (FrameKind::User, 0),
+            _ => (FrameKind::Jit, pid),
+        };
+        let key = (kind, owner, mapping, addr);
+        if let Some(&id) = self.location_ids.get(&key) {
+            return id;
+        }
+        let lines = match resolved {
+            Resolved::Binary { bin, offset, .. } => {
+                let frames = sym.binary_frames(bin, offset);
+                self.lines(&frames)
+            }
+            _ => match sym.jit_name(pid, addr) {
+                Some(name) => {
+                    let f = self.function(name.clone(), name, Arc::from(""));
+                    if let Some(m) = mapping {
+                        self.mappings[m as usize].has_functions = true;
+                    }
+                    vec![Line { function: f, line: 0 }]
+                }
+                None => Vec::new(),
+            },
+        };
+        // Anonymous code no perf map names is shown like unsymbolized native code.
+        let shown = if kind == FrameKind::Jit && lines.is_empty() { FrameKind::User } else { kind };
+        self.push_location(key, lines, shown)
+    }
+
+    fn lines(&mut self, frames: &[crate::symbolize::SymFrame]) -> Vec<Line> {
+        frames
+            .iter()
+            .map(|f| Line {
+                function: self.function(f.name.clone(), f.system_name.clone(), f.file.clone().unwrap_or_else(|| Arc::from(""))),
+                line: f.line,
+            })
+            .collect()
+    }
+
+    /// Fills the mappings' build IDs and has_* flags from their binaries.
+    fn finish_mappings(&mut self, sym: &Symbolizer) {
+        for (m, bin) in self.mappings.iter_mut().zip(&self.mapping_bins) {
+            if let Some(b) = bin.map(|id| sym.binary(id)) {
+                m.build_id = b.build_id.clone().unwrap_or_default();
+                m.has_functions = b.has_functions;
+                m.has_filenames = b.has_lines;
+                m.has_line_numbers = b.has_lines;
+                m.has_inline_frames = b.has_inline;
+            }
+        }
+    }
+}

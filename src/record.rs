@@ -1,0 +1,401 @@
+//! `ember record`: profile some processes (or the host) for a while and
+//! write the result. The CLI in main.rs only parses arguments into
+//! [`RecordOptions`]; everything observable happens here.
+
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+
+use crate::aggregate::{Aggregate, Drainer};
+use crate::export::{self, ExportOptions, Format};
+use crate::preflight;
+use crate::profile::{self, BuildOptions, Profile};
+use crate::sample::{self, Event, KernelStats, Sampler, Targets};
+use crate::symbolize::Symbolizer;
+
+/// What to profile.
+#[derive(Debug, Clone)]
+pub enum What {
+    /// Existing processes.
+    Pids(Vec<u32>),
+    /// Every process on the host.
+    All,
+    /// A command ember starts, with the processes it forks.
+    Command(Vec<String>),
+}
+
+/// Everything `ember record` needs.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// What to profile.
+    pub what: What,
+    /// Stop after this long; `None` runs until Ctrl-C or the target exits.
+    pub duration: Option<Duration>,
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// Event asked for.
+    pub event: Event,
+    /// Files to write.
+    pub outputs: Vec<(Format, PathBuf)>,
+    /// Capture kernel stacks.
+    pub kernel: bool,
+    /// Per-thread root frames in folded/SVG output.
+    pub threads: bool,
+    /// Count map entries per generation.
+    pub count_map_entries: u32,
+    /// Stack map entries per generation.
+    pub stack_map_entries: u32,
+    /// How often the kernel maps are drained.
+    pub drain_interval: Duration,
+    /// Show a progress line (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// The outcome, for the summary.
+pub struct Recording {
+    /// The symbolized profile.
+    pub profile: Profile,
+    /// Kernel counters at the end.
+    pub stats: KernelStats,
+    /// Samples drained into userspace.
+    pub drained: u64,
+    /// Processes with samples.
+    pub processes: usize,
+    /// Threads with samples.
+    pub threads: usize,
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// Notes for the user (a target exited early...).
+    pub notes: Vec<String>,
+    /// Event actually used.
+    pub event: Event,
+    /// CPUs sampled.
+    pub cpus: usize,
+    /// Kernel memory of the BPF maps.
+    pub map_bytes: u64,
+    /// Time from the end of sampling to the files being written.
+    pub finish_time: Duration,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Checks everything that can be checked before sampling starts.
+pub fn preflight(opts: &RecordOptions) -> Result<()> {
+    if !(1..=100_000).contains(&opts.frequency) {
+        bail!("--frequency {} is out of range; use 1 to 100000 Hz (99 is a good default)", opts.frequency);
+    }
+    if let Some(d) = opts.duration {
+        if d.is_zero() || d > Duration::from_secs(7 * 24 * 3600) {
+            bail!("--duration must be between 1ms and 7 days");
+        }
+    }
+    if opts.outputs.is_empty() {
+        bail!("no output to write; give --output or --format");
+    }
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    if let What::Pids(pids) = &opts.what {
+        for &p in pids {
+            preflight::check_pid(p)?;
+        }
+    }
+    for (_, path) in &opts.outputs {
+        export::check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// Runs a recording from start to written files.
+pub fn run(opts: &RecordOptions) -> Result<Recording> {
+    preflight(opts)?;
+    install_signal_handlers();
+    let self_pid = std::process::id();
+    let targets = match &opts.what {
+        What::All => Targets::All,
+        What::Pids(p) => Targets::Pids { pids: p.clone(), parents: vec![], follow: false },
+        // ember itself is followed, not profiled: the command it forks next is.
+        What::Command(_) => Targets::Pids { pids: vec![], parents: vec![self_pid], follow: true },
+    };
+    let cfg = sample::Config {
+        frequency: opts.frequency,
+        event: opts.event,
+        targets,
+        kernel_stacks: opts.kernel,
+        count_map_entries: opts.count_map_entries,
+        stack_map_entries: opts.stack_map_entries,
+    };
+    let mut sampler = Sampler::start(&cfg)?;
+    let mut sym = Symbolizer::new();
+    let mut agg = Aggregate::default();
+    let mut drainer = Drainer::default();
+
+    let pending: Rc<RefCell<Vec<u32>>> = Rc::default();
+    let mut rb = libbpf_rs::RingBufferBuilder::new();
+    {
+        let pending = pending.clone();
+        rb.add(sampler.events_map(), move |data: &[u8]| {
+            if data.len() >= 4 {
+                pending.borrow_mut().push(u32::from_ne_bytes(data[..4].try_into().unwrap()));
+            }
+            0
+        })?;
+    }
+    let rb = rb.build()?;
+
+    // Capture the targets' maps now, so even their first samples resolve.
+    if let What::Pids(pids) = &opts.what {
+        for &p in pids {
+            sym.capture(p);
+        }
+    }
+
+    let start_wall = SystemTime::now();
+    let start = Instant::now();
+    let mut child: Option<Child> = match &opts.what {
+        What::Command(argv) => Some(
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot run `{}`: {}", argv[0], export::plain_io(&e)))?,
+        ),
+        _ => None,
+    };
+    if let Some(c) = &child {
+        sym.capture(c.id());
+    }
+
+    let progress = opts.progress && std::io::stderr().is_terminal();
+    let mut notes = Vec::new();
+    let mut alive: Vec<u32> = match &opts.what {
+        What::Pids(p) => p.clone(),
+        _ => vec![],
+    };
+    let mut last_drain = Instant::now();
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    loop {
+        let _ = rb.poll(Duration::from_millis(50));
+        for pid in pending.borrow_mut().drain(..) {
+            sym.capture(pid);
+        }
+        let elapsed = start.elapsed();
+        if STOP.load(Ordering::SeqCst) {
+            notes.push(format!("stopped by signal after {:.1} s", elapsed.as_secs_f64()));
+            break;
+        }
+        if opts.duration.is_some_and(|d| elapsed >= d) {
+            break;
+        }
+        if let Some(c) = child.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                notes.push(format!("the command exited after {:.1} s ({status})", elapsed.as_secs_f64()));
+                child = None;
+                break;
+            }
+        }
+        alive.retain(|&p| {
+            let up = std::fs::metadata(format!("/proc/{p}")).is_ok();
+            if !up {
+                notes.push(format!("process {p} exited after {:.1} s; writing what was collected", elapsed.as_secs_f64()));
+            }
+            up
+        });
+        if matches!(opts.what, What::Pids(_)) && alive.is_empty() {
+            break;
+        }
+        if last_drain.elapsed() >= opts.drain_interval {
+            drainer.drain(&mut sampler, &mut agg)?;
+            last_drain = Instant::now();
+        }
+        if progress && last_progress.elapsed() >= Duration::from_millis(500) {
+            last_progress = Instant::now();
+            let samples = sampler.stats().map(|s| s.samples).unwrap_or(0);
+            let remaining = opts
+                .duration
+                .map(|d| format!(" / {:.0}s", d.as_secs_f64()))
+                .unwrap_or_else(|| " (Ctrl-C to stop)".into());
+            eprint!("\r\x1b[2Kember: recording {:.0}s{} · {} samples", elapsed.as_secs_f64(), remaining, samples);
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let duration = start.elapsed();
+    let end = Instant::now();
+    if progress {
+        eprint!("\r\x1b[2K");
+    }
+    // Last events, then the last drain: nothing counted is left behind.
+    let _ = rb.consume();
+    for pid in pending.borrow_mut().drain(..) {
+        sym.capture(pid);
+    }
+    drainer.drain(&mut sampler, &mut agg)?;
+    let stats = sampler.stats()?;
+    let event = sampler.event();
+    let cpus = sampler.cpus();
+    let map_bytes = sampler.map_memory_bytes();
+    drop(rb);
+    drop(sampler);
+
+    let target = describe(&opts.what);
+    let build = BuildOptions { start: start_wall, duration, frequency: opts.frequency, target };
+    let profile = profile::build(&agg, &mut sym, &build);
+    let eo = ExportOptions { threads: opts.threads };
+    let mut written = Vec::new();
+    for (format, path) in &opts.outputs {
+        export::write_file(&profile, *format, path, eo)?;
+        written.push(path.clone());
+    }
+    let finish_time = end.elapsed();
+    if let Some(mut c) = child {
+        // Stopped early: leave the command running, as perf does.
+        let _ = c.try_wait();
+    }
+    let threads = {
+        let mut t: Vec<u32> = agg.counts.keys().map(|k| k.tid).collect();
+        t.sort_unstable();
+        t.dedup();
+        t.len()
+    };
+    Ok(Recording {
+        drained: agg.total(),
+        processes: agg.processes(),
+        threads,
+        profile,
+        stats,
+        written,
+        notes,
+        event,
+        cpus,
+        map_bytes,
+        finish_time,
+    })
+}
+
+fn describe(what: &What) -> String {
+    match what {
+        What::All => format!("all processes on {}", hostname()),
+        What::Pids(pids) => {
+            let names: Vec<String> = pids
+                .iter()
+                .map(|p| {
+                    let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                    let comm = comm.trim();
+                    if comm.is_empty() { format!("pid {p}") } else { format!("pid {p} ({comm})") }
+                })
+                .collect();
+            names.join(", ")
+        }
+        What::Command(argv) => format!("`{}`", argv.join(" ")),
+    }
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// The end-of-run summary shown to the user.
+pub fn summary(r: &Recording) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let p = &r.profile;
+    let _ = writeln!(
+        s,
+        "ember: {} samples of {} over {:.1} s at {} Hz on {} CPUs ({})",
+        r.drained,
+        p.target,
+        p.duration.as_secs_f64(),
+        p.frequency,
+        r.cpus,
+        r.event.name()
+    );
+    for n in &r.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    let st = &r.stats;
+    let mut lost = Vec::new();
+    if st.lost_count_map_full > 0 {
+        lost.push(format!("{} samples dropped: count map full (raise --count-map-size)", st.lost_count_map_full));
+    }
+    if st.lost_stack_map_full > 0 {
+        lost.push(format!("{} stacks not stored: stack map full (raise --stack-map-size)", st.lost_stack_map_full));
+    }
+    if st.lost_user_stack > 0 {
+        lost.push(format!("{} user stacks unreadable", st.lost_user_stack));
+    }
+    if st.events_lost > 0 {
+        lost.push(format!("{} new-process notifications dropped", st.events_lost));
+    }
+    if lost.is_empty() {
+        let _ = writeln!(s, "  lost: none");
+    } else {
+        let _ = writeln!(s, "  lost: {}", lost.join("; "));
+    }
+    let _ = writeln!(s, "  processes: {}, threads: {}, BPF maps: {:.1} MiB", r.processes, r.threads, r.map_bytes as f64 / 1048576.0);
+    let total = p.total().max(1);
+    let top = p.top_self(5);
+    if !top.is_empty() {
+        let _ = writeln!(s, "  top functions by self time:");
+        for (name, n) in top {
+            let _ = writeln!(s, "    {:5.1}%  {}", 100.0 * n as f64 / total as f64, name);
+        }
+    }
+    let files: Vec<String> = r.written.iter().map(|p| p.display().to_string()).collect();
+    let _ = writeln!(s, "  wrote {} (in {:.2} s)", files.join(", "), r.finish_time.as_secs_f64());
+    s
+}
+
+/// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
+    let v: f64 = num.parse().with_context(|| format!("invalid duration {s:?}; use e.g. 30s, 2m, 1h or 500ms"))?;
+    let secs = match unit {
+        "" | "s" | "sec" | "secs" => v,
+        "ms" => v / 1000.0,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => bail!("invalid duration {s:?}; use e.g. 30s, 2m, 1h or 500ms"),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        bail!("invalid duration {s:?}: it must be greater than zero");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("10y").is_err());
+    }
+}

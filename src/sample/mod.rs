@@ -1,0 +1,298 @@
+//! sample: the BPF sampler. Loads `bpf/profiler.bpf.c`, attaches it to a
+//! sampling perf event on every online CPU, and exposes the maps the drain
+//! reads. Nothing here allocates per sample: the kernel aggregates.
+
+pub mod perf;
+
+#[allow(clippy::all, missing_docs, dead_code, non_camel_case_types)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
+}
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags};
+
+pub use perf::Event;
+use skel::{ProfilerSkel, ProfilerSkelBuilder};
+
+/// Mirrors `struct sample_key` in bpf/ember.h.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct SampleKey {
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Hash of the user stack in the stack map; 0 when there is none.
+    pub user_stack: u64,
+    /// Hash of the kernel stack in the stack map; 0 when there is none.
+    pub kernel_stack: u64,
+    /// `SAMPLE_USER_LOST` / `SAMPLE_KERNEL_LOST`.
+    pub flags: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+    /// Process (group leader) name, NUL padded.
+    pub comm: [u8; 16],
+    /// Thread name, NUL padded.
+    pub thread_comm: [u8; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<SampleKey>() == 64);
+
+/// `sample_key.flags`: the user stack could not be read or stored.
+pub const SAMPLE_USER_LOST: u32 = 1;
+/// `sample_key.flags`: the kernel stack could not be stored.
+pub const SAMPLE_KERNEL_LOST: u32 = 2;
+/// `sample_key.flags`: the lost stack did not fit the stack map.
+pub const SAMPLE_MAP_FULL: u32 = 4;
+/// Frames per stack; `EMBER_MAX_DEPTH` in bpf/ember.h.
+pub const MAX_DEPTH: usize = 127;
+/// Size of `struct stack_trace`.
+pub const STACK_TRACE_SIZE: usize = 8 + 8 * MAX_DEPTH;
+
+const FILTER_PROFILE: u8 = 1;
+const FILTER_FOLLOW: u8 = 2;
+
+/// Cumulative counters kept by the BPF program (index = `enum ember_stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Samples of profiled tasks (recorded, or lost as counted below).
+    pub samples: u64,
+    /// Samples that hit an idle CPU (not recorded).
+    pub idle: u64,
+    /// Samples whose user stack could not be read (kept, marked `[lost]`).
+    pub lost_user_stack: u64,
+    /// Samples with a stack that did not fit the stack map (kept, marked).
+    pub lost_stack_map_full: u64,
+    /// Samples lost entirely because the count map was full.
+    pub lost_count_map_full: u64,
+    /// New-process notifications dropped (ring buffer full).
+    pub events_lost: u64,
+}
+
+impl KernelStats {
+    /// Samples that made it into the count map.
+    pub fn recorded(&self) -> u64 {
+        self.samples - self.lost_count_map_full
+    }
+}
+
+/// Which processes to sample.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Every process on the host, kernel threads included.
+    All,
+    /// These processes (all their threads); with `follow`, processes forked
+    /// by them later too. `parents` are only followed, never profiled.
+    Pids { pids: Vec<u32>, parents: Vec<u32>, follow: bool },
+}
+
+/// Sampler settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// The sampling event asked for.
+    pub event: Event,
+    /// What to sample.
+    pub targets: Targets,
+    /// Capture kernel stacks.
+    pub kernel_stacks: bool,
+    /// Entries in each generation's count map.
+    pub count_map_entries: u32,
+    /// Entries in each generation's stack map.
+    pub stack_map_entries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            frequency: 99,
+            event: Event::CpuClock,
+            targets: Targets::All,
+            kernel_stacks: true,
+            count_map_entries: 16384,
+            stack_map_entries: 8192,
+        }
+    }
+}
+
+/// A loaded and attached sampler.
+pub struct Sampler {
+    skel: ProfilerSkel<'static>,
+    _links: Vec<Link>,
+    event: Event,
+    generation: u32,
+    cpus: usize,
+}
+
+impl Sampler {
+    /// Loads the BPF program, fills the filter and attaches to every CPU.
+    pub fn start(cfg: &Config) -> Result<Sampler> {
+        // The skeleton borrows its object for the sampler's life; one leaked
+        // allocation per sampler keeps the types simple.
+        let object = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = ProfilerSkelBuilder::default()
+            .open(object)
+            .context("opening the BPF object failed")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("BPF object has no .rodata")?;
+        rodata.filter_enabled = matches!(cfg.targets, Targets::Pids { .. });
+        rodata.kernel_stacks = cfg.kernel_stacks;
+        rodata.include_idle = false;
+        for m in [&mut open.maps.counts0, &mut open.maps.counts1] {
+            m.set_max_entries(cfg.count_map_entries)?;
+        }
+        for m in [&mut open.maps.stacks0, &mut open.maps.stacks1] {
+            m.set_max_entries(cfg.stack_map_entries)?;
+        }
+        let skel = open.load().map_err(|e| {
+            anyhow::anyhow!(
+                "the kernel refused ember's BPF program ({e}); ember needs Linux 5.15 or newer with BTF"
+            )
+        })?;
+
+        if let Targets::Pids { pids, parents, follow } = &cfg.targets {
+            let flags = FILTER_PROFILE | if *follow { FILTER_FOLLOW } else { 0 };
+            for pid in pids {
+                skel.maps.filter.update(&pid.to_ne_bytes(), &[flags], MapFlags::ANY)?;
+            }
+            for pid in parents {
+                skel.maps.filter.update(&pid.to_ne_bytes(), &[FILTER_FOLLOW], MapFlags::ANY)?;
+            }
+        }
+
+        let mut links = Vec::new();
+        if matches!(cfg.targets, Targets::Pids { follow: true, .. }) {
+            links.push(skel.progs.on_fork.attach().context("attaching to sched_process_fork failed")?);
+        }
+        links.push(skel.progs.on_exec.attach().context("attaching to sched_process_exec failed")?);
+
+        let cpus = perf::online_cpus().context("reading the online CPUs failed")?;
+        let mut event = cfg.event;
+        for &cpu in &cpus {
+            let fd = match perf::open(event, cpu, cfg.frequency) {
+                Ok(fd) => fd,
+                Err(e)
+                    if event == Event::Cycles
+                        && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV)) =>
+                {
+                    // No hardware PMU (typical in VMs): the software clock works everywhere.
+                    event = Event::CpuClock;
+                    perf::open(event, cpu, cfg.frequency)?
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => bail!(
+                    "the kernel refused a sampling frequency of {} Hz; check /proc/sys/kernel/perf_event_max_sample_rate and use a lower --frequency",
+                    cfg.frequency
+                ),
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => continue, // CPU went offline
+                Err(e) => return Err(e).with_context(|| format!("opening the {} perf event on CPU {cpu} failed", event.name())),
+            };
+            match skel.progs.on_sample.attach_perf_event(fd) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    // SAFETY: fd is ours until libbpf takes it, which failed.
+                    unsafe { libc::close(fd) };
+                    return Err(e).context("attaching the sampler to a perf event failed");
+                }
+            }
+        }
+        Ok(Sampler { skel, _links: links, event, generation: 0, cpus: cpus.len() })
+    }
+
+    /// The event actually used (cycles may have fallen back to cpu-clock).
+    pub fn event(&self) -> Event {
+        self.event
+    }
+
+    /// Number of CPUs sampled.
+    pub fn cpus(&self) -> usize {
+        self.cpus
+    }
+
+    /// Starts a new generation and waits until no sample can still write to
+    /// the previous one. Returns the index (0 or 1) of the generation to drain.
+    pub fn flip_generation(&mut self) -> usize {
+        let old = (self.generation & 1) as usize;
+        self.generation = self.generation.wrapping_add(1);
+        let bss = self.skel.maps.bss_data.as_deref_mut().expect("the BPF object has a .bss");
+        // SAFETY: the .bss is a live mmap shared with the kernel; a volatile
+        // store makes the new value visible to the next BPF invocation.
+        unsafe { std::ptr::write_volatile(&mut bss.generation, self.generation) };
+        wait_for_bpf_programs();
+        old
+    }
+
+    /// The count map of generation `g`.
+    pub fn counts_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
+        if g == 0 { &self.skel.maps.counts0 } else { &self.skel.maps.counts1 }
+    }
+
+    /// The stack map of generation `g`.
+    pub fn stacks_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
+        if g == 0 { &self.skel.maps.stacks0 } else { &self.skel.maps.stacks1 }
+    }
+
+    /// The ring buffer of new-process notifications.
+    pub fn events_map(&self) -> &libbpf_rs::MapMut<'static> {
+        &self.skel.maps.events
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn stats(&self) -> Result<KernelStats> {
+        let mut v = [0u64; 6];
+        for (i, slot) in v.iter_mut().enumerate() {
+            let per_cpu = self
+                .skel
+                .maps
+                .stats
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
+                .unwrap_or_default();
+            *slot = per_cpu.iter().map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap())).sum();
+        }
+        Ok(KernelStats {
+            samples: v[0],
+            idle: v[1],
+            lost_user_stack: v[2],
+            lost_stack_map_full: v[3],
+            lost_count_map_full: v[4],
+            events_lost: v[5],
+        })
+    }
+
+    /// Kernel memory held by the sampler's maps, from their fdinfo.
+    pub fn map_memory_bytes(&self) -> u64 {
+        let m = &self.skel.maps;
+        [&m.counts0, &m.counts1, &m.stacks0, &m.stacks1, &m.filter, &m.known, &m.events, &m.scratch, &m.stats]
+            .iter()
+            .map(|map| memlock_of(map.as_fd().as_raw_fd()))
+            .sum()
+    }
+}
+
+fn memlock_of(fd: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("memlock:").map(|v| v.trim().parse().unwrap_or(0)))
+        })
+        .unwrap_or(0)
+}
+
+/// Waits for an RCU grace period: BPF programs run inside RCU read-side
+/// sections, so once it ends no program can still hold the old generation.
+fn wait_for_bpf_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integer arguments and no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        // nohz_full kernels refuse it: a BPF sample handler takes
+        // microseconds, so a generous sleep is as good in practice.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,365 @@
+//! symbolize: addresses to functions, file and line.
+//!
+//! User frames are resolved per *binary* (keyed by device and inode), not per
+//! process: a host running 500 copies of one program symbolizes it once.
+//! Each process's executable mappings are captured when the sampler first
+//! sees it, and the binary's file is held open, so samples of processes that
+//! exited before the drain still symbolize. Kernel frames come from
+//! /proc/kallsyms, JIT frames from perf maps.
+
+pub mod perfmap;
+pub mod procmap;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Elf, Kernel, Process as ProcSource, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
+use blazesym::MaybeDefault;
+
+pub use perfmap::PerfMap;
+pub use procmap::{FileKey, Mapping, Process};
+
+/// One function frame of a symbolized address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SymFrame {
+    /// Demangled name.
+    pub name: Arc<str>,
+    /// Name as in the symbol table (mangled).
+    pub system_name: Arc<str>,
+    /// Source file, when debug info has it.
+    pub file: Option<Arc<str>>,
+    /// Source line, 0 when unknown.
+    pub line: u32,
+}
+
+/// The frames of one address, innermost (inlined) first; empty if unknown.
+pub type Frames = Arc<[SymFrame]>;
+
+/// A binary seen in some process.
+pub struct Binary {
+    /// Path as first seen in a process's maps.
+    pub path: Arc<str>,
+    /// Hex GNU build ID, when present.
+    pub build_id: Option<String>,
+    /// Some address resolved to a function name.
+    pub has_functions: bool,
+    /// Some address resolved to a file and line.
+    pub has_lines: bool,
+    /// Some address resolved to inline frames.
+    pub has_inline: bool,
+    /// The vDSO, symbolized through ember's own copy.
+    pub vdso: bool,
+    file: Option<File>,
+    cache: HashMap<u64, Frames>,
+}
+
+/// Binary handle.
+pub type BinaryId = usize;
+
+/// Caches of everything needed to name addresses.
+pub struct Symbolizer {
+    blaze: Blaze,
+    processes: HashMap<u32, Process>,
+    binaries: Vec<Binary>,
+    by_file: HashMap<FileKey, BinaryId>,
+    vdso_binary: Option<BinaryId>,
+    perf_maps: HashMap<u32, Option<PerfMap>>,
+    kernel: HashMap<u64, Frames>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counters for the summary and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SymStats {
+    /// Processes with captured maps.
+    pub processes: usize,
+    /// Distinct binaries.
+    pub binaries: usize,
+    /// Addresses cached.
+    pub cached_addresses: usize,
+}
+
+impl Symbolizer {
+    /// An empty symbolizer.
+    pub fn new() -> Symbolizer {
+        let blaze = Blaze::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            // ember keeps the mangled name too, so it demangles itself.
+            .enable_demangling(false)
+            .build();
+        Symbolizer {
+            blaze,
+            processes: HashMap::new(),
+            binaries: Vec::new(),
+            by_file: HashMap::new(),
+            vdso_binary: None,
+            perf_maps: HashMap::new(),
+            kernel: HashMap::new(),
+        }
+    }
+
+    /// Captures (or refreshes) a process's mappings and opens its binaries.
+    /// Call it as soon as a process is first seen, while it lives.
+    pub fn capture(&mut self, pid: u32) {
+        match procmap::read_mappings(pid) {
+            Ok(maps) => {
+                for m in &maps {
+                    if let Some(key) = m.file {
+                        self.register_binary(pid, key, m);
+                    } else if m.vdso && self.vdso_binary.is_none() {
+                        self.binaries.push(Binary::new(m.path.clone(), None, true));
+                        self.vdso_binary = Some(self.binaries.len() - 1);
+                    }
+                }
+                let ns_pid = procmap::ns_pid(pid);
+                let p = self.processes.entry(pid).or_default();
+                p.ns_pid = ns_pid;
+                p.exited = false;
+                p.merge(maps);
+            }
+            Err(_) => {
+                self.processes.entry(pid).or_insert_with(|| Process { ns_pid: pid, ..Default::default() }).exited = true;
+            }
+        }
+    }
+
+    /// Re-reads a process at most once per call site's choosing; used before
+    /// building a profile to pick up libraries loaded since the capture.
+    pub fn refresh(&mut self, pid: u32) {
+        if !self.processes.get(&pid).is_some_and(|p| p.exited) {
+            self.capture(pid);
+        }
+    }
+
+    /// Forgets a process (its binaries stay cached).
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        self.perf_maps.remove(&pid);
+    }
+
+    fn register_binary(&mut self, pid: u32, key: FileKey, m: &Mapping) {
+        if self.by_file.contains_key(&key) {
+            return;
+        }
+        // map_files reaches the very file mapped, even if deleted or in
+        // another mount namespace; fall back to the path through the
+        // process's root, then the plain path.
+        let candidates = [
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
+            PathBuf::from(format!("/proc/{pid}/root{}", m.path)),
+            PathBuf::from(&*m.path),
+        ];
+        let file = candidates.iter().find_map(|p| File::open(p).ok());
+        let build_id = file.as_ref().and_then(|f| {
+            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            blazesym::helper::read_elf_build_id(&path)
+                .ok()
+                .flatten()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+        });
+        let mut b = Binary::new(m.path.clone(), file, false);
+        b.build_id = build_id;
+        self.binaries.push(b);
+        self.by_file.insert(key, self.binaries.len() - 1);
+    }
+
+    /// The process as captured.
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    /// The binary behind a mapping.
+    pub fn binary_of(&self, m: &Mapping) -> Option<BinaryId> {
+        if m.vdso {
+            return self.vdso_binary;
+        }
+        m.file.and_then(|k| self.by_file.get(&k).copied())
+    }
+
+    /// A binary by id.
+    pub fn binary(&self, id: BinaryId) -> &Binary {
+        &self.binaries[id]
+    }
+
+    /// Symbolizes file offsets of one binary in one batch, filling its cache.
+    pub fn symbolize_binary(&mut self, id: BinaryId, offsets: &mut Vec<u64>) {
+        let bin = &self.binaries[id];
+        offsets.retain(|o| !bin.cache.contains_key(o));
+        offsets.sort_unstable();
+        offsets.dedup();
+        if offsets.is_empty() {
+            return;
+        }
+        let results: Vec<Frames> = if bin.vdso {
+            match own_vdso_start() {
+                Some(base) => {
+                    let addrs: Vec<u64> = offsets.iter().map(|o| base + o).collect();
+                    let src = Source::Process(ProcSource::new(blazesym::Pid::Slf));
+                    self.run(&src, Input::AbsAddr(&addrs[..]), addrs.len())
+                }
+                None => vec![Frames::from([]); offsets.len()],
+            }
+        } else if let Some(f) = &bin.file {
+            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", f.as_raw_fd())));
+            self.run(&src, Input::FileOffset(&offsets[..]), offsets.len())
+        } else {
+            vec![Frames::from([]); offsets.len()]
+        };
+        let bin = &mut self.binaries[id];
+        for (o, frames) in offsets.iter().zip(results) {
+            bin.has_functions |= !frames.is_empty();
+            bin.has_lines |= frames.iter().any(|f| f.line != 0);
+            bin.has_inline |= frames.len() > 1;
+            bin.cache.insert(*o, frames);
+        }
+    }
+
+    /// Cached frames of a binary's file offset (after `symbolize_binary`).
+    pub fn binary_frames(&self, id: BinaryId, offset: u64) -> Frames {
+        self.binaries[id].cache.get(&offset).cloned().unwrap_or_else(|| Frames::from([]))
+    }
+
+    /// Symbolizes kernel addresses in one batch, filling the cache.
+    pub fn symbolize_kernel(&mut self, addrs: &mut Vec<u64>) {
+        addrs.retain(|a| !self.kernel.contains_key(a));
+        addrs.sort_unstable();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return;
+        }
+        // kallsyms only: no vmlinux search, and no dependency on
+        // /proc/modules, which kernels without module support lack.
+        let kernel = Kernel {
+            vmlinux: MaybeDefault::None,
+            kallsyms: MaybeDefault::Default,
+            debug_syms: false,
+            ..Default::default()
+        };
+        let results = self.run(&Source::Kernel(kernel), Input::AbsAddr(&addrs[..]), addrs.len());
+        for (a, f) in addrs.iter().zip(results) {
+            self.kernel.insert(*a, f);
+        }
+    }
+
+    /// Cached frames of a kernel address.
+    pub fn kernel_frames(&self, addr: u64) -> Frames {
+        self.kernel.get(&addr).cloned().unwrap_or_else(|| Frames::from([]))
+    }
+
+    /// The perf-map name of a JIT address, loading the map on first use.
+    pub fn jit_name(&mut self, pid: u32, addr: u64) -> Option<Arc<str>> {
+        let ns_pid = self.processes.get(&pid).map(|p| p.ns_pid).unwrap_or(pid);
+        let map = self.perf_maps.entry(pid).or_insert_with(|| {
+            PerfMap::load(format!("/tmp/perf-{pid}.map").as_ref())
+                .or_else(|| PerfMap::load(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map").as_ref()))
+        });
+        map.as_ref()?.find(addr).cloned()
+    }
+
+    /// Drops the perf maps read so far, so the next build re-reads them
+    /// (JITs append as they compile).
+    pub fn reset_perf_maps(&mut self) {
+        self.perf_maps.clear();
+    }
+
+    /// Cache sizes.
+    pub fn stats(&self) -> SymStats {
+        SymStats {
+            processes: self.processes.len(),
+            binaries: self.binaries.len(),
+            cached_addresses: self.kernel.len() + self.binaries.iter().map(|b| b.cache.len()).sum::<usize>(),
+        }
+    }
+
+    fn run(&self, src: &Source<'_>, input: Input<&[u64]>, n: usize) -> Vec<Frames> {
+        match self.blaze.symbolize(src, input) {
+            Ok(syms) => syms.into_iter().map(|s| to_frames(&s)).collect(),
+            Err(_) => vec![Frames::from([]); n],
+        }
+    }
+}
+
+impl Binary {
+    fn new(path: Arc<str>, file: Option<File>, vdso: bool) -> Binary {
+        Binary {
+            path,
+            build_id: None,
+            has_functions: false,
+            has_lines: false,
+            has_inline: false,
+            vdso,
+            file,
+            cache: HashMap::new(),
+        }
+    }
+}
+
+/// Converts blazesym's outermost-first result into frames innermost first.
+fn to_frames(s: &Symbolized<'_>) -> Frames {
+    let Symbolized::Sym(sym) = s else { return Frames::from([]) };
+    let mut out = Vec::with_capacity(1 + sym.inlined.len());
+    // blazesym reports the outer function's code info at the address of the
+    // first inlined call; each inlined function carries its own location.
+    let outer_loc = sym.code_info.as_deref().map(|c| (path_of(c), c.line.unwrap_or(0)));
+    let mut locs: Vec<Option<(Arc<str>, u32)>> = Vec::with_capacity(1 + sym.inlined.len());
+    locs.push(outer_loc);
+    for f in sym.inlined.iter() {
+        locs.push(f.code_info.as_ref().map(|c| (path_of(c), c.line.unwrap_or(0))));
+    }
+    let names: Vec<&str> = std::iter::once(&*sym.name).chain(sym.inlined.iter().map(|f| &*f.name)).collect();
+    for (name, loc) in names.iter().zip(locs).rev() {
+        let (file, line) = match loc {
+            Some((f, l)) => (Some(f), l),
+            None => (None, 0),
+        };
+        out.push(SymFrame { name: demangle(name).into(), system_name: Arc::from(*name), file, line });
+    }
+    out.into()
+}
+
+fn path_of(c: &blazesym::symbolize::CodeInfo<'_>) -> Arc<str> {
+    Arc::from(c.to_path().to_string_lossy().as_ref())
+}
+
+/// Demangles Rust (legacy and v0) and Itanium C++ names; others pass through.
+pub fn demangle(name: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return format!("{d:#}");
+    }
+    if name.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
+            if let Ok(d) = sym.demangle() {
+                return d;
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn own_vdso_start() -> Option<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    u64::from_str_radix(line.split('-').next()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles() {
+        assert_eq!(demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"), "core::ptr::drop_in_place");
+        assert_eq!(demangle("_Z3fooi"), "foo(int)");
+        assert_eq!(demangle("main"), "main");
+    }
+}
