@@ -120,6 +120,10 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 	}
 	st->len = n / sizeof(__u64);
 	__u64 h = hash_stack(st, seed);
+	/* Most samples repeat a stored stack: a lockless lookup avoids the
+	 * bucket lock and the 1 KiB copy of an update. */
+	if (bpf_map_lookup_elem(stacks, &h))
+		return h;
 	long err = bpf_map_update_elem(stacks, &h, st, BPF_NOEXIST);
 	if (err && err != -17 /* EEXIST: already stored */) {
 		*lost = true;

@@ -32,8 +32,8 @@ struct RecordArgs {
     #[arg(short, long, conflicts_with = "pids")]
     all: bool,
     /// Stop after this long (30s, 2m, 1h); default: until Ctrl-C or the target exits.
-    #[arg(short, long, value_parser = record::parse_duration)]
-    duration: Option<Duration>,
+    #[arg(short, long)]
+    duration: Option<String>,
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, default_value_t = 99, alias = "rate")]
     frequency: u64,
@@ -97,7 +97,7 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
     let outputs = outputs(&a.outputs, &a.formats)?;
     let opts = RecordOptions {
         what,
-        duration: a.duration,
+        duration: a.duration.as_deref().map(record::parse_duration).transpose()?,
         frequency: a.frequency,
         event: if a.event == "cycles" { Event::Cycles } else { Event::CpuClock },
         outputs,

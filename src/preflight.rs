@@ -47,8 +47,17 @@ pub fn check_btf() -> Result<()> {
 
 /// Fails unless `pid` names a running process.
 pub fn check_pid(pid: u32) -> Result<()> {
-    if pid == 0 || std::fs::metadata(format!("/proc/{pid}")).is_err() {
+    if pid == 0 || !is_running(pid) {
         bail!("no process with PID {pid} is running; check the PID with `ps -p {pid}`");
     }
     Ok(())
+}
+
+/// True while `pid` runs: exists and is not a zombie waiting to be reaped.
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may itself hold ')'.
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
 }

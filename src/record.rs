@@ -215,7 +215,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             }
         }
         alive.retain(|&p| {
-            let up = std::fs::metadata(format!("/proc/{p}")).is_ok();
+            let up = preflight::is_running(p);
             if !up {
                 notes.push(format!("process {p} exited after {:.1} s; writing what was collected", elapsed.as_secs_f64()));
             }

@@ -1,0 +1,36 @@
+#!/bin/sh
+# Installs what building and testing ember needs on Debian/Ubuntu, and only
+# what is missing: clang and libelf/zlib headers for the BPF build, Go's
+# pprof as an independent decoder for tests, Node for the JIT test, and perf
+# for the benchmark. Safe to run again.
+set -eu
+
+need=""
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+
+have_cmd clang || need="$need clang"
+have_cmd pkg-config || need="$need pkg-config"
+have_pkg libelf-dev || need="$need libelf-dev"
+have_pkg zlib1g-dev || need="$need zlib1g-dev"
+have_cmd go || need="$need golang-go"
+have_cmd node || need="$need nodejs"
+have_cmd perf || need="$need linux-perf"
+have_cmd setpriv || need="$need util-linux"
+
+if [ -n "$need" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "ember setup: missing packages:$need; run this script as root (or: apt-get install -y$need)" >&2
+        exit 1
+    fi
+    echo "ember setup: installing$need" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+
+if ! have_cmd cargo; then
+    echo "ember setup: cargo is missing; install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+fi

@@ -1,0 +1,122 @@
+//! Helpers for the end-to-end tests: build fixtures, run ember, read outputs.
+//! These tests load the real BPF program, so they need root (CI runs as root).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+pub const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Builds fixtures/<name> (C with clang and frame pointers, or Rust with
+/// rustc) once and returns the binary's path.
+pub fn fixture(name: &str) -> PathBuf {
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem = name.split('.').next().unwrap();
+    let out = dir.join(stem);
+    let src = root().join("fixtures").join(name);
+    if out.exists() && out.metadata().unwrap().modified().unwrap() >= src.metadata().unwrap().modified().unwrap() {
+        return out;
+    }
+    let status = if name.ends_with(".rs") {
+        Command::new("rustc")
+            .args(["-C", "opt-level=2", "-g", "-C", "force-frame-pointers=yes", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+    } else {
+        Command::new("clang")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+    }
+    .expect("running the fixture compiler");
+    assert!(status.success(), "building fixture {name} failed");
+    out
+}
+
+/// Source path of a fixture.
+pub fn fixture_src(name: &str) -> PathBuf {
+    root().join("fixtures").join(name)
+}
+
+/// Runs ember with `args` and returns its output.
+pub fn ember(args: &[&str], cwd: &Path) -> Output {
+    Command::new(EMBER).args(args).current_dir(cwd).output().expect("running ember")
+}
+
+/// Runs ember and asserts it succeeded; returns stderr.
+pub fn ember_ok(args: &[&str], cwd: &Path) -> String {
+    let out = ember(args, cwd);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ember {args:?} failed: {err}");
+    err
+}
+
+/// The sample count ember's summary reports.
+pub fn summary_samples(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.starts_with("ember: ") && l.contains(" samples of ")).expect("summary line");
+    line["ember: ".len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Reads a folded file into stack -> count.
+pub fn folded(path: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| {
+            let (s, n) = l.rsplit_once(' ').expect("folded line ends in a count");
+            (s.to_string(), n.parse().expect("count"))
+        })
+        .collect()
+}
+
+/// Samples whose stack has a frame satisfying `pred`.
+pub fn count_where(f: &BTreeMap<String, u64>, pred: impl Fn(&str) -> bool) -> u64 {
+    f.iter().filter(|(s, _)| s.split(';').any(&pred)).map(|(_, n)| n).sum()
+}
+
+/// Samples whose root (process) frame is `comm`.
+pub fn count_comm(f: &BTreeMap<String, u64>, comm: &str) -> u64 {
+    f.iter().filter(|(s, _)| s.split(';').next() == Some(comm)).map(|(_, n)| n).sum()
+}
+
+/// Total of `go tool pprof -raw` sample counts: an independent decoder.
+pub fn go_pprof_total(path: &Path) -> u64 {
+    let out = Command::new("go").args(["tool", "pprof", "-raw"]).arg(path).output().expect("running go tool pprof");
+    assert!(out.status.success(), "go tool pprof rejected {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    let mut in_samples = false;
+    for l in text.lines() {
+        if l.starts_with("Samples:") {
+            in_samples = true;
+            continue;
+        }
+        if in_samples && !l.starts_with(' ') && !l.starts_with("samples/count") {
+            break;
+        }
+        // Sample rows: "   count   nanos: loc loc ..."
+        if in_samples && l.contains(':') && !l.trim_start().starts_with(|c: char| c.is_alphabetic()) {
+            total += l.split_whitespace().next().unwrap().parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
