@@ -16,7 +16,12 @@ fn main() {
             "\n\nember needs clang to compile its BPF program: run `apt-get install -y clang libelf-dev zlib1g-dev pkg-config` (or ./scripts/setup.sh) and build again.\n\n"
         );
     }
-    if Command::new("pkg-config").args(["--exists", "libelf"]).status().map(|s| !s.success()).unwrap_or(true) {
+    if Command::new("pkg-config")
+        .args(["--exists", "libelf"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
         panic!(
             "\n\nember needs libelf and pkg-config to build libbpf: run `apt-get install -y clang libelf-dev zlib1g-dev pkg-config` (or ./scripts/setup.sh) and build again.\n\n"
         );
@@ -30,7 +35,12 @@ fn main() {
     libbpf_cargo::SkeletonBuilder::new()
         .source(SRC)
         .clang(&clang)
-        .clang_args([format!("-D__TARGET_ARCH_{arch}"), "-Ibpf".to_string(), "-O2".to_string(), "-g".to_string()])
+        .clang_args([
+            format!("-D__TARGET_ARCH_{arch}"),
+            "-Ibpf".to_string(),
+            "-O2".to_string(),
+            "-g".to_string(),
+        ])
         .build_and_generate(out.join("profiler.skel.rs"))
         .expect("compiling bpf/profiler.bpf.c failed (see clang's messages above)");
     println!("cargo:rerun-if-changed=bpf/");

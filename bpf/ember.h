@@ -48,11 +48,14 @@ enum ember_stat {
 	STAT_MAX,
 };
 
-/* Ring-buffer message: a process was sampled for the first time (or after
- * exec), so userspace should capture its memory map while it lives. */
+/* Ring-buffer message: a process was sampled for the first time, or
+ * exec'd, so userspace should capture its memory map while it lives. */
 struct ember_proc_event {
 	__u32 tgid;
-	__u32 _pad;
+	__u32 kind; /* PROC_EVENT_* */
 };
+
+#define PROC_EVENT_NEW 0  /* first sample of a process */
+#define PROC_EVENT_EXEC 1 /* the process replaced its image */
 
 #endif

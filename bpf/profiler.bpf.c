@@ -133,6 +133,18 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 	return h;
 }
 
+static __always_inline void notify(__u32 tgid, __u32 kind)
+{
+	struct ember_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (e) {
+		e->tgid = tgid;
+		e->kind = kind;
+		bpf_ringbuf_submit(e, 0);
+	} else {
+		stat_inc(STAT_EVENTS_LOST);
+	}
+}
+
 SEC("perf_event")
 int on_sample(struct bpf_perf_event_data *ctx)
 {
@@ -207,14 +219,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (tgid && !bpf_map_lookup_elem(&known, &tgid)) {
 		__u8 one = 1;
 		bpf_map_update_elem(&known, &tgid, &one, BPF_ANY);
-		struct ember_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e) {
-			e->tgid = tgid;
-			e->_pad = 0;
-			bpf_ringbuf_submit(e, 0);
-		} else {
-			stat_inc(STAT_EVENTS_LOST);
-		}
+		notify(tgid, PROC_EVENT_NEW);
 	}
 	return 0;
 }
@@ -237,10 +242,24 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-/* After exec a process maps a new image: have userspace capture it again. */
+/* After exec a process maps a new image: have userspace capture it again,
+ * for processes it already knows. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	if (bpf_map_delete_elem(&known, &tgid) == 0)
+		notify(tgid, PROC_EVENT_EXEC);
+	return 0;
+}
+
+/* A process is gone: its pid may be reused by an unrelated process, which
+ * must be announced again. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
+		return 0; /* a thread, not the process */
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 	bpf_map_delete_elem(&known, &tgid);
 	return 0;

@@ -10,7 +10,12 @@ use ember::record::{self, RecordOptions, What};
 use ember::sample::Event;
 
 #[derive(Parser)]
-#[command(name = "ember", version, about = "A CPU profiler for Linux built on eBPF", propagate_version = true)]
+#[command(
+    name = "ember",
+    version,
+    about = "A CPU profiler for Linux built on eBPF",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -19,7 +24,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Profile processes, a command or the whole host, and write pprof + SVG.
-    #[command(after_help = "Examples:\n  sudo ember record --pid 1234 --duration 30s\n  sudo ember record --all -d 10s -o host.svg\n  sudo ember record -- ./my-benchmark --args")]
+    #[command(
+        after_help = "Examples:\n  sudo ember record --pid 1234 --duration 30s\n  sudo ember record --all -d 10s -o host.svg\n  sudo ember record -- ./my-benchmark --args"
+    )]
     Record(RecordArgs),
 }
 
@@ -91,15 +98,25 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         (false, false, true) => What::Pids(a.pids.clone()),
         (true, true, true) => What::All,
         (true, false, false) => What::Command(a.command.clone()),
-        (true, false, true) => anyhow::bail!("say what to profile: --pid PID, --all, or a command after --"),
+        (true, false, true) => {
+            anyhow::bail!("say what to profile: --pid PID, --all, or a command after --")
+        }
         _ => anyhow::bail!("choose one of --pid, --all or a command after --, not several"),
     };
     let outputs = outputs(&a.outputs, &a.formats)?;
     let opts = RecordOptions {
         what,
-        duration: a.duration.as_deref().map(record::parse_duration).transpose()?,
+        duration: a
+            .duration
+            .as_deref()
+            .map(record::parse_duration)
+            .transpose()?,
         frequency: a.frequency,
-        event: if a.event == "cycles" { Event::Cycles } else { Event::CpuClock },
+        event: if a.event == "cycles" {
+            Event::Cycles
+        } else {
+            Event::CpuClock
+        },
         outputs,
         kernel: !a.no_kernel,
         threads: a.threads,

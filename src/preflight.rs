@@ -20,7 +20,9 @@ pub fn check_privileges() -> Result<()> {
     if root {
         bail!("ember runs as root but lacks CAP_BPF and CAP_PERFMON (a container or systemd unit dropped them); grant both capabilities or CAP_SYS_ADMIN");
     }
-    bail!("ember needs root (or CAP_BPF and CAP_PERFMON) to load its BPF sampler; run it with sudo");
+    bail!(
+        "ember needs root (or CAP_BPF and CAP_PERFMON) to load its BPF sampler; run it with sudo"
+    );
 }
 
 /// The effective capability set, from /proc/self/status.
@@ -57,7 +59,10 @@ pub fn check_pid(pid: u32) -> Result<()> {
 pub fn is_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which may itself hold ')'.
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X"),
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
         Err(_) => false,
     }
 }

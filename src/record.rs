@@ -104,7 +104,10 @@ fn install_signal_handlers() {
 /// Checks everything that can be checked before sampling starts.
 pub fn preflight(opts: &RecordOptions) -> Result<()> {
     if !(1..=100_000).contains(&opts.frequency) {
-        bail!("--frequency {} is out of range; use 1 to 100000 Hz (99 is a good default)", opts.frequency);
+        bail!(
+            "--frequency {} is out of range; use 1 to 100000 Hz (99 is a good default)",
+            opts.frequency
+        );
     }
     if let Some(d) = opts.duration {
         if d.is_zero() || d > Duration::from_secs(7 * 24 * 3600) {
@@ -134,9 +137,17 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let self_pid = std::process::id();
     let targets = match &opts.what {
         What::All => Targets::All,
-        What::Pids(p) => Targets::Pids { pids: p.clone(), parents: vec![], follow: false },
+        What::Pids(p) => Targets::Pids {
+            pids: p.clone(),
+            parents: vec![],
+            follow: false,
+        },
         // ember itself is followed, not profiled: the command it forks next is.
-        What::Command(_) => Targets::Pids { pids: vec![], parents: vec![self_pid], follow: true },
+        What::Command(_) => Targets::Pids {
+            pids: vec![],
+            parents: vec![self_pid],
+            follow: true,
+        },
     };
     let cfg = sample::Config {
         frequency: opts.frequency,
@@ -151,13 +162,14 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let mut agg = Aggregate::default();
     let mut drainer = Drainer::default();
 
-    let pending: Rc<RefCell<Vec<u32>>> = Rc::default();
+    let pending: Rc<RefCell<Vec<(u32, u32)>>> = Rc::default();
     let mut rb = libbpf_rs::RingBufferBuilder::new();
     {
         let pending = pending.clone();
         rb.add(sampler.events_map(), move |data: &[u8]| {
-            if data.len() >= 4 {
-                pending.borrow_mut().push(u32::from_ne_bytes(data[..4].try_into().unwrap()));
+            if data.len() >= 8 {
+                let word = |i: usize| u32::from_ne_bytes(data[i..i + 4].try_into().unwrap());
+                pending.borrow_mut().push((word(0), word(4)));
             }
             0
         })?;
@@ -173,15 +185,13 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
 
     let start_wall = SystemTime::now();
     let start = Instant::now();
-    let mut child: Option<Child> = match &opts.what {
-        What::Command(argv) => Some(
-            Command::new(&argv[0])
-                .args(&argv[1..])
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot run `{}`: {}", argv[0], export::plain_io(&e)))?,
-        ),
-        _ => None,
-    };
+    let mut child: Option<Child> =
+        match &opts.what {
+            What::Command(argv) => Some(Command::new(&argv[0]).args(&argv[1..]).spawn().map_err(
+                |e| anyhow::anyhow!("cannot run `{}`: {}", argv[0], export::plain_io(&e)),
+            )?),
+            _ => None,
+        };
     if let Some(c) = &child {
         sym.capture(c.id());
     }
@@ -193,15 +203,17 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         _ => vec![],
     };
     let mut last_drain = Instant::now();
+    let mut last_full = 0;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     loop {
         let _ = rb.poll(Duration::from_millis(50));
-        for pid in pending.borrow_mut().drain(..) {
-            sym.capture(pid);
-        }
+        capture_pending(&mut sym, &pending);
         let elapsed = start.elapsed();
         if STOP.load(Ordering::SeqCst) {
-            notes.push(format!("stopped by signal after {:.1} s", elapsed.as_secs_f64()));
+            notes.push(format!(
+                "stopped by signal after {:.1} s",
+                elapsed.as_secs_f64()
+            ));
             break;
         }
         if opts.duration.is_some_and(|d| elapsed >= d) {
@@ -209,7 +221,10 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         }
         if let Some(c) = child.as_mut() {
             if let Some(status) = c.try_wait()? {
-                notes.push(format!("the command exited after {:.1} s ({status})", elapsed.as_secs_f64()));
+                notes.push(format!(
+                    "the command exited after {:.1} s ({status})",
+                    elapsed.as_secs_f64()
+                ));
                 child = None;
                 break;
             }
@@ -217,14 +232,26 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         alive.retain(|&p| {
             let up = preflight::is_running(p);
             if !up {
-                notes.push(format!("process {p} exited after {:.1} s; writing what was collected", elapsed.as_secs_f64()));
+                notes.push(format!(
+                    "process {p} exited after {:.1} s; writing what was collected",
+                    elapsed.as_secs_f64()
+                ));
             }
             up
         });
         if matches!(opts.what, What::Pids(_)) && alive.is_empty() {
             break;
         }
-        if last_drain.elapsed() >= opts.drain_interval {
+        // Drain early when a map overflowed: the sooner the maps are empty,
+        // the fewer samples lose their stacks.
+        let overflowing = last_drain.elapsed() >= Duration::from_millis(200) && {
+            let st = sampler.stats().unwrap_or_default();
+            let full = st.lost_stack_map_full + st.lost_count_map_full;
+            let grew = full > last_full;
+            last_full = full;
+            grew
+        };
+        if overflowing || last_drain.elapsed() >= opts.drain_interval {
             drainer.drain(&mut sampler, &mut agg)?;
             last_drain = Instant::now();
         }
@@ -235,7 +262,12 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
                 .duration
                 .map(|d| format!(" / {:.0}s", d.as_secs_f64()))
                 .unwrap_or_else(|| " (Ctrl-C to stop)".into());
-            eprint!("\r\x1b[2Kember: recording {:.0}s{} · {} samples", elapsed.as_secs_f64(), remaining, samples);
+            eprint!(
+                "\r\x1b[2Kember: recording {:.0}s{} · {} samples",
+                elapsed.as_secs_f64(),
+                remaining,
+                samples
+            );
             let _ = std::io::stderr().flush();
         }
     }
@@ -244,11 +276,11 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     if progress {
         eprint!("\r\x1b[2K");
     }
-    // Last events, then the last drain: nothing counted is left behind.
+    // Stop sampling, take the last events, then the last drain: nothing
+    // counted is left behind and the counters match the profile exactly.
+    sampler.stop();
     let _ = rb.consume();
-    for pid in pending.borrow_mut().drain(..) {
-        sym.capture(pid);
-    }
+    capture_pending(&mut sym, &pending);
     drainer.drain(&mut sampler, &mut agg)?;
     let stats = sampler.stats()?;
     let event = sampler.event();
@@ -258,9 +290,16 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     drop(sampler);
 
     let target = describe(&opts.what);
-    let build = BuildOptions { start: start_wall, duration, frequency: opts.frequency, target };
+    let build = BuildOptions {
+        start: start_wall,
+        duration,
+        frequency: opts.frequency,
+        target,
+    };
     let profile = profile::build(&agg, &mut sym, &build);
-    let eo = ExportOptions { threads: opts.threads };
+    let eo = ExportOptions {
+        threads: opts.threads,
+    };
     let mut written = Vec::new();
     for (format, path) in &opts.outputs {
         export::write_file(&profile, *format, path, eo)?;
@@ -292,6 +331,16 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     })
 }
 
+fn capture_pending(sym: &mut Symbolizer, pending: &RefCell<Vec<(u32, u32)>>) {
+    for (pid, kind) in pending.borrow_mut().drain(..) {
+        if kind == sample::PROC_EVENT_EXEC {
+            sym.capture_exec(pid);
+        } else {
+            sym.capture(pid);
+        }
+    }
+}
+
 fn describe(what: &What) -> String {
     match what {
         What::All => format!("all processes on {}", hostname()),
@@ -299,9 +348,14 @@ fn describe(what: &What) -> String {
             let names: Vec<String> = pids
                 .iter()
                 .map(|p| {
-                    let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
                     let comm = comm.trim();
-                    if comm.is_empty() { format!("pid {p}") } else { format!("pid {p} ({comm})") }
+                    if comm.is_empty() {
+                        format!("pid {p}")
+                    } else {
+                        format!("pid {p} ({comm})")
+                    }
                 })
                 .collect();
             names.join(", ")
@@ -312,7 +366,9 @@ fn describe(what: &What) -> String {
 
 /// This host's name.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// The end-of-run summary shown to the user.
@@ -336,23 +392,41 @@ pub fn summary(r: &Recording) -> String {
     let st = &r.stats;
     let mut lost = Vec::new();
     if st.lost_count_map_full > 0 {
-        lost.push(format!("{} samples dropped: count map full (raise --count-map-size)", st.lost_count_map_full));
+        lost.push(format!(
+            "{} of {} samples dropped: count map full (raise --count-map-size)",
+            st.lost_count_map_full, st.samples
+        ));
     }
     if st.lost_stack_map_full > 0 {
-        lost.push(format!("{} stacks not stored: stack map full (raise --stack-map-size)", st.lost_stack_map_full));
+        lost.push(format!(
+            "{} samples kept without a stack: stack map full (raise --stack-map-size)",
+            st.lost_stack_map_full
+        ));
     }
     if st.lost_user_stack > 0 {
-        lost.push(format!("{} user stacks unreadable", st.lost_user_stack));
+        lost.push(format!(
+            "{} samples kept without a user stack: not readable",
+            st.lost_user_stack
+        ));
     }
     if st.events_lost > 0 {
-        lost.push(format!("{} new-process notifications dropped", st.events_lost));
+        lost.push(format!(
+            "{} new-process notifications dropped",
+            st.events_lost
+        ));
     }
     if lost.is_empty() {
         let _ = writeln!(s, "  lost: none");
     } else {
         let _ = writeln!(s, "  lost: {}", lost.join("; "));
     }
-    let _ = writeln!(s, "  processes: {}, threads: {}, BPF maps: {:.1} MiB", r.processes, r.threads, r.map_bytes as f64 / 1048576.0);
+    let _ = writeln!(
+        s,
+        "  processes: {}, threads: {}, BPF maps: {:.1} MiB",
+        r.processes,
+        r.threads,
+        r.map_bytes as f64 / 1048576.0
+    );
     let total = p.total().max(1);
     let top = p.top_self(5);
     if !top.is_empty() {
@@ -362,15 +436,25 @@ pub fn summary(r: &Recording) -> String {
         }
     }
     let files: Vec<String> = r.written.iter().map(|p| p.display().to_string()).collect();
-    let _ = writeln!(s, "  wrote {} (in {:.2} s)", files.join(", "), r.finish_time.as_secs_f64());
+    let _ = writeln!(
+        s,
+        "  wrote {} (in {:.2} s)",
+        files.join(", "),
+        r.finish_time.as_secs_f64()
+    );
     s
 }
 
 /// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
-    let v: f64 = num.parse().with_context(|| format!("invalid duration {s:?}; use e.g. 30s, 2m, 1h or 500ms"))?;
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len()),
+    );
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}; use e.g. 30s, 2m, 1h or 500ms"))?;
     let secs = match unit {
         "" | "s" | "sec" | "secs" => v,
         "ms" => v / 1000.0,

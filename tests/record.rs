@@ -18,7 +18,9 @@ fn cpu_split_matches_ground_truth() {
     let bin = fixture("split.c");
     let dir = scratch("split");
     let out = Command::new(EMBER)
-        .args(["record", "-F", "999", "-o", "s.folded", "-o", "s.pb.gz", "-o", "s.svg", "--"])
+        .args([
+            "record", "-F", "999", "-o", "s.folded", "-o", "s.pb.gz", "-o", "s.svg", "--",
+        ])
         .arg(&bin)
         .arg("4")
         .current_dir(&dir)
@@ -37,18 +39,27 @@ fn cpu_split_matches_ground_truth() {
     assert_eq!(truth.len(), 3);
 
     let f = folded(&dir.join("s.folded"));
-    let counted: Vec<u64> = truth.iter().map(|(name, _)| count_where(&f, |fr| fr == name)).collect();
+    let counted: Vec<u64> = truth
+        .iter()
+        .map(|(name, _)| count_where(&f, |fr| fr == name))
+        .collect();
     let sum: u64 = counted.iter().sum();
     assert!(sum > 2000, "too few samples in the burners: {sum}");
     for ((name, want), got) in truth.iter().zip(&counted) {
         let share = *got as f64 / sum as f64;
         let err_pp = (share - want).abs() * 100.0;
-        assert!(err_pp <= 3.0, "{name}: profile share {share:.4}, truth {want:.4}, off by {err_pp:.2} pp");
+        assert!(
+            err_pp <= 3.0,
+            "{name}: profile share {share:.4}, truth {want:.4}, off by {err_pp:.2} pp"
+        );
     }
 
     let total: u64 = f.values().sum();
     let with_main = count_where(&f, |fr| fr == "main");
-    assert!(with_main as f64 >= 0.95 * total as f64, "only {with_main}/{total} samples reach main");
+    assert!(
+        with_main as f64 >= 0.95 * total as f64,
+        "only {with_main}/{total} samples reach main"
+    );
 
     // Totals agree everywhere: summary, our decoder, go tool pprof, folded.
     let reported = summary_samples(&stderr);
@@ -61,19 +72,34 @@ fn cpu_split_matches_ground_truth() {
 
     // pprof metadata.
     let s = |i: i64| p.string_table[i as usize].as_str();
-    let types: Vec<(&str, &str)> = p.sample_type.iter().map(|v| (s(v.r#type), s(v.unit))).collect();
+    let types: Vec<(&str, &str)> = p
+        .sample_type
+        .iter()
+        .map(|v| (s(v.r#type), s(v.unit)))
+        .collect();
     assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
     let pt = p.period_type.unwrap();
     assert_eq!((s(pt.r#type), s(pt.unit)), ("cpu", "nanoseconds"));
     assert_eq!(p.period, 1_000_000_000 / 999);
     assert!(p.time_nanos > 1_600_000_000_000_000_000);
-    assert!(p.duration_nanos >= 3_900_000_000, "duration {}", p.duration_nanos);
+    assert!(
+        p.duration_nanos >= 3_900_000_000,
+        "duration {}",
+        p.duration_nanos
+    );
     for smp in &p.sample {
         assert_eq!(smp.value[1], smp.value[0] * p.period);
     }
-    let exe = p.mapping.iter().find(|m| s(m.filename) == bin.to_str().unwrap()).expect("fixture mapping");
+    let exe = p
+        .mapping
+        .iter()
+        .find(|m| s(m.filename) == bin.to_str().unwrap())
+        .expect("fixture mapping");
     assert!(exe.has_functions && exe.has_filenames && exe.has_line_numbers);
-    assert!(!s(exe.build_id).is_empty(), "fixture mapping has no build ID");
+    assert!(
+        !s(exe.build_id).is_empty(),
+        "fixture mapping has no build ID"
+    );
     assert!(exe.memory_start < exe.memory_limit);
     // Ids are dense 1..=N.
     for (i, l) in p.location.iter().enumerate() {
@@ -88,9 +114,19 @@ fn cpu_split_matches_ground_truth() {
 
     // The SVG is well-formed and names the hot functions and the run.
     let svg = std::fs::read_to_string(dir.join("s.svg")).unwrap();
-    let doc = roxmltree::Document::parse_with_options(&svg, roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() })
-        .expect("SVG is well-formed XML");
-    let text: String = doc.descendants().filter_map(|n| n.text()).collect::<Vec<_>>().join("\n");
+    let doc = roxmltree::Document::parse_with_options(
+        &svg,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("SVG is well-formed XML");
+    let text: String = doc
+        .descendants()
+        .filter_map(|n| n.text())
+        .collect::<Vec<_>>()
+        .join("\n");
     for want in ["alpha", "beta", "gamma_", "999 Hz", "split"] {
         assert!(text.contains(want), "SVG lacks {want:?}");
     }
@@ -102,13 +138,27 @@ fn thread_labels_are_right() {
     let bin = fixture("threads.c");
     let dir = scratch("threads");
     let out = Command::new(EMBER)
-        .args(["record", "-F", "299", "-o", "t.pb.gz", "-o", "t.folded", "--threads", "--"])
+        .args([
+            "record",
+            "-F",
+            "299",
+            "-o",
+            "t.pb.gz",
+            "-o",
+            "t.folded",
+            "--threads",
+            "--",
+        ])
         .arg(&bin)
         .arg("1.5")
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tids: Vec<(String, i64)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -120,10 +170,18 @@ fn thread_labels_are_right() {
     let p = pprof::read(&std::fs::read(dir.join("t.pb.gz")).unwrap()).unwrap();
     let s = |i: i64| p.string_table[i as usize].as_str();
     let func_of = |loc_id: u64| -> Vec<&str> {
-        p.location[loc_id as usize - 1].line.iter().map(|l| s(p.function[l.function_id as usize - 1].name)).collect()
+        p.location[loc_id as usize - 1]
+            .line
+            .iter()
+            .map(|l| s(p.function[l.function_id as usize - 1].name))
+            .collect()
     };
     for (name, tid) in &tids {
-        let want_fn = if name.ends_with('a') { "work_a" } else { "work_b" };
+        let want_fn = if name.ends_with('a') {
+            "work_a"
+        } else {
+            "work_b"
+        };
         let mut n = 0;
         for smp in &p.sample {
             let label = |k: &str| smp.label.iter().find(|l| s(l.key) == k).unwrap();
@@ -141,7 +199,11 @@ fn thread_labels_are_right() {
     }
     // --threads puts a per-thread frame under the process.
     let f = folded(&dir.join("t.folded"));
-    assert!(f.keys().any(|k| k.starts_with("threads;worker-a (")), "no per-thread frame: {:?}", f.keys().next());
+    assert!(
+        f.keys().any(|k| k.starts_with("threads;worker-a (")),
+        "no per-thread frame: {:?}",
+        f.keys().next()
+    );
 }
 
 /// An inlined Rust function is named, with its file and line, from DWARF.
@@ -149,9 +211,27 @@ fn thread_labels_are_right() {
 fn rust_inline_frames_have_file_and_line() {
     let bin = fixture("inline.rs");
     let dir = scratch("inline");
-    let stderr = ember_ok(&["record", "-F", "499", "-o", "i.pb.gz", "-o", "i.folded", "--", bin.to_str().unwrap(), "1.5"], &dir);
+    let stderr = ember_ok(
+        &[
+            "record",
+            "-F",
+            "499",
+            "-o",
+            "i.pb.gz",
+            "-o",
+            "i.folded",
+            "--",
+            bin.to_str().unwrap(),
+            "1.5",
+        ],
+        &dir,
+    );
     let src = std::fs::read_to_string(fixture_src("inline.rs")).unwrap();
-    let hot_line = src.lines().position(|l| l.contains("v = black_box(")).unwrap() as i64 + 1;
+    let hot_line = src
+        .lines()
+        .position(|l| l.contains("v = black_box("))
+        .unwrap() as i64
+        + 1;
     let p = pprof::read(&std::fs::read(dir.join("i.pb.gz")).unwrap()).unwrap();
     let s = |i: i64| p.string_table[i as usize].as_str();
     let mut inlined_samples = 0;
@@ -160,15 +240,24 @@ fn rust_inline_frames_have_file_and_line() {
         let leaf = &p.location[smp.location_id[0] as usize - 1];
         let has = leaf.line.iter().any(|l| {
             let f = &p.function[l.function_id as usize - 1];
-            s(f.name) == "inline::hot_inner" && s(f.filename).ends_with("fixtures/inline.rs") && l.line == hot_line
+            s(f.name) == "inline::hot_inner"
+                && s(f.filename).ends_with("fixtures/inline.rs")
+                && l.line == hot_line
         });
         // The inline frame sits inside its caller in the same location.
         if has && leaf.line.len() >= 2 {
             inlined_samples += smp.value[0];
         }
     }
-    assert!(inlined_samples as f64 > 0.5 * total as f64, "{inlined_samples}/{total} samples in hot_inner:{hot_line}\n{stderr}");
-    let m = p.mapping.iter().find(|m| s(m.filename) == bin.to_str().unwrap()).unwrap();
+    assert!(
+        inlined_samples as f64 > 0.5 * total as f64,
+        "{inlined_samples}/{total} samples in hot_inner:{hot_line}\n{stderr}"
+    );
+    let m = p
+        .mapping
+        .iter()
+        .find(|m| s(m.filename) == bin.to_str().unwrap())
+        .unwrap();
     assert!(m.has_inline_frames);
     let f = folded(&dir.join("i.folded"));
     assert!(count_where(&f, |x| x == "inline::outer_loop") > 0);
@@ -181,12 +270,20 @@ fn short_lived_processes_are_symbolized() {
     let bin = fixture("short.c");
     let dir = scratch("short");
     let script = format!("for i in 1 2 3 4 5; do {}; done", bin.display());
-    ember_ok(&["record", "-F", "999", "-o", "s.folded", "--", "sh", "-c", &script], &dir);
+    ember_ok(
+        &[
+            "record", "-F", "999", "-o", "s.folded", "--", "sh", "-c", &script,
+        ],
+        &dir,
+    );
     let f = folded(&dir.join("s.folded"));
     let all = count_comm(&f, "short");
     let named = count_where(&f, |x| x == "short_lived_hot");
     assert!(all > 300, "only {all} samples of the short processes");
-    assert!(named as f64 >= 0.9 * all as f64, "{named}/{all} short-process samples name short_lived_hot");
+    assert!(
+        named as f64 >= 0.9 * all as f64,
+        "{named}/{all} short-process samples name short_lived_hot"
+    );
 }
 
 /// JIT frames are named from the perf map Node writes.
@@ -194,12 +291,31 @@ fn short_lived_processes_are_symbolized() {
 fn node_jit_frames_are_named() {
     let dir = scratch("node");
     let js = fixture_src("hot.js");
-    ember_ok(&["record", "-F", "499", "-o", "n.folded", "--", "node", "--perf-basic-prof", js.to_str().unwrap(), "1.5"], &dir);
+    ember_ok(
+        &[
+            "record",
+            "-F",
+            "499",
+            "-o",
+            "n.folded",
+            "--",
+            "node",
+            "--perf-basic-prof",
+            js.to_str().unwrap(),
+            "1.5",
+        ],
+        &dir,
+    );
     let f = folded(&dir.join("n.folded"));
     let total: u64 = f.values().sum();
     let hot = count_where(&f, |x| x.contains("emberHotJsFunction"));
-    assert!(hot as f64 > 0.5 * total as f64, "{hot}/{total} samples name the hot JS function");
-    assert!(f.keys().any(|k| k.contains("emberHotJsFunction") && k.contains("_[j]")));
+    assert!(
+        hot as f64 > 0.5 * total as f64,
+        "{hot}/{total} samples name the hot JS function"
+    );
+    assert!(f
+        .keys()
+        .any(|k| k.contains("emberHotJsFunction") && k.contains("_[j]")));
 }
 
 /// --pid on a running process, and --all for the host, kernel included.
@@ -207,24 +323,61 @@ fn node_jit_frames_are_named() {
 fn pid_and_all_modes() {
     let bin = fixture("split.c");
     let dir = scratch("pid_all");
-    let mut child = Command::new(&bin).arg("6").stdout(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(&bin)
+        .arg("6")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let pid = child.id().to_string();
-    let stderr = ember_ok(&["record", "--pid", &pid, "-d", "1500ms", "-F", "499", "-o", "p.folded"], &dir);
+    let stderr = ember_ok(
+        &[
+            "record", "--pid", &pid, "-d", "1500ms", "-F", "499", "-o", "p.folded",
+        ],
+        &dir,
+    );
     let f = folded(&dir.join("p.folded"));
-    assert!(f.keys().all(|k| k.starts_with("split;")), "--pid recorded other processes");
+    assert!(
+        f.keys().all(|k| k.starts_with("split;")),
+        "--pid recorded other processes"
+    );
     assert!(count_where(&f, |x| x == "gamma_") > 100, "{stderr}");
 
-    ember_ok(&["record", "--all", "-d", "1500ms", "-F", "499", "-o", "a.folded", "-o", "a.pb.gz"], &dir);
+    ember_ok(
+        &[
+            "record", "--all", "-d", "1500ms", "-F", "499", "-o", "a.folded", "-o", "a.pb.gz",
+        ],
+        &dir,
+    );
     let f = folded(&dir.join("a.folded"));
     assert!(count_comm(&f, "split") > 100);
     let p = pprof::read(&std::fs::read(dir.join("a.pb.gz")).unwrap()).unwrap();
     let s = |i: i64| p.string_table[i as usize].as_str();
-    assert!(p.mapping.iter().any(|m| s(m.filename) == "[kernel.kallsyms]"), "no kernel mapping");
-    assert!(f.keys().any(|k| k.contains("_[k]")), "no kernel frames in a host-wide profile");
+    assert!(
+        p.mapping
+            .iter()
+            .any(|m| s(m.filename) == "[kernel.kallsyms]"),
+        "no kernel mapping"
+    );
+    assert!(
+        f.keys().any(|k| k.contains("_[k]")),
+        "no kernel frames in a host-wide profile"
+    );
 
     // --no-kernel leaves them out.
-    ember_ok(&["record", "--pid", &pid, "-d", "1s", "--no-kernel", "-o", "nk.folded"], &dir);
+    ember_ok(
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "-d",
+            "1s",
+            "--no-kernel",
+            "-o",
+            "nk.folded",
+        ],
+        &dir,
+    );
     let f = folded(&dir.join("nk.folded"));
     assert!(!f.keys().any(|k| k.contains("_[k]")));
     let _ = child.kill();
@@ -236,11 +389,23 @@ fn pid_and_all_modes() {
 fn pid_exiting_mid_run_keeps_data() {
     let bin = fixture("split.c");
     let dir = scratch("exit_mid");
-    let mut child = Command::new(&bin).arg("1").stdout(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(&bin)
+        .arg("1")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = child.id().to_string();
-    let stderr = ember_ok(&["record", "--pid", &pid, "-d", "20s", "-F", "499", "-o", "e.folded", "-o", "e.svg"], &dir);
+    let stderr = ember_ok(
+        &[
+            "record", "--pid", &pid, "-d", "20s", "-F", "499", "-o", "e.folded", "-o", "e.svg",
+        ],
+        &dir,
+    );
     let _ = child.wait();
-    assert!(stderr.contains(&format!("process {pid} exited after")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {pid} exited after")),
+        "{stderr}"
+    );
     let f = folded(&dir.join("e.folded"));
     assert!(count_where(&f, |x| x == "gamma_") > 50, "{f:?}");
     assert!(dir.join("e.svg").exists());
@@ -252,9 +417,135 @@ fn default_outputs() {
     let bin = fixture("split.c");
     let dir = scratch("defaults");
     let stderr = ember_ok(&["record", "-q", "--", bin.to_str().unwrap(), "0.5"], &dir);
-    assert!(dir.join("profile.pb.gz").exists() && dir.join("flamegraph.svg").exists(), "{stderr}");
-    assert!(stderr.contains("wrote profile.pb.gz, flamegraph.svg"), "{stderr}");
+    assert!(
+        dir.join("profile.pb.gz").exists() && dir.join("flamegraph.svg").exists(),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wrote profile.pb.gz, flamegraph.svg"),
+        "{stderr}"
+    );
     assert!(stderr.contains("top functions by self time"), "{stderr}");
-    ember_ok(&["record", "-q", "-f", "folded", "--", bin.to_str().unwrap(), "0.3"], &dir);
+    ember_ok(
+        &[
+            "record",
+            "-q",
+            "-f",
+            "folded",
+            "--",
+            bin.to_str().unwrap(),
+            "0.3",
+        ],
+        &dir,
+    );
     assert!(dir.join("stacks.folded").exists());
+}
+
+/// Ctrl-C (SIGINT) stops early and still writes everything.
+#[test]
+fn sigint_stops_and_writes() {
+    let bin = fixture("split.c");
+    let dir = scratch("sigint");
+    let mut child = Command::new(&bin)
+        .arg("8")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let ember = Command::new(EMBER)
+        .args([
+            "record", "--pid", &pid, "-d", "60s", "-F", "499", "-o", "c.folded", "-o", "c.pb.gz",
+        ])
+        .current_dir(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on a child we own.
+    unsafe { libc::kill(ember.id() as i32, libc::SIGINT) };
+    let out = ember.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by signal"), "{stderr}");
+    let f = folded(&dir.join("c.folded"));
+    let total: u64 = f.values().sum();
+    assert!(total > 300, "{total} samples after 1.5 s at 499 Hz");
+    assert_eq!(total, summary_samples(&stderr));
+    assert_eq!(go_pprof_total(&dir.join("c.pb.gz")), total);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Asking for hardware cycles on a machine without a PMU falls back to the
+/// software clock, and says so.
+#[test]
+fn cycles_event_falls_back_or_works() {
+    let bin = fixture("split.c");
+    let dir = scratch("cycles");
+    let stderr = ember_ok(
+        &[
+            "record",
+            "--event",
+            "cycles",
+            "-F",
+            "499",
+            "-o",
+            "y.folded",
+            "--",
+            bin.to_str().unwrap(),
+            "0.5",
+        ],
+        &dir,
+    );
+    assert!(
+        stderr.contains("(cycles)") || stderr.contains("(cpu-clock)"),
+        "{stderr}"
+    );
+    assert!(count_where(&folded(&dir.join("y.folded")), |x| x == "gamma_") > 50);
+}
+
+/// Maps far too small for the workload: samples that cannot be recorded whole
+/// are kept with a [lost ...] frame and counted by cause; totals still agree.
+#[test]
+fn overflowing_maps_are_counted_not_hidden() {
+    let dir = scratch("overflow");
+    let js = fixture_src("hot.js");
+    let stderr = ember_ok(
+        &[
+            "record",
+            "-F",
+            "999",
+            "--stack-map-size",
+            "64",
+            "--count-map-size",
+            "64",
+            "-o",
+            "o.folded",
+            "-o",
+            "o.pb.gz",
+            "--",
+            "node",
+            "--perf-basic-prof",
+            js.to_str().unwrap(),
+            "1",
+        ],
+        &dir,
+    );
+    assert!(stderr.contains("stack map full"), "{stderr}");
+    let f = folded(&dir.join("o.folded"));
+    let lost = count_where(&f, |x| {
+        x.starts_with("[lost ") && x.contains("stack map full")
+    });
+    assert!(lost > 0, "no [lost] frames: {f:?}");
+    let total: u64 = f.values().sum();
+    assert_eq!(total, summary_samples(&stderr));
+    assert_eq!(go_pprof_total(&dir.join("o.pb.gz")), total);
+    // The summary states the count of samples kept without a stack.
+    let n: u64 = stderr
+        .split("lost: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a lost count in the summary");
+    assert_eq!(n, lost, "{stderr}");
 }

@@ -23,7 +23,9 @@ pub struct StackTable {
 impl StackTable {
     /// The frames of a stack (innermost first), if it was drained.
     pub fn get(&self, hash: u64) -> Option<&[u64]> {
-        self.index.get(&hash).map(|&(start, len)| &self.frames[start as usize..(start + len) as usize])
+        self.index
+            .get(&hash)
+            .map(|&(start, len)| &self.frames[start as usize..(start + len) as usize])
     }
 
     /// Adds a stack unless it is already known.
@@ -106,29 +108,44 @@ impl Drainer {
 
         // Stacks first, so every key read next finds its stacks.
         let fd = sampler.stacks_map(g).as_fd().as_raw_fd();
-        batch_drain(fd, 8, STACK_TRACE_SIZE, &mut self.keys, &mut self.values, |k, v| {
-            let hash = u64::from_ne_bytes(k.try_into().unwrap());
-            let len = (u32::from_ne_bytes(v[..4].try_into().unwrap()) as usize).min(MAX_DEPTH);
-            let ips = &v[8..8 + len * 8];
-            // Frames are u64 in native order; copy without allocating.
-            let mut frames = [0u64; MAX_DEPTH];
-            for (f, c) in frames.iter_mut().zip(ips.chunks_exact(8)) {
-                *f = u64::from_ne_bytes(c.try_into().unwrap());
-            }
-            agg.stacks.insert(hash, &frames[..len]);
-            st.stacks += 1;
-        })
+        batch_drain(
+            fd,
+            8,
+            STACK_TRACE_SIZE,
+            &mut self.keys,
+            &mut self.values,
+            |k, v| {
+                let hash = u64::from_ne_bytes(k.try_into().unwrap());
+                let len = (u32::from_ne_bytes(v[..4].try_into().unwrap()) as usize).min(MAX_DEPTH);
+                let ips = &v[8..8 + len * 8];
+                // Frames are u64 in native order; copy without allocating.
+                let mut frames = [0u64; MAX_DEPTH];
+                for (f, c) in frames.iter_mut().zip(ips.chunks_exact(8)) {
+                    *f = u64::from_ne_bytes(c.try_into().unwrap());
+                }
+                agg.stacks.insert(hash, &frames[..len]);
+                st.stacks += 1;
+            },
+        )
         .context("draining the stack map failed")?;
 
         let fd = sampler.counts_map(g).as_fd().as_raw_fd();
-        batch_drain(fd, std::mem::size_of::<SampleKey>(), 8, &mut self.keys, &mut self.values, |k, v| {
-            // SAFETY: SampleKey is repr(C) plain data of exactly this size.
-            let key: SampleKey = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SampleKey) };
-            let n = u64::from_ne_bytes(v[..8].try_into().unwrap());
-            *agg.counts.entry(key).or_insert(0) += n;
-            st.samples += n;
-            st.keys += 1;
-        })
+        batch_drain(
+            fd,
+            std::mem::size_of::<SampleKey>(),
+            8,
+            &mut self.keys,
+            &mut self.values,
+            |k, v| {
+                // SAFETY: SampleKey is repr(C) plain data of exactly this size.
+                let key: SampleKey =
+                    unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SampleKey) };
+                let n = u64::from_ne_bytes(v[..8].try_into().unwrap());
+                *agg.counts.entry(key).or_insert(0) += n;
+                st.samples += n;
+                st.keys += 1;
+            },
+        )
         .context("draining the count map failed")?;
         Ok(st)
     }
@@ -143,7 +160,9 @@ fn batch_drain(
     values: &mut Vec<u8>,
     mut each: impl FnMut(&[u8], &[u8]),
 ) -> std::io::Result<()> {
-    let mut cap = (keys.len() / key_size).min(values.len() / value_size).max(BATCH);
+    let mut cap = (keys.len() / key_size)
+        .min(values.len() / value_size)
+        .max(BATCH);
     let opts = libbpf_sys::bpf_map_batch_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
         ..Default::default()
@@ -164,7 +183,11 @@ fn batch_drain(
         let r = unsafe {
             libbpf_sys::bpf_map_lookup_and_delete_batch(
                 fd,
-                if first { std::ptr::null_mut() } else { &mut token as *mut u64 as *mut _ },
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    &mut token as *mut u64 as *mut _
+                },
                 &mut next as *mut u64 as *mut _,
                 keys.as_mut_ptr() as *mut _,
                 values.as_mut_ptr() as *mut _,
@@ -181,7 +204,10 @@ fn batch_drain(
             return Err(std::io::Error::from_raw_os_error(-r));
         }
         for i in 0..count as usize {
-            each(&keys[i * key_size..(i + 1) * key_size], &values[i * value_size..(i + 1) * value_size]);
+            each(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * value_size..(i + 1) * value_size],
+            );
         }
         if r == -libc::ENOENT {
             return Ok(());

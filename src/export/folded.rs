@@ -17,7 +17,10 @@ pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
         push_frame(&mut buf, &s.comm);
         if opts.threads {
             buf.push(';');
-            push_frame(&mut buf, &format!("{} ({}) [{}]", s.thread_name, s.tid, s.pid));
+            push_frame(
+                &mut buf,
+                &format!("{} ({}) [{}]", s.thread_name, s.tid, s.pid),
+            );
         }
         for &l in s.locations.iter().rev() {
             let loc = &p.locations[l as usize];

@@ -39,7 +39,10 @@ impl Format {
             Some(Format::Pprof)
         } else if name.ends_with(".svg") {
             Some(Format::Svg)
-        } else if name.ends_with(".folded") || name.ends_with(".txt") || name.ends_with(".collapsed") {
+        } else if name.ends_with(".folded")
+            || name.ends_with(".txt")
+            || name.ends_with(".collapsed")
+        {
             Some(Format::Folded)
         } else {
             None
@@ -64,7 +67,8 @@ pub fn write_file(p: &Profile, format: Format, path: &Path, opts: ExportOptions)
         write_to(p, format, &mut w, opts)?;
         w.flush()?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
         Ok(())
     })();
     if result.is_err() {
@@ -74,7 +78,12 @@ pub fn write_file(p: &Profile, format: Format, path: &Path, opts: ExportOptions)
 }
 
 /// Writes `p` in `format` to any writer.
-pub fn write_to(p: &Profile, format: Format, w: &mut impl Write, opts: ExportOptions) -> Result<()> {
+pub fn write_to(
+    p: &Profile,
+    format: Format,
+    w: &mut impl Write,
+    opts: ExportOptions,
+) -> Result<()> {
     match format {
         Format::Pprof => pprof::write(p, w)?,
         Format::Folded => folded::write(p, w, opts)?,
@@ -86,7 +95,11 @@ pub fn write_to(p: &Profile, format: Format, w: &mut impl Write, opts: ExportOpt
 /// Fails early, before sampling, if `path` cannot be written.
 pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
-        bail!("the output path {} is a directory; give a file name such as {}/flamegraph.svg", path.display(), path.display());
+        bail!(
+            "the output path {} is a directory; give a file name such as {}/flamegraph.svg",
+            path.display(),
+            path.display()
+        );
     }
     let tmp = tmp_path(path);
     match File::create(&tmp) {
@@ -95,14 +108,25 @@ pub fn check_writable(path: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            bail!("cannot write {} ({}); choose an output path in a writable directory (checked {})", path.display(), plain_io(&e), dir.display())
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            bail!(
+                "cannot write {} ({}); choose an output path in a writable directory (checked {})",
+                path.display(),
+                plain_io(&e),
+                dir.display()
+            )
         }
     }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.ember-tmp"))
 }
 

@@ -11,12 +11,19 @@ use crate::profile::Profile;
 /// Writes an interactive flamegraph whose title names what was profiled,
 /// when, at what frequency and for how long.
 pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Result<()> {
-    let lines: Vec<String> = folded::lines(p, opts).into_iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let lines: Vec<String> = folded::lines(p, opts)
+        .into_iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
     let mut o = Options::default();
     o.title = format!("ember: {}", p.target);
     o.subtitle = Some(format!(
         "{} · {:.1} s at {} Hz · {} samples",
-        utc(p.start.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+        utc(p
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)),
         p.duration.as_secs_f64(),
         p.frequency,
         p.total()
@@ -37,7 +44,9 @@ pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Re
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -54,7 +63,12 @@ pub fn utc(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

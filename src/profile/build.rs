@@ -25,8 +25,14 @@ pub struct BuildOptions {
 /// Where one user address resolved to before symbolization.
 #[derive(Clone, Copy)]
 enum Resolved {
-    Binary { bin: BinaryId, offset: u64, mapping: usize },
-    Anon { mapping: usize },
+    Binary {
+        bin: BinaryId,
+        offset: u64,
+        mapping: usize,
+    },
+    Anon {
+        mapping: usize,
+    },
     Unmapped,
 }
 
@@ -162,7 +168,11 @@ impl Builder {
     }
 
     fn function(&mut self, name: Arc<str>, system_name: Arc<str>, filename: Arc<str>) -> u32 {
-        let f = Function { name, system_name, filename };
+        let f = Function {
+            name,
+            system_name,
+            filename,
+        };
         if let Some(&id) = self.function_ids.get(&f) {
             return id;
         }
@@ -172,7 +182,14 @@ impl Builder {
         id
     }
 
-    fn mapping(&mut self, start: u64, limit: u64, offset: u64, file: Arc<str>, bin: Option<BinaryId>) -> u32 {
+    fn mapping(
+        &mut self,
+        start: u64,
+        limit: u64,
+        offset: u64,
+        file: Arc<str>,
+        bin: Option<BinaryId>,
+    ) -> u32 {
         let key = (start, limit, offset, file.clone());
         if let Some(&id) = self.mapping_ids.get(&key) {
             return id;
@@ -194,9 +211,19 @@ impl Builder {
         id
     }
 
-    fn push_location(&mut self, key: (FrameKind, u32, Option<u32>, u64), lines: Vec<Line>, kind: FrameKind) -> u32 {
+    fn push_location(
+        &mut self,
+        key: (FrameKind, u32, Option<u32>, u64),
+        lines: Vec<Line>,
+        kind: FrameKind,
+    ) -> u32 {
         let id = self.locations.len() as u32;
-        self.locations.push(Location { mapping: key.2, address: key.3, lines, kind });
+        self.locations.push(Location {
+            mapping: key.2,
+            address: key.3,
+            lines,
+            kind,
+        });
         self.location_ids.insert(key, id);
         id
     }
@@ -211,7 +238,10 @@ impl Builder {
         self.locations.push(Location {
             mapping: None,
             address: 0,
-            lines: vec![Line { function: f, line: 0 }],
+            lines: vec![Line {
+                function: f,
+                line: 0,
+            }],
             kind: FrameKind::Lost,
         });
         self.markers.insert(name, id);
@@ -249,7 +279,11 @@ impl Builder {
         let resolved = match sym.process(pid) {
             Some(p) => match p.find_index(addr) {
                 Some(i) => match sym.binary_of(&p.mappings[i]) {
-                    Some(bin) => Resolved::Binary { bin, offset: p.mappings[i].file_offset(addr), mapping: i },
+                    Some(bin) => Resolved::Binary {
+                        bin,
+                        offset: p.mappings[i].file_offset(addr),
+                        mapping: i,
+                    },
                     None => Resolved::Anon { mapping: i },
                 },
                 None => Resolved::Unmapped,
@@ -286,13 +320,20 @@ impl Builder {
                     if let Some(m) = mapping {
                         self.mappings[m as usize].has_functions = true;
                     }
-                    vec![Line { function: f, line: 0 }]
+                    vec![Line {
+                        function: f,
+                        line: 0,
+                    }]
                 }
                 None => Vec::new(),
             },
         };
         // Anonymous code no perf map names is shown like unsymbolized native code.
-        let shown = if kind == FrameKind::Jit && lines.is_empty() { FrameKind::User } else { kind };
+        let shown = if kind == FrameKind::Jit && lines.is_empty() {
+            FrameKind::User
+        } else {
+            kind
+        };
         self.push_location(key, lines, shown)
     }
 
@@ -300,7 +341,11 @@ impl Builder {
         frames
             .iter()
             .map(|f| Line {
-                function: self.function(f.name.clone(), f.system_name.clone(), f.file.clone().unwrap_or_else(|| Arc::from(""))),
+                function: self.function(
+                    f.name.clone(),
+                    f.system_name.clone(),
+                    f.file.clone().unwrap_or_else(|| Arc::from("")),
+                ),
                 line: f.line,
             })
             .collect()

@@ -150,7 +150,8 @@ impl Profile {
         for s in &self.samples {
             if let Some(&leaf) = s.locations.first() {
                 let loc = &self.locations[leaf as usize];
-                *by.entry(self.frame_name(loc, loc.lines.first())).or_default() += s.count;
+                *by.entry(self.frame_name(loc, loc.lines.first()))
+                    .or_default() += s.count;
             }
         }
         let mut v: Vec<_> = by.into_iter().collect();

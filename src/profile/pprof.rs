@@ -167,11 +167,22 @@ impl Strings {
 /// Converts a profile into pprof messages. Ids are dense, 1..=N.
 pub fn to_proto(p: &Profile) -> proto::Profile {
     let mut st = Strings::new();
-    let vt = |st: &mut Strings, t: &str, u: &str| proto::ValueType { r#type: st.id(t), unit: st.id(u) };
-    let sample_type = vec![vt(&mut st, "samples", "count"), vt(&mut st, "cpu", "nanoseconds")];
+    let vt = |st: &mut Strings, t: &str, u: &str| proto::ValueType {
+        r#type: st.id(t),
+        unit: st.id(u),
+    };
+    let sample_type = vec![
+        vt(&mut st, "samples", "count"),
+        vt(&mut st, "cpu", "nanoseconds"),
+    ];
     let period_type = Some(vt(&mut st, "cpu", "nanoseconds"));
     let period = p.period_ns() as i64;
-    let (k_pid, k_tid, k_thread, k_comm) = (st.id("pid"), st.id("tid"), st.id("thread_name"), st.id("comm"));
+    let (k_pid, k_tid, k_thread, k_comm) = (
+        st.id("pid"),
+        st.id("tid"),
+        st.id("thread_name"),
+        st.id("comm"),
+    );
 
     let mapping = p
         .mappings
@@ -209,11 +220,19 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
         .map(|(i, l)| proto::Location {
             id: i as u64 + 1,
             mapping_id: l.mapping.map_or(0, |m| m as u64 + 1),
-            address: if l.kind == FrameKind::Lost { 0 } else { l.address },
+            address: if l.kind == FrameKind::Lost {
+                0
+            } else {
+                l.address
+            },
             line: l
                 .lines
                 .iter()
-                .map(|ln| proto::Line { function_id: ln.function as u64 + 1, line: ln.line as i64, column: 0 })
+                .map(|ln| proto::Line {
+                    function_id: ln.function as u64 + 1,
+                    line: ln.line as i64,
+                    column: 0,
+                })
                 .collect(),
             is_folded: false,
         })
@@ -225,14 +244,34 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
             location_id: s.locations.iter().map(|&l| l as u64 + 1).collect(),
             value: vec![s.count as i64, s.count as i64 * period],
             label: vec![
-                proto::Label { key: k_pid, num: s.pid as i64, ..Default::default() },
-                proto::Label { key: k_tid, num: s.tid as i64, ..Default::default() },
-                proto::Label { key: k_thread, str: st.id(&s.thread_name), ..Default::default() },
-                proto::Label { key: k_comm, str: st.id(&s.comm), ..Default::default() },
+                proto::Label {
+                    key: k_pid,
+                    num: s.pid as i64,
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: k_tid,
+                    num: s.tid as i64,
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: k_thread,
+                    str: st.id(&s.thread_name),
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: k_comm,
+                    str: st.id(&s.comm),
+                    ..Default::default()
+                },
             ],
         })
         .collect();
-    let comment = vec![st.id(&format!("ember {}: {}", env!("CARGO_PKG_VERSION"), p.target))];
+    let comment = vec![st.id(&format!(
+        "ember {}: {}",
+        env!("CARGO_PKG_VERSION"),
+        p.target
+    ))];
     proto::Profile {
         sample_type,
         sample,
@@ -241,7 +280,11 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
         function,
         drop_frames: 0,
         keep_frames: 0,
-        time_nanos: p.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        time_nanos: p
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
         duration_nanos: p.duration.as_nanos() as i64,
         period_type,
         period,

@@ -55,6 +55,9 @@ pub const MAX_DEPTH: usize = 127;
 /// Size of `struct stack_trace`.
 pub const STACK_TRACE_SIZE: usize = 8 + 8 * MAX_DEPTH;
 
+/// Ring-buffer event kinds (`PROC_EVENT_*` in bpf/ember.h).
+pub const PROC_EVENT_EXEC: u32 = 1;
+
 const FILTER_PROFILE: u8 = 1;
 const FILTER_FOLLOW: u8 = 2;
 
@@ -89,7 +92,11 @@ pub enum Targets {
     All,
     /// These processes (all their threads); with `follow`, processes forked
     /// by them later too. `parents` are only followed, never profiled.
-    Pids { pids: Vec<u32>, parents: Vec<u32>, follow: bool },
+    Pids {
+        pids: Vec<u32>,
+        parents: Vec<u32>,
+        follow: bool,
+    },
 }
 
 /// Sampler settings.
@@ -126,6 +133,7 @@ impl Default for Config {
 pub struct Sampler {
     skel: ProfilerSkel<'static>,
     _links: Vec<Link>,
+    perf_links: Vec<Link>,
     event: Event,
     generation: u32,
     cpus: usize,
@@ -140,7 +148,11 @@ impl Sampler {
         let mut open = ProfilerSkelBuilder::default()
             .open(object)
             .context("opening the BPF object failed")?;
-        let rodata = open.maps.rodata_data.as_deref_mut().context("BPF object has no .rodata")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
         rodata.filter_enabled = matches!(cfg.targets, Targets::Pids { .. });
         rodata.kernel_stacks = cfg.kernel_stacks;
         rodata.include_idle = false;
@@ -156,21 +168,47 @@ impl Sampler {
             )
         })?;
 
-        if let Targets::Pids { pids, parents, follow } = &cfg.targets {
+        if let Targets::Pids {
+            pids,
+            parents,
+            follow,
+        } = &cfg.targets
+        {
             let flags = FILTER_PROFILE | if *follow { FILTER_FOLLOW } else { 0 };
             for pid in pids {
-                skel.maps.filter.update(&pid.to_ne_bytes(), &[flags], MapFlags::ANY)?;
+                skel.maps
+                    .filter
+                    .update(&pid.to_ne_bytes(), &[flags], MapFlags::ANY)?;
             }
             for pid in parents {
-                skel.maps.filter.update(&pid.to_ne_bytes(), &[FILTER_FOLLOW], MapFlags::ANY)?;
+                skel.maps
+                    .filter
+                    .update(&pid.to_ne_bytes(), &[FILTER_FOLLOW], MapFlags::ANY)?;
             }
         }
 
         let mut links = Vec::new();
         if matches!(cfg.targets, Targets::Pids { follow: true, .. }) {
-            links.push(skel.progs.on_fork.attach().context("attaching to sched_process_fork failed")?);
+            links.push(
+                skel.progs
+                    .on_fork
+                    .attach()
+                    .context("attaching to sched_process_fork failed")?,
+            );
         }
-        links.push(skel.progs.on_exec.attach().context("attaching to sched_process_exec failed")?);
+        links.push(
+            skel.progs
+                .on_exec
+                .attach()
+                .context("attaching to sched_process_exec failed")?,
+        );
+        links.push(
+            skel.progs
+                .on_exit
+                .attach()
+                .context("attaching to sched_process_exit failed")?,
+        );
+        let mut perf_links = Vec::new();
 
         let cpus = perf::online_cpus().context("reading the online CPUs failed")?;
         let mut event = cfg.event;
@@ -193,7 +231,7 @@ impl Sampler {
                 Err(e) => return Err(e).with_context(|| format!("opening the {} perf event on CPU {cpu} failed", event.name())),
             };
             match skel.progs.on_sample.attach_perf_event(fd) {
-                Ok(link) => links.push(link),
+                Ok(link) => perf_links.push(link),
                 Err(e) => {
                     // SAFETY: fd is ours until libbpf takes it, which failed.
                     unsafe { libc::close(fd) };
@@ -201,7 +239,21 @@ impl Sampler {
                 }
             }
         }
-        Ok(Sampler { skel, _links: links, event, generation: 0, cpus: cpus.len() })
+        Ok(Sampler {
+            skel,
+            _links: links,
+            perf_links,
+            event,
+            generation: 0,
+            cpus: cpus.len(),
+        })
+    }
+
+    /// Stops sampling (the maps stay readable), so a last drain and the
+    /// counters agree exactly.
+    pub fn stop(&mut self) {
+        self.perf_links.clear();
+        wait_for_bpf_programs();
     }
 
     /// The event actually used (cycles may have fallen back to cpu-clock).
@@ -219,7 +271,12 @@ impl Sampler {
     pub fn flip_generation(&mut self) -> usize {
         let old = (self.generation & 1) as usize;
         self.generation = self.generation.wrapping_add(1);
-        let bss = self.skel.maps.bss_data.as_deref_mut().expect("the BPF object has a .bss");
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .expect("the BPF object has a .bss");
         // SAFETY: the .bss is a live mmap shared with the kernel; a volatile
         // store makes the new value visible to the next BPF invocation.
         unsafe { std::ptr::write_volatile(&mut bss.generation, self.generation) };
@@ -229,12 +286,20 @@ impl Sampler {
 
     /// The count map of generation `g`.
     pub fn counts_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
-        if g == 0 { &self.skel.maps.counts0 } else { &self.skel.maps.counts1 }
+        if g == 0 {
+            &self.skel.maps.counts0
+        } else {
+            &self.skel.maps.counts1
+        }
     }
 
     /// The stack map of generation `g`.
     pub fn stacks_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
-        if g == 0 { &self.skel.maps.stacks0 } else { &self.skel.maps.stacks1 }
+        if g == 0 {
+            &self.skel.maps.stacks0
+        } else {
+            &self.skel.maps.stacks1
+        }
     }
 
     /// The ring buffer of new-process notifications.
@@ -252,7 +317,10 @@ impl Sampler {
                 .stats
                 .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
                 .unwrap_or_default();
-            *slot = per_cpu.iter().map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap())).sum();
+            *slot = per_cpu
+                .iter()
+                .map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap()))
+                .sum();
         }
         Ok(KernelStats {
             samples: v[0],
@@ -267,10 +335,13 @@ impl Sampler {
     /// Kernel memory held by the sampler's maps, from their fdinfo.
     pub fn map_memory_bytes(&self) -> u64 {
         let m = &self.skel.maps;
-        [&m.counts0, &m.counts1, &m.stacks0, &m.stacks1, &m.filter, &m.known, &m.events, &m.scratch, &m.stats]
-            .iter()
-            .map(|map| memlock_of(map.as_fd().as_raw_fd()))
-            .sum()
+        [
+            &m.counts0, &m.counts1, &m.stacks0, &m.stacks1, &m.filter, &m.known, &m.events,
+            &m.scratch, &m.stats,
+        ]
+        .iter()
+        .map(|map| memlock_of(map.as_fd().as_raw_fd()))
+        .sum()
     }
 }
 
@@ -278,8 +349,10 @@ fn memlock_of(fd: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("memlock:").map(|v| v.trim().parse().unwrap_or(0)))
+            s.lines().find_map(|l| {
+                l.strip_prefix("memlock:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
         })
         .unwrap_or(0)
 }

@@ -62,7 +62,8 @@ pub fn open(event: Event, cpu: u32, frequency: u64) -> io::Result<i32> {
 /// The CPUs that are online now, from /sys/devices/system/cpu/online.
 pub fn online_cpus() -> io::Result<Vec<u32>> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-    parse_cpu_list(text.trim()).ok_or_else(|| io::Error::other(format!("cannot parse the online CPU list {text:?}")))
+    parse_cpu_list(text.trim())
+        .ok_or_else(|| io::Error::other(format!("cannot parse the online CPU list {text:?}")))
 }
 
 /// Parses a kernel CPU list such as `0-3,8,10-11`.
@@ -86,7 +87,10 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);
         assert!(parse_cpu_list("0-x").is_none());
     }

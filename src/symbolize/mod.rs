@@ -111,6 +111,16 @@ impl Symbolizer {
     /// Captures (or refreshes) a process's mappings and opens its binaries.
     /// Call it as soon as a process is first seen, while it lives.
     pub fn capture(&mut self, pid: u32) {
+        self.capture_inner(pid, false);
+    }
+
+    /// Captures a process that just exec'd: its old image is gone.
+    pub fn capture_exec(&mut self, pid: u32) {
+        self.capture_inner(pid, true);
+    }
+
+    fn capture_inner(&mut self, pid: u32, replace: bool) {
+        let started = procmap::start_time(pid).unwrap_or(0);
         match procmap::read_mappings(pid) {
             Ok(maps) => {
                 for m in &maps {
@@ -123,18 +133,30 @@ impl Symbolizer {
                 }
                 let ns_pid = procmap::ns_pid(pid);
                 let p = self.processes.entry(pid).or_default();
+                // A reused pid is another process: nothing of the old one applies.
+                if replace || p.start_time != started {
+                    p.mappings.clear();
+                    self.perf_maps.remove(&pid);
+                }
+                p.start_time = started;
                 p.ns_pid = ns_pid;
                 p.exited = false;
                 p.merge(maps);
             }
             Err(_) => {
-                self.processes.entry(pid).or_insert_with(|| Process { ns_pid: pid, ..Default::default() }).exited = true;
+                self.processes
+                    .entry(pid)
+                    .or_insert_with(|| Process {
+                        ns_pid: pid,
+                        ..Default::default()
+                    })
+                    .exited = true;
             }
         }
     }
 
-    /// Re-reads a process at most once per call site's choosing; used before
-    /// building a profile to pick up libraries loaded since the capture.
+    /// Re-reads a live process before building a profile, to pick up
+    /// libraries loaded since it was captured.
     pub fn refresh(&mut self, pid: u32) {
         if !self.processes.get(&pid).is_some_and(|p| p.exited) {
             self.capture(pid);
@@ -226,7 +248,11 @@ impl Symbolizer {
 
     /// Cached frames of a binary's file offset (after `symbolize_binary`).
     pub fn binary_frames(&self, id: BinaryId, offset: u64) -> Frames {
-        self.binaries[id].cache.get(&offset).cloned().unwrap_or_else(|| Frames::from([]))
+        self.binaries[id]
+            .cache
+            .get(&offset)
+            .cloned()
+            .unwrap_or_else(|| Frames::from([]))
     }
 
     /// Symbolizes kernel addresses in one batch, filling the cache.
@@ -245,7 +271,11 @@ impl Symbolizer {
             debug_syms: false,
             ..Default::default()
         };
-        let results = self.run(&Source::Kernel(kernel), Input::AbsAddr(&addrs[..]), addrs.len());
+        let results = self.run(
+            &Source::Kernel(kernel),
+            Input::AbsAddr(&addrs[..]),
+            addrs.len(),
+        );
         for (a, f) in addrs.iter().zip(results) {
             self.kernel.insert(*a, f);
         }
@@ -253,15 +283,19 @@ impl Symbolizer {
 
     /// Cached frames of a kernel address.
     pub fn kernel_frames(&self, addr: u64) -> Frames {
-        self.kernel.get(&addr).cloned().unwrap_or_else(|| Frames::from([]))
+        self.kernel
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| Frames::from([]))
     }
 
     /// The perf-map name of a JIT address, loading the map on first use.
     pub fn jit_name(&mut self, pid: u32, addr: u64) -> Option<Arc<str>> {
         let ns_pid = self.processes.get(&pid).map(|p| p.ns_pid).unwrap_or(pid);
         let map = self.perf_maps.entry(pid).or_insert_with(|| {
-            PerfMap::load(format!("/tmp/perf-{pid}.map").as_ref())
-                .or_else(|| PerfMap::load(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map").as_ref()))
+            PerfMap::load(format!("/tmp/perf-{pid}.map").as_ref()).or_else(|| {
+                PerfMap::load(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map").as_ref())
+            })
         });
         map.as_ref()?.find(addr).cloned()
     }
@@ -277,7 +311,8 @@ impl Symbolizer {
         SymStats {
             processes: self.processes.len(),
             binaries: self.binaries.len(),
-            cached_addresses: self.kernel.len() + self.binaries.iter().map(|b| b.cache.len()).sum::<usize>(),
+            cached_addresses: self.kernel.len()
+                + self.binaries.iter().map(|b| b.cache.len()).sum::<usize>(),
         }
     }
 
@@ -306,23 +341,39 @@ impl Binary {
 
 /// Converts blazesym's outermost-first result into frames innermost first.
 fn to_frames(s: &Symbolized<'_>) -> Frames {
-    let Symbolized::Sym(sym) = s else { return Frames::from([]) };
+    let Symbolized::Sym(sym) = s else {
+        return Frames::from([]);
+    };
     let mut out = Vec::with_capacity(1 + sym.inlined.len());
     // blazesym reports the outer function's code info at the address of the
     // first inlined call; each inlined function carries its own location.
-    let outer_loc = sym.code_info.as_deref().map(|c| (path_of(c), c.line.unwrap_or(0)));
+    let outer_loc = sym
+        .code_info
+        .as_deref()
+        .map(|c| (path_of(c), c.line.unwrap_or(0)));
     let mut locs: Vec<Option<(Arc<str>, u32)>> = Vec::with_capacity(1 + sym.inlined.len());
     locs.push(outer_loc);
     for f in sym.inlined.iter() {
-        locs.push(f.code_info.as_ref().map(|c| (path_of(c), c.line.unwrap_or(0))));
+        locs.push(
+            f.code_info
+                .as_ref()
+                .map(|c| (path_of(c), c.line.unwrap_or(0))),
+        );
     }
-    let names: Vec<&str> = std::iter::once(&*sym.name).chain(sym.inlined.iter().map(|f| &*f.name)).collect();
+    let names: Vec<&str> = std::iter::once(&*sym.name)
+        .chain(sym.inlined.iter().map(|f| &*f.name))
+        .collect();
     for (name, loc) in names.iter().zip(locs).rev() {
         let (file, line) = match loc {
             Some((f, l)) => (Some(f), l),
             None => (None, 0),
         };
-        out.push(SymFrame { name: demangle(name).into(), system_name: Arc::from(*name), file, line });
+        out.push(SymFrame {
+            name: demangle(name).into(),
+            system_name: Arc::from(*name),
+            file,
+            line,
+        });
     }
     out.into()
 }
@@ -358,7 +409,10 @@ mod tests {
 
     #[test]
     fn demangles() {
-        assert_eq!(demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"), "core::ptr::drop_in_place");
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
         assert_eq!(demangle("_Z3fooi"), "foo(int)");
         assert_eq!(demangle("main"), "main");
     }

@@ -62,7 +62,9 @@ mod tests {
 
     #[test]
     fn parses_and_finds() {
-        let m = PerfMap::parse("1000 10 JS:*hot /x.js:1\n2000 0x20 LazyCompile:~cold\nbad line\n1000 8 newer\n");
+        let m = PerfMap::parse(
+            "1000 10 JS:*hot /x.js:1\n2000 0x20 LazyCompile:~cold\nbad line\n1000 8 newer\n",
+        );
         assert_eq!(m.len(), 2);
         assert_eq!(m.find(0x1004).map(|s| &**s), Some("newer"));
         assert_eq!(m.find(0x1009), None);

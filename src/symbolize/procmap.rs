@@ -39,6 +39,8 @@ pub struct Process {
     pub ns_pid: u32,
     /// True once reading /proc failed because the process was gone.
     pub exited: bool,
+    /// Start time in clock ticks since boot: tells a reused pid apart.
+    pub start_time: u64,
 }
 
 impl Process {
@@ -49,7 +51,10 @@ impl Process {
 
     /// Index of the mapping containing `addr`.
     pub fn find_index(&self, addr: u64) -> Option<usize> {
-        let i = self.mappings.partition_point(|m| m.start <= addr).checked_sub(1)?;
+        let i = self
+            .mappings
+            .partition_point(|m| m.start <= addr)
+            .checked_sub(1)?;
         (addr < self.mappings[i].end).then_some(i)
     }
 
@@ -78,15 +83,24 @@ pub fn read_mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
         }
         use procfs::process::MMapPath;
         let (path, file, vdso): (Arc<str>, _, _) = match &m.pathname {
-            MMapPath::Path(p) if m.inode != 0 => {
-                (Arc::from(p.to_string_lossy().as_ref()), Some((m.dev.0, m.dev.1, m.inode)), false)
-            }
+            MMapPath::Path(p) if m.inode != 0 => (
+                Arc::from(p.to_string_lossy().as_ref()),
+                Some((m.dev.0, m.dev.1, m.inode)),
+                false,
+            ),
             MMapPath::Vdso => (Arc::from("[vdso]"), None, true),
             MMapPath::Path(p) => (Arc::from(p.to_string_lossy().as_ref()), None, false),
             MMapPath::Other(s) => (Arc::from(format!("[{s}]").as_str()), None, false),
             _ => (Arc::from("[anon]"), None, false),
         };
-        out.push(Mapping { start: m.address.0, end: m.address.1, offset: m.offset, path, file, vdso });
+        out.push(Mapping {
+            start: m.address.0,
+            end: m.address.1,
+            offset: m.offset,
+            path,
+            file,
+            vdso,
+        });
     }
     out.sort_by_key(|m| m.start);
     Ok(out)
@@ -110,4 +124,12 @@ fn to_io(e: procfs::ProcError) -> std::io::Error {
         procfs::ProcError::Io(e, _) => e,
         other => std::io::Error::other(other.to_string()),
     }
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of its stat).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }

@@ -17,7 +17,9 @@ fn root() -> PathBuf {
 
 /// A scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -32,18 +34,35 @@ pub fn fixture(name: &str) -> PathBuf {
     let stem = name.split('.').next().unwrap();
     let out = dir.join(stem);
     let src = root().join("fixtures").join(name);
-    if out.exists() && out.metadata().unwrap().modified().unwrap() >= src.metadata().unwrap().modified().unwrap() {
+    if out.exists()
+        && out.metadata().unwrap().modified().unwrap()
+            >= src.metadata().unwrap().modified().unwrap()
+    {
         return out;
     }
     let status = if name.ends_with(".rs") {
         Command::new("rustc")
-            .args(["-C", "opt-level=2", "-g", "-C", "force-frame-pointers=yes", "-o"])
+            .args([
+                "-C",
+                "opt-level=2",
+                "-g",
+                "-C",
+                "force-frame-pointers=yes",
+                "-o",
+            ])
             .arg(&out)
             .arg(&src)
             .status()
     } else {
         Command::new("clang")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-pthread", "-o"])
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+                "-pthread",
+                "-o",
+            ])
             .arg(&out)
             .arg(&src)
             .status()
@@ -60,7 +79,11 @@ pub fn fixture_src(name: &str) -> PathBuf {
 
 /// Runs ember with `args` and returns its output.
 pub fn ember(args: &[&str], cwd: &Path) -> Output {
-    Command::new(EMBER).args(args).current_dir(cwd).output().expect("running ember")
+    Command::new(EMBER)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running ember")
 }
 
 /// Runs ember and asserts it succeeded; returns stderr.
@@ -73,8 +96,16 @@ pub fn ember_ok(args: &[&str], cwd: &Path) -> String {
 
 /// The sample count ember's summary reports.
 pub fn summary_samples(stderr: &str) -> u64 {
-    let line = stderr.lines().find(|l| l.starts_with("ember: ") && l.contains(" samples of ")).expect("summary line");
-    line["ember: ".len()..].split_whitespace().next().unwrap().parse().unwrap()
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("ember: ") && l.contains(" samples of "))
+        .expect("summary line");
+    line["ember: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Reads a folded file into stack -> count.
@@ -90,18 +121,33 @@ pub fn folded(path: &Path) -> BTreeMap<String, u64> {
 
 /// Samples whose stack has a frame satisfying `pred`.
 pub fn count_where(f: &BTreeMap<String, u64>, pred: impl Fn(&str) -> bool) -> u64 {
-    f.iter().filter(|(s, _)| s.split(';').any(&pred)).map(|(_, n)| n).sum()
+    f.iter()
+        .filter(|(s, _)| s.split(';').any(&pred))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Samples whose root (process) frame is `comm`.
 pub fn count_comm(f: &BTreeMap<String, u64>, comm: &str) -> u64 {
-    f.iter().filter(|(s, _)| s.split(';').next() == Some(comm)).map(|(_, n)| n).sum()
+    f.iter()
+        .filter(|(s, _)| s.split(';').next() == Some(comm))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Total of `go tool pprof -raw` sample counts: an independent decoder.
 pub fn go_pprof_total(path: &Path) -> u64 {
-    let out = Command::new("go").args(["tool", "pprof", "-raw"]).arg(path).output().expect("running go tool pprof");
-    assert!(out.status.success(), "go tool pprof rejected {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(path)
+        .output()
+        .expect("running go tool pprof");
+    assert!(
+        out.status.success(),
+        "go tool pprof rejected {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let mut total = 0;
     let mut in_samples = false;
@@ -114,8 +160,14 @@ pub fn go_pprof_total(path: &Path) -> u64 {
             break;
         }
         // Sample rows: "   count   nanos: loc loc ..."
-        if in_samples && l.contains(':') && !l.trim_start().starts_with(|c: char| c.is_alphabetic()) {
-            total += l.split_whitespace().next().unwrap().parse::<u64>().unwrap_or(0);
+        if in_samples && l.contains(':') && !l.trim_start().starts_with(|c: char| c.is_alphabetic())
+        {
+            total += l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap_or(0);
         }
     }
     total
