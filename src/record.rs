@@ -81,6 +81,8 @@ pub struct Recording {
     pub map_bytes: u64,
     /// Time from the end of sampling to the files being written.
     pub finish_time: Duration,
+    /// Time spent in the BPF sampling program.
+    pub bpf_cost: sample::BpfCost,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -286,6 +288,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let event = sampler.event();
     let cpus = sampler.cpus();
     let map_bytes = sampler.map_memory_bytes();
+    let bpf_cost = sampler.bpf_cost();
     drop(rb);
     drop(sampler);
 
@@ -328,6 +331,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         cpus,
         map_bytes,
         finish_time,
+        bpf_cost,
     })
 }
 
@@ -427,6 +431,18 @@ pub fn summary(r: &Recording) -> String {
         r.threads,
         r.map_bytes as f64 / 1048576.0
     );
+    if r.bpf_cost.runs > 0 {
+        // Each run interrupts a CPU; frequency runs per second per CPU.
+        let share = r.bpf_cost.per_run_ns() * p.frequency as f64 / 1e9 * 100.0;
+        let _ = writeln!(
+            s,
+            "  sampler cost: {:.2} µs per sample in BPF over {} samples ({:.3}% of each CPU at {} Hz)",
+            r.bpf_cost.per_run_ns() / 1000.0,
+            r.bpf_cost.runs,
+            share,
+            p.frequency
+        );
+    }
     let total = p.total().max(1);
     let top = p.top_self(5);
     if !top.is_empty() {

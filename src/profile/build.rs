@@ -271,7 +271,6 @@ impl Builder {
         }
         let frames = sym.kernel_frames(addr);
         let lines = self.lines(&frames);
-        self.mappings[mapping as usize].has_functions |= !lines.is_empty();
         self.push_location(key, lines, FrameKind::Kernel)
     }
 
@@ -317,9 +316,6 @@ impl Builder {
             _ => match sym.jit_name(pid, addr) {
                 Some(name) => {
                     let f = self.function(name.clone(), name, Arc::from(""));
-                    if let Some(m) = mapping {
-                        self.mappings[m as usize].has_functions = true;
-                    }
                     vec![Line {
                         function: f,
                         line: 0,
@@ -351,16 +347,30 @@ impl Builder {
             .collect()
     }
 
-    /// Fills the mappings' build IDs and has_* flags from their binaries.
+    /// Fills the mappings' build IDs and sets each has_* flag only when it
+    /// holds for every location in the mapping: consumers skip symbolizing
+    /// (and Pyroscope zeroes addresses of) mappings that claim functions.
     fn finish_mappings(&mut self, sym: &Symbolizer) {
-        for (m, bin) in self.mappings.iter_mut().zip(&self.mapping_bins) {
+        let n = self.mappings.len();
+        let (mut named, mut files, mut lines, mut inline, mut any) = (vec![true; n], vec![true; n], vec![true; n], vec![false; n], vec![false; n]);
+        for loc in &self.locations {
+            let Some(m) = loc.mapping.map(|m| m as usize) else { continue };
+            any[m] = true;
+            named[m] &= !loc.lines.is_empty();
+            files[m] &= !loc.lines.is_empty() && loc.lines.iter().all(|l| !self.functions[l.function as usize].filename.is_empty());
+            lines[m] &= !loc.lines.is_empty() && loc.lines.iter().all(|l| l.line != 0);
+            inline[m] |= loc.lines.len() > 1;
+        }
+        for (i, (m, bin)) in self.mappings.iter_mut().zip(&self.mapping_bins).enumerate() {
             if let Some(b) = bin.map(|id| sym.binary(id)) {
                 m.build_id = b.build_id.clone().unwrap_or_default();
-                m.has_functions = b.has_functions;
-                m.has_filenames = b.has_lines;
-                m.has_line_numbers = b.has_lines;
-                m.has_inline_frames = b.has_inline;
             }
+            m.has_functions = any[i] && named[i];
+            m.has_filenames = any[i] && files[i];
+            m.has_line_numbers = any[i] && lines[i];
+            // Inline frames come from the same DWARF pass that names every
+            // location; seeing one means the pass ran for this binary.
+            m.has_inline_frames = m.has_functions && inline[i];
         }
     }
 }

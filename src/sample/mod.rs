@@ -137,6 +137,25 @@ pub struct Sampler {
     event: Event,
     generation: u32,
     cpus: usize,
+    // Keeps the kernel's BPF run-time statistics on while sampling, so the
+    // sampler's own cost can be reported; None if the kernel refused.
+    _stats_fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// Time spent in the sampler's BPF program, from the kernel's statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BpfCost {
+    /// Program runs (samples taken on any CPU, idle included).
+    pub runs: u64,
+    /// Nanoseconds spent in those runs.
+    pub nanos: u64,
+}
+
+impl BpfCost {
+    /// Mean nanoseconds per run.
+    pub fn per_run_ns(&self) -> f64 {
+        self.nanos as f64 / self.runs.max(1) as f64
+    }
 }
 
 impl Sampler {
@@ -164,7 +183,7 @@ impl Sampler {
         }
         let skel = open.load().map_err(|e| {
             anyhow::anyhow!(
-                "the kernel refused ember's BPF program ({e}); ember needs Linux 5.15 or newer with BTF"
+                "the kernel refused ember's BPF program ({e}); ember needs Linux 5.8 or newer with BTF"
             )
         })?;
 
@@ -210,6 +229,11 @@ impl Sampler {
         );
         let mut perf_links = Vec::new();
 
+        // SAFETY: a plain syscall wrapper; a non-negative result is a new fd we own.
+        let stats_fd = unsafe {
+            let fd = libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME);
+            (fd >= 0).then(|| <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd))
+        };
         let cpus = perf::online_cpus().context("reading the online CPUs failed")?;
         let mut event = cfg.event;
         for &cpu in &cpus {
@@ -246,6 +270,7 @@ impl Sampler {
             event,
             generation: 0,
             cpus: cpus.len(),
+            _stats_fd: stats_fd,
         })
     }
 
@@ -330,6 +355,19 @@ impl Sampler {
             lost_count_map_full: v[4],
             events_lost: v[5],
         })
+    }
+
+    /// Time the sampling program has run so far (zero if statistics are off).
+    pub fn bpf_cost(&self) -> BpfCost {
+        let fd = self.skel.progs.on_sample.as_fd().as_raw_fd();
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        BpfCost { runs: field("run_cnt:"), nanos: field("run_time_ns:") }
     }
 
     /// Kernel memory held by the sampler's maps, from their fdinfo.

@@ -45,12 +45,6 @@ pub struct Binary {
     pub path: Arc<str>,
     /// Hex GNU build ID, when present.
     pub build_id: Option<String>,
-    /// Some address resolved to a function name.
-    pub has_functions: bool,
-    /// Some address resolved to a file and line.
-    pub has_lines: bool,
-    /// Some address resolved to inline frames.
-    pub has_inline: bool,
     /// The vDSO, symbolized through ember's own copy.
     pub vdso: bool,
     file: Option<File>,
@@ -239,9 +233,6 @@ impl Symbolizer {
         };
         let bin = &mut self.binaries[id];
         for (o, frames) in offsets.iter().zip(results) {
-            bin.has_functions |= !frames.is_empty();
-            bin.has_lines |= frames.iter().any(|f| f.line != 0);
-            bin.has_inline |= frames.len() > 1;
             bin.cache.insert(*o, frames);
         }
     }
@@ -329,9 +320,6 @@ impl Binary {
         Binary {
             path,
             build_id: None,
-            has_functions: false,
-            has_lines: false,
-            has_inline: false,
             vdso,
             file,
             cache: HashMap::new(),
