@@ -5,6 +5,7 @@
 //! to functions, per binary) → [`profile`] (one symbolized profile) →
 //! [`export`] (pprof, folded stacks, SVG).
 
+pub mod agent;
 pub mod aggregate;
 pub mod export;
 pub mod preflight;

@@ -28,6 +28,80 @@ enum Cmd {
         after_help = "Examples:\n  sudo ember record --pid 1234 --duration 30s\n  sudo ember record --all -d 10s -o host.svg\n  sudo ember record -- ./my-benchmark --args"
     )]
     Record(RecordArgs),
+    /// Run the always-on host daemon: profile everything, keep windows locally, serve and push them.
+    #[command(after_help = "Examples:\n  ember agent --config /etc/ember/agent.toml\n  ember agent --store-dir /tmp/ember --http-listen 127.0.0.1:6060 --push-pyroscope http://pyroscope:4040\n  ember agent --config agent.toml --check-config")]
+    Agent(AgentArgs),
+    /// Merge stored agent windows into one profile.
+    #[command(after_help = "Examples:\n  ember query --since 10m --format svg > last10m.svg\n  ember query --since 1h --service nginx -o nginx.pb.gz\n  ember query --since 5m --pid 1234 --label container_id=3f2a... -f folded")]
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// TOML config file (see deploy/agent.toml); flags override it.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Validate the config, print the effective config and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Samples per second per CPU (default 19).
+    #[arg(short = 'F', long)]
+    frequency: Option<u64>,
+    /// Window length (default 15s).
+    #[arg(short, long)]
+    window: Option<String>,
+    /// Directory of stored windows (default /var/lib/ember; "" disables).
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// Delete stored windows older than this (default 24h).
+    #[arg(long)]
+    retention: Option<String>,
+    /// Keep the store under this size (default 1GiB).
+    #[arg(long)]
+    store_max_size: Option<String>,
+    /// HTTP endpoint address (default 127.0.0.1:6060; "" disables).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Push to a Pyroscope server (Connect Push API), e.g. http://pyroscope:4040 (repeatable).
+    #[arg(long)]
+    push_pyroscope: Vec<String>,
+    /// Push to a Parca server (gRPC WriteRaw), e.g. http://parca:7070 (repeatable).
+    #[arg(long)]
+    push_parca: Vec<String>,
+    /// Node name for the `node` label (default: host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// Leave kernel frames out.
+    #[arg(long)]
+    no_kernel: bool,
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// Agent config to take the store directory from.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Store directory (default: the config's, else /var/lib/ember).
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// How far back (10m, 1h...).
+    #[arg(short, long, default_value = "10m")]
+    since: String,
+    /// Only this service_name.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only samples of this process.
+    #[arg(short, long)]
+    pid: Option<u32>,
+    /// Only targets with this label (key=value; repeatable).
+    #[arg(short, long = "label")]
+    labels: Vec<String>,
+    /// Output format (default: from --output's extension, else svg).
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
+    /// Output file (default: standard output).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +151,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Record(args) => record_cmd(args),
+        Cmd::Agent(args) => agent_cmd(args),
+        Cmd::Query(args) => query_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,4 +231,107 @@ fn outputs(paths: &[PathBuf], formats: &[Format]) -> anyhow::Result<Vec<(Format,
         out.push((Format::Svg, PathBuf::from(Format::Svg.default_path())));
     }
     Ok(out)
+}
+
+fn agent_config(config: Option<&std::path::Path>) -> anyhow::Result<ember::agent::config::Config> {
+    Ok(match config {
+        Some(p) => ember::agent::config::load(p)?,
+        None => Default::default(),
+    })
+}
+
+fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
+    use ember::agent::config::PushConfig;
+    let mut c = agent_config(a.config.as_deref())?;
+    if let Some(f) = a.frequency {
+        c.frequency = f;
+    }
+    if let Some(w) = a.window {
+        c.window = w;
+    }
+    if let Some(d) = a.store_dir {
+        c.store.dir = d;
+    }
+    if let Some(r) = a.retention {
+        c.store.retention = r;
+    }
+    if let Some(m) = a.store_max_size {
+        c.store.max_size = m;
+    }
+    if let Some(l) = a.http_listen {
+        c.http.listen = l;
+    }
+    if let Some(n) = a.node {
+        c.node = Some(n);
+    }
+    if a.no_kernel {
+        c.kernel = false;
+    }
+    let push = |kind: &str, url: String| PushConfig {
+        kind: kind.into(),
+        url,
+        tenant: None,
+        basic_auth_user: None,
+        basic_auth_password_file: None,
+        bearer_token_file: None,
+        headers: Default::default(),
+        timeout: "10s".into(),
+        gzip: true,
+    };
+    c.push.extend(a.push_pyroscope.into_iter().map(|u| push("pyroscope", u)));
+    c.push.extend(a.push_parca.into_iter().map(|u| push("parca", u)));
+    let settings = c.validate()?;
+    if a.check_config {
+        print!("{}", toml::to_string_pretty(&settings.raw)?);
+        eprintln!("ember: the configuration is valid");
+        return Ok(());
+    }
+    ember::agent::run(settings)
+}
+
+fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
+    use ember::agent::store::{Filter, Store};
+    use ember::export::{self, ExportOptions};
+    let dir = match (a.store_dir, &a.config) {
+        (Some(d), _) => d,
+        (None, Some(_)) => agent_config(a.config.as_deref())?.store.dir,
+        (None, None) => PathBuf::from("/var/lib/ember"),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("no agent store at {}; pass --store-dir (or --config) naming the agent's store.dir", dir.display());
+    }
+    let since = record::parse_duration(&a.since)?;
+    let mut labels = Vec::new();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {l:?} must look like key=value"))?;
+        labels.push((k.to_string(), v.to_string()));
+    }
+    let format = match (a.format, &a.output) {
+        (Some(f), _) => f,
+        (None, Some(p)) => Format::from_path(p)
+            .ok_or_else(|| anyhow::anyhow!("cannot tell the format of {} from its name; pass --format", p.display()))?,
+        (None, None) => Format::Svg,
+    };
+    let store = Store::open(&dir, Duration::from_secs(u64::MAX / 4), u64::MAX)?;
+    let filter = Filter {
+        since_ns: ember::agent::store::now_ns().saturating_sub(since.as_nanos() as u64),
+        service: a.service,
+        pid: a.pid,
+        labels,
+    };
+    let (profile, windows) = store.query(&filter, &mut |w| eprintln!("ember: warning: {w}"));
+    let opts = ExportOptions::default();
+    match &a.output {
+        Some(p) => export::write_file(&profile, format, p, opts)?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            export::write_to(&profile, format, &mut out, opts)?;
+        }
+    }
+    eprintln!(
+        "ember: merged {windows} windows, {} samples{}",
+        profile.total(),
+        a.output.map(|p| format!(", wrote {}", p.display())).unwrap_or_default()
+    );
+    Ok(())
 }

@@ -46,6 +46,12 @@ impl StackTable {
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
+
+    /// Forgets every stack, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.frames.clear();
+    }
 }
 
 /// Samples counted so far, keyed as the kernel keyed them.
@@ -61,6 +67,29 @@ impl Aggregate {
     /// Total samples held.
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
+    }
+
+    /// Adds everything in `other` (a drain's worth) to this aggregate.
+    pub fn merge_from(&mut self, other: &Aggregate) {
+        for (key, &n) in &other.counts {
+            for h in [key.user_stack, key.kernel_stack] {
+                if let Some(frames) = other.stacks.get(h) {
+                    self.stacks.insert(h, frames);
+                }
+            }
+            *self.counts.entry(*key).or_insert(0) += n;
+        }
+    }
+
+    /// Keeps only samples `keep` accepts (their stacks stay interned).
+    pub fn retain(&mut self, mut keep: impl FnMut(&SampleKey) -> bool) {
+        self.counts.retain(|k, _| keep(k));
+    }
+
+    /// Empties the aggregate, keeping its allocations for the next drain.
+    pub fn clear(&mut self) {
+        self.stacks.clear();
+        self.counts.clear();
     }
 
     /// Distinct processes (tgids) seen.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{FrameKind, Function, Line, Location, Mapping, Profile, Sample};
-use crate::aggregate::Aggregate;
-use crate::sample::{SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_USER_LOST};
+use crate::aggregate::{Aggregate, StackTable};
+use crate::sample::{SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_USER_LOST};
 use crate::symbolize::{BinaryId, Symbolizer};
 
 /// Profile metadata.
@@ -40,12 +40,17 @@ const KERNEL_START: u64 = 0xffff_8000_0000_0000;
 
 /// Symbolizes every sample of `agg`.
 pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Profile {
-    let mut b = Builder::default();
+    let entries: Vec<(&SampleKey, u64)> = agg.counts.iter().map(|(k, &n)| (k, n)).collect();
+    prepare(sym, entries.iter().map(|e| e.0.tgid));
+    build_entries(&entries, &agg.stacks, sym, opts)
+}
 
-    // Pick up libraries loaded since each process was captured, and re-read
-    // perf maps, which JITs append to.
+/// Refreshes what symbolization needs for these processes: libraries loaded
+/// since each was captured, and perf maps, which JITs append to. Call once
+/// before one or more [`build_entries`].
+pub fn prepare(sym: &mut Symbolizer, pids: impl Iterator<Item = u32>) {
     sym.reset_perf_maps();
-    let mut pids: Vec<u32> = agg.counts.keys().map(|k| k.tgid).collect();
+    let mut pids: Vec<u32> = pids.collect();
     pids.sort_unstable();
     pids.dedup();
     for &pid in &pids {
@@ -53,12 +58,18 @@ pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Prof
             sym.refresh(pid);
         }
     }
+}
+
+/// Symbolizes a subset of an aggregate's samples (one target's), after
+/// [`prepare`].
+pub fn build_entries(entries: &[(&SampleKey, u64)], stacks: &StackTable, sym: &mut Symbolizer, opts: &BuildOptions) -> Profile {
+    let mut b = Builder::default();
 
     // Pass 1: collect what needs symbolizing, per binary and for the kernel.
     let mut per_bin: HashMap<BinaryId, Vec<u64>> = HashMap::new();
     let mut kernel_addrs = Vec::new();
-    for key in agg.counts.keys() {
-        if let Some(frames) = agg.stacks.get(key.user_stack) {
+    for (key, _) in entries {
+        if let Some(frames) = stacks.get(key.user_stack) {
             let proc = sym.process(key.tgid);
             for (i, &ip) in frames.iter().enumerate() {
                 let a = adjust(ip, i);
@@ -69,7 +80,7 @@ pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Prof
                 }
             }
         }
-        if let Some(frames) = agg.stacks.get(key.kernel_stack) {
+        if let Some(frames) = stacks.get(key.kernel_stack) {
             kernel_addrs.extend(frames.iter().enumerate().map(|(i, &ip)| adjust(ip, i)));
         }
     }
@@ -79,13 +90,13 @@ pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Prof
     sym.symbolize_kernel(&mut kernel_addrs);
 
     // Pass 2: intern locations and samples.
-    let mut samples = Vec::with_capacity(agg.counts.len());
-    for (key, &count) in &agg.counts {
+    let mut samples = Vec::with_capacity(entries.len());
+    for &(key, count) in entries {
         let mut locs = Vec::new();
         if key.flags & SAMPLE_KERNEL_LOST != 0 {
             locs.push(b.marker(lost_name("kernel", key.flags)));
         }
-        if let Some(frames) = agg.stacks.get(key.kernel_stack) {
+        if let Some(frames) = stacks.get(key.kernel_stack) {
             for (i, &ip) in frames.iter().enumerate() {
                 locs.push(b.kernel_location(sym, adjust(ip, i)));
             }
@@ -93,7 +104,7 @@ pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Prof
         if key.flags & SAMPLE_USER_LOST != 0 {
             locs.push(b.marker(lost_name("user", key.flags)));
         }
-        if let Some(frames) = agg.stacks.get(key.user_stack) {
+        if let Some(frames) = stacks.get(key.user_stack) {
             for (i, &ip) in frames.iter().enumerate() {
                 locs.push(b.user_location(sym, key.tgid, adjust(ip, i)));
             }
@@ -116,6 +127,7 @@ pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Prof
         duration: opts.duration,
         frequency: opts.frequency,
         target: opts.target.clone(),
+        labels: Default::default(),
         mappings: b.mappings,
         functions: b.functions,
         locations: b.locations,

@@ -5,12 +5,13 @@
 //! straight copy and the folded/SVG writers walk the same data.
 
 mod build;
+pub mod merge;
 pub mod pprof;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use build::{build, BuildOptions};
+pub use build::{build, build_entries, prepare, BuildOptions};
 
 /// What a location is, for display and for telling kernel frames apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +110,8 @@ pub struct Profile {
     pub frequency: u64,
     /// What was profiled, for titles.
     pub target: String,
+    /// Labels of the target (agent windows); stored as pprof comments.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Mappings.
     pub mappings: Vec<Mapping>,
     /// Functions.

@@ -313,3 +313,158 @@ pub fn read(bytes: &[u8]) -> anyhow::Result<proto::Profile> {
         Ok(proto::Profile::decode(bytes)?)
     }
 }
+
+/// Splits a profile into parts of at most `max_samples` samples and (if
+/// possible) `max_bytes` encoded bytes each, every part carrying only the
+/// mappings, locations, functions and strings its samples use, with dense
+/// ids. Servers reject profiles over their limits; this keeps every part
+/// acceptable instead of losing the whole window.
+pub fn split(p: &proto::Profile, max_samples: usize, max_bytes: usize) -> Vec<proto::Profile> {
+    if p.sample.len() <= max_samples && p.encoded_len() <= max_bytes {
+        return vec![p.clone()];
+    }
+    let mut per = max_samples.min(p.sample.len()).max(1);
+    loop {
+        let parts: Vec<proto::Profile> = p.sample.chunks(per).map(|c| subset(p, c)).collect();
+        if per == 1 || parts.iter().all(|q| q.encoded_len() <= max_bytes) {
+            return parts;
+        }
+        per = per.div_ceil(2);
+    }
+}
+
+/// A profile holding `samples` of `p` and only what they reference.
+fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
+    let mut strings = Strings::new();
+    let mut str_of = |i: i64| strings.id(p.string_table.get(i as usize).map(String::as_str).unwrap_or(""));
+    let mut loc_map: HashMap<u64, u64> = HashMap::new();
+    let mut fn_map: HashMap<u64, u64> = HashMap::new();
+    let mut map_map: HashMap<u64, u64> = HashMap::new();
+    let mut out = proto::Profile {
+        sample_type: p.sample_type.iter().map(|v| proto::ValueType { r#type: str_of(v.r#type), unit: str_of(v.unit) }).collect(),
+        period_type: p.period_type.map(|v| proto::ValueType { r#type: str_of(v.r#type), unit: str_of(v.unit) }),
+        period: p.period,
+        time_nanos: p.time_nanos,
+        duration_nanos: p.duration_nanos,
+        comment: p.comment.iter().map(|&c| str_of(c)).collect(),
+        default_sample_type: if p.default_sample_type != 0 { str_of(p.default_sample_type) } else { 0 },
+        ..Default::default()
+    };
+    for smp in samples {
+        let mut ids = Vec::with_capacity(smp.location_id.len());
+        for &lid in &smp.location_id {
+            let Some(loc) = p.location.get((lid as usize).wrapping_sub(1)) else { continue };
+            let new = match loc_map.get(&lid) {
+                Some(&n) => n,
+                None => {
+                    let mapping_id = match p.mapping.get((loc.mapping_id as usize).wrapping_sub(1)) {
+                        None => 0,
+                        Some(m) => match map_map.get(&loc.mapping_id) {
+                            Some(&n) => n,
+                            None => {
+                                let n = out.mapping.len() as u64 + 1;
+                                out.mapping.push(proto::Mapping {
+                                    id: n,
+                                    filename: str_of(m.filename),
+                                    build_id: str_of(m.build_id),
+                                    ..m.clone()
+                                });
+                                map_map.insert(loc.mapping_id, n);
+                                n
+                            }
+                        },
+                    };
+                    let mut lines = Vec::with_capacity(loc.line.len());
+                    for ln in &loc.line {
+                        let Some(f) = p.function.get((ln.function_id as usize).wrapping_sub(1)) else { continue };
+                        let fid = match fn_map.get(&ln.function_id) {
+                            Some(&n) => n,
+                            None => {
+                                let n = out.function.len() as u64 + 1;
+                                out.function.push(proto::Function {
+                                    id: n,
+                                    name: str_of(f.name),
+                                    system_name: str_of(f.system_name),
+                                    filename: str_of(f.filename),
+                                    start_line: f.start_line,
+                                });
+                                fn_map.insert(ln.function_id, n);
+                                n
+                            }
+                        };
+                        lines.push(proto::Line { function_id: fid, ..*ln });
+                    }
+                    let n = out.location.len() as u64 + 1;
+                    out.location.push(proto::Location { id: n, mapping_id, address: loc.address, line: lines, is_folded: loc.is_folded });
+                    loc_map.insert(lid, n);
+                    n
+                }
+            };
+            ids.push(new);
+        }
+        let label = smp
+            .label
+            .iter()
+            .map(|l| proto::Label {
+                key: str_of(l.key),
+                str: if l.str != 0 { str_of(l.str) } else { 0 },
+                num: l.num,
+                num_unit: if l.num_unit != 0 { str_of(l.num_unit) } else { 0 },
+            })
+            .collect();
+        out.sample.push(proto::Sample { location_id: ids, value: smp.value.clone(), label });
+    }
+    out.string_table = strings.table;
+    out
+}
+
+/// Gzips encoded bytes.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), flate2::Compression::default());
+    gz.write_all(bytes).expect("writing to memory");
+    gz.finish().expect("writing to memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_profile(n: usize) -> proto::Profile {
+        let mut st = Strings::new();
+        let mut p = proto::Profile {
+            sample_type: vec![proto::ValueType { r#type: st.id("samples"), unit: st.id("count") }],
+            time_nanos: 1,
+            ..Default::default()
+        };
+        for i in 0..n as u64 {
+            p.function.push(proto::Function { id: i + 1, name: st.id(&format!("f{i}")), ..Default::default() });
+            p.location.push(proto::Location {
+                id: i + 1,
+                line: vec![proto::Line { function_id: i + 1, line: 1, column: 0 }],
+                ..Default::default()
+            });
+            p.sample.push(proto::Sample { location_id: vec![i + 1], value: vec![1], label: vec![] });
+        }
+        p.string_table = st.table;
+        p
+    }
+
+    #[test]
+    fn split_keeps_every_sample_and_only_what_it_needs() {
+        let p = sample_profile(10);
+        let parts = split(&p, 3, usize::MAX);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts.iter().map(|q| q.sample.len()).sum::<usize>(), 10);
+        for q in &parts {
+            assert_eq!(q.string_table[0], "");
+            assert_eq!(q.location.len(), q.sample.len());
+            for (i, l) in q.location.iter().enumerate() {
+                assert_eq!(l.id, i as u64 + 1);
+            }
+            let names: Vec<&str> = q.function.iter().map(|f| q.string_table[f.name as usize].as_str()).collect();
+            assert_eq!(names.len(), q.sample.len(), "{names:?}");
+        }
+        let small = split(&p, 100, 200);
+        assert!(small.len() > 1 && small.iter().all(|q| q.encoded_len() <= 200));
+    }
+}

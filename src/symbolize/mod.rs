@@ -63,6 +63,8 @@ pub struct Symbolizer {
     vdso_binary: Option<BinaryId>,
     perf_maps: HashMap<u32, Option<PerfMap>>,
     kernel: HashMap<u64, Frames>,
+    lookups: u64,
+    misses: u64,
 }
 
 impl Default for Symbolizer {
@@ -80,6 +82,10 @@ pub struct SymStats {
     pub binaries: usize,
     /// Addresses cached.
     pub cached_addresses: usize,
+    /// Addresses asked for.
+    pub lookups: u64,
+    /// Addresses that were not cached.
+    pub misses: u64,
 }
 
 impl Symbolizer {
@@ -99,6 +105,8 @@ impl Symbolizer {
             vdso_binary: None,
             perf_maps: HashMap::new(),
             kernel: HashMap::new(),
+            lookups: 0,
+            misses: 0,
         }
     }
 
@@ -157,10 +165,33 @@ impl Symbolizer {
         }
     }
 
-    /// Forgets a process (its binaries stay cached).
+    /// Forgets a process (its binaries stay cached until [`gc`](Self::gc)).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
         self.perf_maps.remove(&pid);
+    }
+
+    /// Drops processes known to have exited and closes binaries no tracked
+    /// process maps any more, so memory stays bounded under process churn.
+    /// Returns the pids forgotten.
+    pub fn gc(&mut self) -> Vec<u32> {
+        let gone: Vec<u32> = self.processes.iter().filter(|(_, p)| p.exited).map(|(&pid, _)| pid).collect();
+        for pid in &gone {
+            self.forget(*pid);
+        }
+        let live: std::collections::HashSet<FileKey> =
+            self.processes.values().flat_map(|p| p.mappings.iter().filter_map(|m| m.file)).collect();
+        let binaries = &mut self.binaries;
+        self.by_file.retain(|key, &mut id| {
+            let keep = live.contains(key);
+            if !keep {
+                // The slot stays (ids are indexes) but holds nothing.
+                binaries[id].file = None;
+                binaries[id].cache = HashMap::new();
+            }
+            keep
+        });
+        gone
     }
 
     fn register_binary(&mut self, pid: u32, key: FileKey, m: &Mapping) {
@@ -210,9 +241,11 @@ impl Symbolizer {
     /// Symbolizes file offsets of one binary in one batch, filling its cache.
     pub fn symbolize_binary(&mut self, id: BinaryId, offsets: &mut Vec<u64>) {
         let bin = &self.binaries[id];
-        offsets.retain(|o| !bin.cache.contains_key(o));
         offsets.sort_unstable();
         offsets.dedup();
+        self.lookups += offsets.len() as u64;
+        offsets.retain(|o| !bin.cache.contains_key(o));
+        self.misses += offsets.len() as u64;
         if offsets.is_empty() {
             return;
         }
@@ -248,9 +281,11 @@ impl Symbolizer {
 
     /// Symbolizes kernel addresses in one batch, filling the cache.
     pub fn symbolize_kernel(&mut self, addrs: &mut Vec<u64>) {
-        addrs.retain(|a| !self.kernel.contains_key(a));
         addrs.sort_unstable();
         addrs.dedup();
+        self.lookups += addrs.len() as u64;
+        addrs.retain(|a| !self.kernel.contains_key(a));
+        self.misses += addrs.len() as u64;
         if addrs.is_empty() {
             return;
         }
@@ -304,6 +339,8 @@ impl Symbolizer {
             binaries: self.binaries.len(),
             cached_addresses: self.kernel.len()
                 + self.binaries.iter().map(|b| b.cache.len()).sum::<usize>(),
+            lookups: self.lookups,
+            misses: self.misses,
         }
     }
 

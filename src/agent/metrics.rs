@@ -1,0 +1,166 @@
+//! The agent's own counters, rendered in Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Counters and gauges shared by the sampler, HTTP and push threads.
+#[derive(Default)]
+pub struct Metrics {
+    /// Kernel counters (copied after each drain).
+    pub samples: AtomicU64,
+    /// Idle-CPU samples.
+    pub idle: AtomicU64,
+    /// Lost by cause (kernel counters).
+    pub lost_user_stack: AtomicU64,
+    /// Stack map full.
+    pub lost_stack_map_full: AtomicU64,
+    /// Count map full.
+    pub lost_count_map_full: AtomicU64,
+    /// Ring-buffer events lost.
+    pub events_lost: AtomicU64,
+    /// Samples of processes relabeling dropped.
+    pub samples_dropped_by_relabel: AtomicU64,
+    /// Drains and their time.
+    pub drains: AtomicU64,
+    /// Total drain time, ns.
+    pub drain_ns: AtomicU64,
+    /// Windows cut, and profiles written.
+    pub windows: AtomicU64,
+    /// Profiles (targets) produced.
+    pub profiles: AtomicU64,
+    /// Symbolize + build time, ns.
+    pub symbolize_ns: AtomicU64,
+    /// Symbolization cache lookups and misses.
+    pub sym_lookups: AtomicU64,
+    /// Misses.
+    pub sym_misses: AtomicU64,
+    /// Cached addresses.
+    pub sym_cached: AtomicU64,
+    /// Binaries held.
+    pub sym_binaries: AtomicU64,
+    /// Processes tracked.
+    pub processes: AtomicU64,
+    /// Store write failures.
+    pub store_errors: AtomicU64,
+    /// BPF map memory.
+    pub bpf_map_bytes: AtomicU64,
+    /// BPF program time, ns.
+    pub bpf_run_ns: AtomicU64,
+    /// Push counters per backend index.
+    pub push: Mutex<Vec<PushMetrics>>,
+}
+
+/// Per-backend push counters.
+#[derive(Default, Clone)]
+pub struct PushMetrics {
+    /// Backend name (`pyroscope http://...`).
+    pub name: String,
+    /// Requests sent.
+    pub attempts: u64,
+    /// Accepted.
+    pub successes: u64,
+    /// Failed (any reason, retried or not).
+    pub failures: u64,
+    /// Rejected by the server with a non-retryable status.
+    pub rejected: u64,
+    /// Dropped from the queue by cause.
+    pub dropped_queue_full: u64,
+    /// Too old for the server to accept.
+    pub dropped_expired: u64,
+    /// Bytes waiting.
+    pub queued_bytes: u64,
+    /// Items waiting.
+    pub queued_items: u64,
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let mut line = |name: &str, kind: &str, help: &str, v: String| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{v}");
+        };
+        line("ember_samples_total", "counter", "Samples of profiled tasks taken by the BPF sampler.", format!(" {}", g(&self.samples)));
+        line("ember_idle_samples_total", "counter", "Samples that hit an idle CPU (not recorded).", format!(" {}", g(&self.idle)));
+        line(
+            "ember_lost_samples_total",
+            "counter",
+            "Samples not recorded whole, by cause.",
+            format!(
+                "{{cause=\"user_stack_unreadable\"}} {}\nember_lost_samples_total{{cause=\"stack_map_full\"}} {}\nember_lost_samples_total{{cause=\"count_map_full\"}} {}",
+                g(&self.lost_user_stack),
+                g(&self.lost_stack_map_full),
+                g(&self.lost_count_map_full)
+            ),
+        );
+        line("ember_process_events_lost_total", "counter", "New-process notifications dropped.", format!(" {}", g(&self.events_lost)));
+        line("ember_samples_dropped_by_relabel_total", "counter", "Samples of processes that relabel rules drop.", format!(" {}", g(&self.samples_dropped_by_relabel)));
+        line("ember_drains_total", "counter", "Kernel map drains.", format!(" {}", g(&self.drains)));
+        line("ember_drain_seconds_total", "counter", "Time spent draining kernel maps.", format!(" {:.6}", g(&self.drain_ns) as f64 / 1e9));
+        line("ember_windows_total", "counter", "Windows cut.", format!(" {}", g(&self.windows)));
+        line("ember_profiles_total", "counter", "Per-target profiles produced.", format!(" {}", g(&self.profiles)));
+        line("ember_symbolize_seconds_total", "counter", "Time spent symbolizing and building profiles.", format!(" {:.6}", g(&self.symbolize_ns) as f64 / 1e9));
+        line("ember_symbolizer_lookups_total", "counter", "Address lookups in the symbolization caches.", format!(" {}", g(&self.sym_lookups)));
+        line("ember_symbolizer_misses_total", "counter", "Lookups that had to symbolize.", format!(" {}", g(&self.sym_misses)));
+        line("ember_symbolizer_cached_addresses", "gauge", "Addresses in the symbolization caches.", format!(" {}", g(&self.sym_cached)));
+        line("ember_symbolizer_binaries", "gauge", "Binaries held open for symbolization.", format!(" {}", g(&self.sym_binaries)));
+        line("ember_processes_tracked", "gauge", "Processes with captured maps and labels.", format!(" {}", g(&self.processes)));
+        line("ember_store_errors_total", "counter", "Windows that could not be written to the store.", format!(" {}", g(&self.store_errors)));
+        line("ember_bpf_map_bytes", "gauge", "Kernel memory of the sampler's BPF maps.", format!(" {}", g(&self.bpf_map_bytes)));
+        line("ember_bpf_run_seconds_total", "counter", "Time spent in the BPF sampling program.", format!(" {:.6}", g(&self.bpf_run_ns) as f64 / 1e9));
+        let (rss, cpu) = self_usage();
+        line("process_resident_memory_bytes", "gauge", "Resident memory of the agent.", format!(" {rss}"));
+        line("process_cpu_seconds_total", "counter", "User and system CPU time of the agent.", format!(" {cpu:.3}"));
+        let push = self.push.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let series = |field: &dyn Fn(&PushMetrics) -> u64| {
+            push.iter().map(|p| format!("{{backend=\"{}\"}} {}", p.name.replace('"', "'"), field(p))).collect::<Vec<_>>()
+        };
+        for (name, kind, help, f) in [
+            ("ember_push_attempts_total", "counter", "Push requests sent.", &(|p: &PushMetrics| p.attempts) as &dyn Fn(&PushMetrics) -> u64),
+            ("ember_push_successes_total", "counter", "Push requests accepted.", &|p: &PushMetrics| p.successes),
+            ("ember_push_failures_total", "counter", "Push requests that failed.", &|p: &PushMetrics| p.failures),
+            ("ember_push_rejected_total", "counter", "Profiles the server rejected (not retried).", &|p: &PushMetrics| p.rejected),
+            ("ember_push_dropped_queue_full_total", "counter", "Profiles dropped because the queue was full.", &|p: &PushMetrics| p.dropped_queue_full),
+            ("ember_push_dropped_expired_total", "counter", "Profiles dropped as too old for the server.", &|p: &PushMetrics| p.dropped_expired),
+            ("ember_push_queued_bytes", "gauge", "Bytes waiting to be pushed.", &|p: &PushMetrics| p.queued_bytes),
+            ("ember_push_queued_profiles", "gauge", "Profiles waiting to be pushed.", &|p: &PushMetrics| p.queued_items),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for v in series(f) {
+                let _ = writeln!(s, "{name}{v}");
+            }
+        }
+        s
+    }
+
+    /// Updates one backend's counters.
+    pub fn with_push(&self, i: usize, f: impl FnOnce(&mut PushMetrics)) {
+        let mut p = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = p.get_mut(i) {
+            f(m);
+        }
+    }
+}
+
+/// (resident bytes, CPU seconds) of this process.
+pub fn self_usage() -> (u64, f64) {
+    let page = 4096u64;
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * page;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / hz)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}

@@ -1,0 +1,347 @@
+//! `ember agent`: the always-on host daemon. It samples every process at a
+//! low frequency, cuts one profile per target (a set of processes sharing
+//! labels) every window, keeps windows in a local store, serves them over
+//! HTTP and pushes them to Pyroscope or Parca.
+//!
+//! Threads: this one owns the sampler, drains and symbolizes (nothing here
+//! ever waits on the network); one tokio thread runs the HTTP endpoint and
+//! the pushers.
+
+pub mod config;
+pub mod http;
+pub mod meta;
+pub mod metrics;
+pub mod push;
+pub mod relabel;
+pub mod store;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+
+use crate::aggregate::{Aggregate, Drainer};
+use crate::preflight;
+use crate::profile::{self, BuildOptions, Profile};
+use crate::sample::{self, Sampler, SampleKey, Targets};
+use crate::symbolize::Symbolizer;
+pub use config::Settings;
+use metrics::Metrics;
+use relabel::Labels;
+
+/// How often the kernel maps are drained (windows and live requests are
+/// built from drains).
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// A `/debug/pprof/profile?seconds=N` request waiting for its samples.
+pub struct LiveRequest {
+    /// When the answer is due.
+    pub deadline: Instant,
+    /// When it started.
+    pub started: SystemTime,
+    /// Only this process.
+    pub pid: Option<u32>,
+    /// Only processes of this service.
+    pub service: Option<String>,
+    /// Samples so far.
+    pub agg: Aggregate,
+    /// Where the gzip pprof goes.
+    pub reply: tokio::sync::oneshot::Sender<Vec<u8>>,
+}
+
+/// State shared between the sampler thread and the HTTP/push thread.
+pub struct Shared {
+    /// Counters.
+    pub metrics: Metrics,
+    /// The local store, if enabled.
+    pub store: Option<store::Store>,
+    /// Pending live requests.
+    pub live: Mutex<Vec<LiveRequest>>,
+    /// Set on SIGINT/SIGTERM.
+    pub stop: AtomicBool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// What is known of a process's labels.
+enum Known {
+    /// Its final labels.
+    Labels(Labels),
+    /// Relabeling dropped it.
+    Dropped,
+    /// It was gone before /proc could be read.
+    Unreadable,
+}
+
+/// Labels per process, read once while it lives and refreshed on exec.
+#[derive(Default)]
+struct Targeting {
+    labels: HashMap<u32, Known>,
+}
+
+impl Targeting {
+    fn learn(&mut self, pid: u32, s: &Settings) {
+        let known = match meta::read_process_meta(std::path::Path::new("/proc"), pid) {
+            Ok(m) => match relabel::apply(&s.rules, &meta::discovery_labels(&m, &s.node)) {
+                Some(l) => Known::Labels(l),
+                None => Known::Dropped,
+            },
+            Err(_) => Known::Unreadable,
+        };
+        self.labels.insert(pid, known);
+    }
+
+    fn labels_of(&mut self, key: &SampleKey, s: &Settings) -> Option<Labels> {
+        if !self.labels.contains_key(&key.tgid) {
+            self.learn(key.tgid, s);
+        }
+        match self.labels.get(&key.tgid)? {
+            Known::Labels(l) => Some(l.clone()),
+            Known::Dropped => None,
+            Known::Unreadable => {
+                // Exited before its labels could be read: label it by the
+                // names the kernel recorded, still subject to relabeling.
+                let m = meta::ProcessMeta {
+                    pid: key.tgid,
+                    comm: cstr(&key.comm),
+                    exe: String::new(),
+                    cgroup: String::new(),
+                    container_id: None,
+                    systemd_unit: None,
+                    pod_uid: None,
+                };
+                relabel::apply(&s.rules, &meta::discovery_labels(&m, &s.node))
+            }
+        }
+    }
+}
+
+fn cstr(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(16);
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Runs the agent until SIGINT/SIGTERM; the last window is flushed to the
+/// store and to push before it returns.
+pub fn run(s: Settings) -> Result<()> {
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    let store = if s.raw.store.dir.as_os_str().is_empty() {
+        None
+    } else {
+        Some(store::Store::open(&s.raw.store.dir, s.retention, s.store_max_bytes)?)
+    };
+    let shared = Arc::new(Shared { metrics: Metrics::default(), store, live: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
+    let pusher = push::Pusher::new(&s, shared.clone())?;
+    let io_thread = http::spawn(&s, shared.clone(), pusher.clone())?;
+
+    let cfg = sample::Config {
+        frequency: s.raw.frequency,
+        event: sample::Event::CpuClock,
+        targets: Targets::All,
+        kernel_stacks: s.raw.kernel,
+        count_map_entries: s.raw.sampler.count_map_size,
+        stack_map_entries: s.raw.sampler.stack_map_size,
+    };
+    let mut sampler = Sampler::start(&cfg)?;
+    let mut sym = Symbolizer::new();
+    let mut targeting = Targeting::default();
+    let mut drainer = Drainer::default();
+    let mut tick = Aggregate::default();
+    let mut window = Aggregate::default();
+
+    let pending: Rc<RefCell<Vec<(u32, u32)>>> = Rc::default();
+    let mut rb = libbpf_rs::RingBufferBuilder::new();
+    {
+        let pending = pending.clone();
+        rb.add(sampler.events_map(), move |data: &[u8]| {
+            if data.len() >= 8 {
+                let word = |i: usize| u32::from_ne_bytes(data[i..i + 4].try_into().unwrap());
+                pending.borrow_mut().push((word(0), word(4)));
+            }
+            0
+        })?;
+    }
+    let rb = rb.build()?;
+    eprintln!(
+        "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
+        s.raw.frequency,
+        s.window.as_secs(),
+        shared.store.as_ref().map(|st| format!(", store {}", st.dir().display())).unwrap_or_default(),
+        s.listen.map(|a| format!(", http://{a}")).unwrap_or_default()
+    );
+
+    let mut window_start = SystemTime::now();
+    let mut window_began = Instant::now();
+    let mut last_drain = Instant::now();
+    loop {
+        let _ = rb.poll(Duration::from_millis(100));
+        learn_pending(&mut sym, &mut targeting, &pending, &s);
+        let stopping = STOP.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst);
+        if stopping {
+            sampler.stop();
+            let _ = rb.consume();
+            learn_pending(&mut sym, &mut targeting, &pending, &s);
+        }
+        if stopping || last_drain.elapsed() >= DRAIN_EVERY {
+            last_drain = Instant::now();
+            let t0 = Instant::now();
+            drainer.drain(&mut sampler, &mut tick)?;
+            shared.metrics.drain_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            shared.metrics.drains.fetch_add(1, Ordering::Relaxed);
+            window.merge_from(&tick);
+            serve_live(&shared, &tick, &mut sym, &mut targeting, &s, stopping);
+            tick.clear();
+            update_kernel_metrics(&shared.metrics, &sampler);
+        }
+        if stopping || window_began.elapsed() >= s.window {
+            let duration = window_began.elapsed();
+            cut_window(&window, window_start, duration, &mut sym, &mut targeting, &s, &shared, &pusher);
+            window.clear();
+            window_start = SystemTime::now();
+            window_began = Instant::now();
+            for pid in sym.gc() {
+                targeting.labels.remove(&pid);
+            }
+            let st = sym.stats();
+            let m = &shared.metrics;
+            m.sym_cached.store(st.cached_addresses as u64, Ordering::Relaxed);
+            m.sym_binaries.store(st.binaries as u64, Ordering::Relaxed);
+            m.processes.store(st.processes as u64, Ordering::Relaxed);
+            m.sym_lookups.store(st.lookups, Ordering::Relaxed);
+            m.sym_misses.store(st.misses, Ordering::Relaxed);
+            if let Some(store) = &shared.store {
+                store.enforce_retention();
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    eprintln!("ember agent: stopping; flushing the push queue");
+    pusher.close();
+    shared.stop.store(true, Ordering::SeqCst);
+    let _ = io_thread.join();
+    Ok(())
+}
+
+fn learn_pending(sym: &mut Symbolizer, targeting: &mut Targeting, pending: &RefCell<Vec<(u32, u32)>>, s: &Settings) {
+    for (pid, kind) in pending.borrow_mut().drain(..) {
+        if kind == sample::PROC_EVENT_EXEC {
+            sym.capture_exec(pid);
+        } else {
+            sym.capture(pid);
+        }
+        // Read labels now, while the process lives; exec refreshes them.
+        targeting.learn(pid, s);
+    }
+}
+
+fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
+    if let Ok(st) = sampler.stats() {
+        m.samples.store(st.samples, Ordering::Relaxed);
+        m.idle.store(st.idle, Ordering::Relaxed);
+        m.lost_user_stack.store(st.lost_user_stack, Ordering::Relaxed);
+        m.lost_stack_map_full.store(st.lost_stack_map_full, Ordering::Relaxed);
+        m.lost_count_map_full.store(st.lost_count_map_full, Ordering::Relaxed);
+        m.events_lost.store(st.events_lost, Ordering::Relaxed);
+    }
+    m.bpf_map_bytes.store(sampler.map_memory_bytes(), Ordering::Relaxed);
+    m.bpf_run_ns.store(sampler.bpf_cost().nanos, Ordering::Relaxed);
+}
+
+/// Builds one profile per target (distinct label set) from a window.
+#[allow(clippy::too_many_arguments)]
+fn cut_window(
+    agg: &Aggregate,
+    start: SystemTime,
+    duration: Duration,
+    sym: &mut Symbolizer,
+    targeting: &mut Targeting,
+    s: &Settings,
+    shared: &Shared,
+    pusher: &push::Pusher,
+) {
+    let t0 = Instant::now();
+    shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
+    let mut groups: BTreeMap<Labels, Vec<(&SampleKey, u64)>> = BTreeMap::new();
+    for (key, &n) in &agg.counts {
+        match targeting.labels_of(key, s) {
+            Some(l) => groups.entry(l).or_default().push((key, n)),
+            None => {
+                shared.metrics.samples_dropped_by_relabel.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+    profile::prepare(sym, agg.counts.keys().map(|k| k.tgid));
+    for (labels, entries) in groups {
+        let target = labels.get("service_name").cloned().unwrap_or_else(|| "unknown".into());
+        let opts = BuildOptions { start, duration, frequency: s.raw.frequency, target: format!("{target} on {}", s.node) };
+        let mut p = profile::build_entries(&entries, &agg.stacks, sym, &opts);
+        p.labels = labels;
+        shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
+        if let Some(store) = &shared.store {
+            if let Err(e) = store.write(&p) {
+                shared.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("ember agent: cannot store a window: {e:#}");
+            }
+        }
+        pusher.submit(Arc::new(p));
+    }
+    shared.metrics.symbolize_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Feeds a drain to the live requests and answers those that are due.
+fn serve_live(shared: &Shared, tick: &Aggregate, sym: &mut Symbolizer, targeting: &mut Targeting, s: &Settings, all_due: bool) {
+    let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+    if live.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    for r in live.iter_mut() {
+        r.agg.merge_from(tick);
+    }
+    let (due, waiting): (Vec<_>, Vec<_>) = live.drain(..).partition(|r| all_due || r.deadline <= now);
+    *live = waiting;
+    drop(live);
+    for mut r in due {
+        if let Some(pid) = r.pid {
+            r.agg.retain(|k| k.tgid == pid);
+        }
+        if let Some(svc) = &r.service {
+            r.agg.retain(|k| targeting.labels_of(k, s).is_some_and(|l| l.get("service_name") == Some(svc)));
+        }
+        let what = match (&r.pid, &r.service) {
+            (Some(p), _) => format!("pid {p} on {}", s.node),
+            (_, Some(svc)) => format!("service {svc} on {}", s.node),
+            _ => format!("all processes on {}", s.node),
+        };
+        let opts = BuildOptions {
+            start: r.started,
+            duration: r.started.elapsed().unwrap_or_default(),
+            frequency: s.raw.frequency,
+            target: what,
+        };
+        let p: Profile = profile::build(&r.agg, sym, &opts);
+        let mut out = Vec::new();
+        if crate::profile::pprof::write(&p, &mut out).is_ok() {
+            let _ = r.reply.send(out);
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! Push: ships each window's profiles to Pyroscope or Parca.
+//!
+//! Every backend has a bounded in-memory queue (by bytes). A window is
+//! encoded once per backend when it is cut, trimmed and split to the
+//! server's documented limits, then sent by a tokio task with exponential
+//! backoff and full jitter. Retries happen on network errors, timeouts, 429
+//! and 5xx; any other 4xx is logged once per status and dropped (counted).
+//! Past the bound the oldest profile is dropped (counted). Sampling never
+//! waits on push: `submit` only encodes and enqueues.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prost::Message;
+
+use super::config::{PushConfig, Settings};
+use super::metrics::PushMetrics;
+use super::Shared;
+use crate::profile::pprof::{self, proto};
+use crate::profile::Profile;
+
+/// Pyroscope's and Parca's request messages (push.proto, profilestore.proto).
+pub mod wire {
+    #![allow(missing_docs)]
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelPair {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// `push.v1.PushRequest`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub series: Vec<RawProfileSeries>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RawProfileSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<LabelPair>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<RawSample>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RawSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub raw_profile: Vec<u8>,
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+
+    /// `parca.profilestore.v1alpha1.WriteRawRequest`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRawRequest {
+        #[prost(string, tag = "1")]
+        pub tenant: String,
+        #[prost(message, repeated, tag = "2")]
+        pub series: Vec<ParcaSeries>,
+        #[prost(bool, tag = "3")]
+        pub normalized: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ParcaSeries {
+        #[prost(message, optional, tag = "1")]
+        pub labels: Option<LabelSet>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<ParcaSample>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelSet {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<LabelPair>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ParcaSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub raw_profile: Vec<u8>,
+    }
+}
+
+/// Pyroscope's documented per-profile limits (validation defaults).
+const MAX_SAMPLES: usize = 16_000;
+const MAX_PROFILE_BYTES: usize = 4 << 20;
+/// Kept well under Pyroscope's 2 MB ingestion burst, which a single larger
+/// profile could never pass.
+const TARGET_PROFILE_BYTES: usize = 1 << 20;
+const MAX_LABELS: usize = 30;
+const MAX_LABEL_VALUE: usize = 2048;
+/// Pyroscope rejects profiles older than 1 h; leave margin for the trip.
+const MAX_AGE: Duration = Duration::from_secs(50 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pyroscope,
+    PyroscopeIngest,
+    Parca,
+    ParcaJson,
+}
+
+struct Item {
+    uri: String,
+    body: Bytes,
+    created: Instant,
+}
+
+struct Backend {
+    kind: Kind,
+    cfg: PushConfig,
+    timeout: Duration,
+    auth: Option<String>,
+    queue: Mutex<VecDeque<Item>>,
+    queued_bytes: Mutex<u64>,
+    notify: tokio::sync::Notify,
+    index: usize,
+}
+
+/// Handle to every configured backend.
+#[derive(Clone)]
+pub struct Pusher {
+    backends: Arc<Vec<Arc<Backend>>>,
+    shared: Arc<Shared>,
+    max_bytes: u64,
+    frequency: u64,
+    closed: Arc<AtomicBool>,
+}
+
+impl Pusher {
+    /// Prepares the backends (reading credentials now, so a missing file is
+    /// a start-up error). Nothing is sent until [`Pusher::run`].
+    pub fn new(s: &Settings, shared: Arc<Shared>) -> Result<Pusher> {
+        let mut backends = Vec::new();
+        let mut metrics = Vec::new();
+        for (i, cfg) in s.raw.push.iter().enumerate() {
+            let kind = match cfg.kind.as_str() {
+                "pyroscope" => Kind::Pyroscope,
+                "pyroscope-ingest" => Kind::PyroscopeIngest,
+                "parca" => Kind::Parca,
+                _ => Kind::ParcaJson,
+            };
+            let read = |p: &std::path::Path| -> Result<String> {
+                Ok(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?.trim().to_string())
+            };
+            let auth = if let Some(f) = &cfg.bearer_token_file {
+                Some(format!("Bearer {}", read(f)?))
+            } else if let Some(user) = &cfg.basic_auth_user {
+                let pw = cfg.basic_auth_password_file.as_deref().map(read).transpose()?.unwrap_or_default();
+                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))))
+            } else {
+                None
+            };
+            metrics.push(PushMetrics { name: format!("{} {}", cfg.kind, cfg.url), ..Default::default() });
+            backends.push(Arc::new(Backend {
+                kind,
+                cfg: cfg.clone(),
+                timeout: s.push_timeouts[i],
+                auth,
+                queue: Mutex::new(VecDeque::new()),
+                queued_bytes: Mutex::new(0),
+                notify: tokio::sync::Notify::new(),
+                index: i,
+            }));
+        }
+        *shared.metrics.push.lock().unwrap_or_else(|e| e.into_inner()) = metrics;
+        Ok(Pusher {
+            backends: Arc::new(backends),
+            shared,
+            max_bytes: s.queue_max_bytes,
+            frequency: s.raw.frequency,
+            closed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Encodes a window's profile for every backend and queues it.
+    pub fn submit(&self, p: Arc<Profile>) {
+        if self.backends.is_empty() || p.samples.is_empty() {
+            return;
+        }
+        let base = pprof::to_proto(&p);
+        for b in self.backends.iter() {
+            for (uri, body) in encode(b, &p, &base, self.frequency) {
+                self.enqueue(b, Item { uri, body: Bytes::from(body), created: Instant::now() });
+            }
+        }
+    }
+
+    fn enqueue(&self, b: &Backend, item: Item) {
+        let mut q = b.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = b.queued_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        *bytes += item.body.len() as u64;
+        q.push_back(item);
+        let mut dropped = 0;
+        // The head may be in flight; it is popped by the sender, so drop
+        // from the second-oldest on.
+        while *bytes > self.max_bytes && q.len() > 1 {
+            if let Some(old) = q.remove(1) {
+                *bytes -= old.body.len() as u64;
+                dropped += 1;
+            }
+        }
+        let (n, total) = (q.len() as u64, *bytes);
+        drop(bytes);
+        drop(q);
+        self.shared.metrics.with_push(b.index, |m| {
+            m.dropped_queue_full += dropped;
+            m.queued_items = n;
+            m.queued_bytes = total;
+        });
+        b.notify.notify_one();
+    }
+
+    /// Asks the senders to flush what is queued and stop.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for b in self.backends.iter() {
+            b.notify.notify_one();
+        }
+    }
+
+    /// Runs one sender task per backend until closed and flushed (or the
+    /// flush deadline passes).
+    pub async fn run(self) {
+        let mut tasks = Vec::new();
+        for b in self.backends.iter().cloned() {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move { me.sender(b).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn sender(&self, b: Arc<Backend>) {
+        let client = http_client(false);
+        let h2 = http_client(true);
+        let mut backoff = Duration::from_millis(500);
+        let mut seen_status: HashSet<u16> = HashSet::new();
+        let mut flush_deadline: Option<Instant> = None;
+        loop {
+            let head = {
+                let q = b.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.front().map(|i| (i.uri.clone(), i.body.clone(), i.created))
+            };
+            let Some((uri, body, created)) = head else {
+                if self.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                b.notify.notified().await;
+                continue;
+            };
+            if self.closed.load(Ordering::SeqCst) {
+                // On shutdown, give the queue a bounded time to drain.
+                let d = *flush_deadline.get_or_insert_with(|| Instant::now() + b.timeout.max(Duration::from_secs(5)));
+                if Instant::now() > d {
+                    return;
+                }
+            }
+            if created.elapsed() > MAX_AGE {
+                self.pop(&b, |m| m.dropped_expired += 1);
+                continue;
+            }
+            self.shared.metrics.with_push(b.index, |m| m.attempts += 1);
+            let c = if b.kind == Kind::Parca { &h2 } else { &client };
+            match send(c, &b, &uri, body).await {
+                Outcome::Ok => {
+                    backoff = Duration::from_millis(500);
+                    self.pop(&b, |m| m.successes += 1);
+                }
+                Outcome::Reject(status, msg) => {
+                    if seen_status.insert(status) {
+                        eprintln!("ember agent: {} {} rejected a profile ({status}): {msg}; dropping it (not retried)", b.cfg.kind, b.cfg.url);
+                    }
+                    self.pop(&b, |m| {
+                        m.failures += 1;
+                        m.rejected += 1;
+                    });
+                }
+                Outcome::Retry(why) => {
+                    self.shared.metrics.with_push(b.index, |m| m.failures += 1);
+                    if self.closed.load(Ordering::SeqCst) && flush_deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                        eprintln!("ember agent: {} {} is unreachable ({why}); {} profiles were not pushed", b.cfg.kind, b.cfg.url, b.queue.lock().map(|q| q.len()).unwrap_or(0));
+                        return;
+                    }
+                    // Full jitter: a fleet that lost its backend does not
+                    // come back in lockstep.
+                    let wait = Duration::from_secs_f64(backoff.as_secs_f64() * (0.5 + 0.5 * jitter()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = b.notify.notified(), if self.closed.load(Ordering::SeqCst) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                }
+            }
+        }
+    }
+
+    fn pop(&self, b: &Backend, count: impl FnOnce(&mut PushMetrics)) {
+        let mut q = b.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = b.queued_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = q.pop_front() {
+            *bytes -= i.body.len() as u64;
+        }
+        let (n, total) = (q.len() as u64, *bytes);
+        drop(bytes);
+        drop(q);
+        self.shared.metrics.with_push(b.index, |m| {
+            count(m);
+            m.queued_items = n;
+            m.queued_bytes = total;
+        });
+    }
+}
+
+enum Outcome {
+    Ok,
+    Retry(String),
+    Reject(u16, String),
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+
+fn http_client(h2_only: bool) -> HttpClient {
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b,
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+    };
+    let conn = builder.https_or_http().enable_http1().enable_http2().build();
+    let mut c = Client::builder(TokioExecutor::new());
+    c.pool_idle_timeout(Duration::from_secs(30));
+    if h2_only {
+        c.http2_only(true);
+    }
+    c.build(conn)
+}
+
+async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
+    let mut req = Request::post(uri).header("user-agent", concat!("ember/", env!("CARGO_PKG_VERSION")));
+    match b.kind {
+        Kind::Pyroscope => {
+            req = req.header("content-type", "application/proto").header("connect-protocol-version", "1");
+            if b.cfg.gzip {
+                req = req.header("content-encoding", "gzip");
+            }
+        }
+        Kind::PyroscopeIngest => req = req.header("content-type", "application/octet-stream"),
+        Kind::Parca => req = req.header("content-type", "application/grpc").header("te", "trailers"),
+        Kind::ParcaJson => req = req.header("content-type", "application/json"),
+    }
+    if let Some(t) = &b.cfg.tenant {
+        req = req.header("x-scope-orgid", t);
+    }
+    if let Some(a) = &b.auth {
+        req = req.header("authorization", a);
+    }
+    for (k, v) in &b.cfg.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = match req.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Reject(0, format!("cannot build the request: {e}")),
+    };
+    let resp = match tokio::time::timeout(b.timeout, c.request(req)).await {
+        Err(_) => return Outcome::Retry("timed out".into()),
+        Ok(Err(e)) => return Outcome::Retry(format!("{e}")),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let collected = match tokio::time::timeout(b.timeout, resp.into_body().collect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Outcome::Retry(format!("{e}")),
+        Err(_) => return Outcome::Retry("timed out reading the response".into()),
+    };
+    if b.kind == Kind::Parca && status == StatusCode::OK {
+        // gRPC reports errors in the trailers (or the headers, for a
+        // trailers-only response).
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let get = |k: &str| trailers.get(k).or_else(|| headers.get(k)).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let code: u32 = get("grpc-status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let msg = get("grpc-message").unwrap_or_default();
+        return match code {
+            0 => Outcome::Ok,
+            // UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+            2 | 4 | 8 | 10 | 13 | 14 | 15 => Outcome::Retry(format!("grpc-status {code}: {msg}")),
+            _ => Outcome::Reject(code as u16, format!("grpc-status {code}: {msg}")),
+        };
+    }
+    let text = String::from_utf8_lossy(&collected.to_bytes()).chars().take(300).collect::<String>();
+    if status.is_success() {
+        Outcome::Ok
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        Outcome::Retry(format!("HTTP {status}: {text}"))
+    } else {
+        Outcome::Reject(status.as_u16(), format!("HTTP {status}: {text}"))
+    }
+}
+
+/// Request URIs and bodies for one profile on one backend, split to the
+/// server's limits.
+fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Vec<(String, Vec<u8>)> {
+    let root = b.cfg.url.trim_end_matches('/');
+    let mut prof = base.clone();
+    if matches!(b.kind, Kind::Pyroscope | Kind::PyroscopeIngest) {
+        // Pyroscope turns string sample labels into series labels; thread
+        // names would multiply series, so only comm is kept.
+        let thread = prof.string_table.iter().position(|s| s == "thread_name").map(|i| i as i64);
+        for s in &mut prof.sample {
+            s.label.retain(|l| Some(l.key) != thread);
+        }
+    }
+    let parts = pprof::split(&prof, MAX_SAMPLES, TARGET_PROFILE_BYTES.min(MAX_PROFILE_BYTES));
+    let labels = series_labels(p, b.kind);
+    let mut out = Vec::new();
+    for part in parts {
+        let raw = pprof::gzip(&part.encode_to_vec());
+        match b.kind {
+            Kind::Pyroscope => {
+                let req = wire::PushRequest {
+                    series: vec![wire::RawProfileSeries {
+                        labels: labels.iter().map(|(k, v)| wire::LabelPair { name: k.clone(), value: v.clone() }).collect(),
+                        samples: vec![wire::RawSample { raw_profile: raw, id: uuid_v4() }],
+                    }],
+                };
+                let body = req.encode_to_vec();
+                out.push((format!("{root}/push.v1.PusherService/Push"), if b.cfg.gzip { pprof::gzip(&body) } else { body }));
+            }
+            Kind::PyroscopeIngest => {
+                let service = labels.iter().find(|(k, _)| k == "service_name").map(|(_, v)| v.clone()).unwrap_or_default();
+                let tags: Vec<String> = labels
+                    .iter()
+                    .filter(|(k, _)| k != "service_name" && k != "__name__")
+                    .map(|(k, v)| format!("{k}={}", v.replace([',', '}', '{'], "_")))
+                    .collect();
+                let name = format!("{}{{{}}}", service.replace(|c: char| !(c.is_ascii_alphanumeric() || "_.-/".contains(c)), "_"), tags.join(","));
+                let from = part.time_nanos / 1_000_000_000;
+                let until = (part.time_nanos + part.duration_nanos) / 1_000_000_000;
+                let q = format!(
+                    "name={}&from={from}&until={until}&format=pprof&spyName=ember&sampleRate={frequency}",
+                    urlencode(&name)
+                );
+                out.push((format!("{root}/ingest?{q}"), raw));
+            }
+            Kind::Parca | Kind::ParcaJson => {
+                let req = wire::WriteRawRequest {
+                    tenant: String::new(),
+                    series: vec![wire::ParcaSeries {
+                        labels: Some(wire::LabelSet {
+                            labels: labels.iter().map(|(k, v)| wire::LabelPair { name: k.clone(), value: v.clone() }).collect(),
+                        }),
+                        samples: vec![wire::ParcaSample { raw_profile: raw }],
+                    }],
+                    normalized: true,
+                };
+                if b.kind == Kind::Parca {
+                    let msg = req.encode_to_vec();
+                    let mut frame = Vec::with_capacity(msg.len() + 5);
+                    frame.push(0);
+                    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+                    frame.extend_from_slice(&msg);
+                    out.push((format!("{root}/parca.profilestore.v1alpha1.ProfileStoreService/WriteRaw"), frame));
+                } else {
+                    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+                    let json = serde_json::json!({
+                        "series": req.series.iter().map(|s| serde_json::json!({
+                            "labels": {"labels": s.labels.as_ref().map(|l| l.labels.iter().map(|x| serde_json::json!({"name": x.name, "value": x.value})).collect::<Vec<_>>()).unwrap_or_default()},
+                            "samples": s.samples.iter().map(|x| serde_json::json!({"rawProfile": b64(&x.raw_profile)})).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                        "normalized": true,
+                    });
+                    out.push((format!("{root}/api/profiles/writeraw"), json.to_string().into_bytes()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The series labels a backend gets: `__name__` first, then the target's
+/// labels without `pid` (one series per process would exhaust the
+/// servers' series limits), names made Prometheus-safe, values trimmed, at
+/// most the servers' label count.
+fn series_labels(p: &Profile, kind: Kind) -> Vec<(String, String)> {
+    let name = if matches!(kind, Kind::Parca | Kind::ParcaJson) { "parca_agent" } else { "process_cpu" };
+    let mut out = vec![("__name__".to_string(), name.to_string())];
+    let service = p.labels.get("service_name").cloned().unwrap_or_else(|| "unknown".into());
+    out.push(("service_name".into(), trim(&service)));
+    for (k, v) in &p.labels {
+        if k == "pid" || k == "service_name" || k.starts_with("__") || v.is_empty() {
+            continue;
+        }
+        if out.len() >= MAX_LABELS {
+            break;
+        }
+        out.push((sanitize(k), trim(v)));
+    }
+    out.sort_by(|a, b| (a.0 != "__name__", &a.0).cmp(&(b.0 != "__name__", &b.0)));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
+fn sanitize(k: &str) -> String {
+    let mut s: String = k.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+fn trim(v: &str) -> String {
+    if v.len() <= MAX_LABEL_VALUE {
+        return v.to_string();
+    }
+    let mut end = MAX_LABEL_VALUE;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_string()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // SAFETY: getrandom writes at most N bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut _, N, 0) };
+    if n != N as isize {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+    buf
+}
+
+fn jitter() -> f64 {
+    u64::from_ne_bytes(random_bytes::<8>()) as f64 / u64::MAX as f64
+}
+
+/// A random (version 4) UUID.
+pub fn uuid_v4() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_safe() {
+        assert_eq!(sanitize("k8s.pod-name"), "k8s_pod_name");
+        assert_eq!(sanitize("1x"), "_1x");
+        assert_eq!(trim(&"é".repeat(2000)).len(), 2048);
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_eq!(urlencode("a{b=c}"), "a%7Bb%3Dc%7D");
+    }
+}
