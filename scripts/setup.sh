@@ -17,6 +17,7 @@ have_cmd go || need="$need golang-go"
 have_cmd node || need="$need nodejs"
 have_cmd perf || need="$need linux-perf"
 have_cmd setpriv || need="$need util-linux"
+have_cmd systemd-analyze || need="$need systemd"
 
 if [ -n "$need" ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -28,6 +29,14 @@ if [ -n "$need" ]; then
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+
+# The deploy tests parse the DaemonSet with PyYAML.
+if ! python3 -c "import yaml" 2>/dev/null; then
+    python3 -m pip install -q pyyaml >/dev/null 2>&1 || {
+        echo "ember setup: cannot install PyYAML; run: python3 -m pip install pyyaml" >&2
+        exit 1
+    }
 fi
 
 if ! have_cmd cargo; then

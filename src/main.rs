@@ -29,10 +29,14 @@ enum Cmd {
     )]
     Record(RecordArgs),
     /// Run the always-on host daemon: profile everything, keep windows locally, serve and push them.
-    #[command(after_help = "Examples:\n  ember agent --config /etc/ember/agent.toml\n  ember agent --store-dir /tmp/ember --http-listen 127.0.0.1:6060 --push-pyroscope http://pyroscope:4040\n  ember agent --config agent.toml --check-config")]
+    #[command(
+        after_help = "Examples:\n  ember agent --config /etc/ember/agent.toml\n  ember agent --store-dir /tmp/ember --http-listen 127.0.0.1:6060 --push-pyroscope http://pyroscope:4040\n  ember agent --config agent.toml --check-config"
+    )]
     Agent(AgentArgs),
     /// Merge stored agent windows into one profile.
-    #[command(after_help = "Examples:\n  ember query --since 10m --format svg > last10m.svg\n  ember query --since 1h --service nginx -o nginx.pb.gz\n  ember query --since 5m --pid 1234 --label container_id=3f2a... -f folded")]
+    #[command(
+        after_help = "Examples:\n  ember query --since 10m --format svg > last10m.svg\n  ember query --since 1h --service nginx -o nginx.pb.gz\n  ember query --since 5m --pid 1234 --label container_id=3f2a... -f folded"
+    )]
     Query(QueryArgs),
 }
 
@@ -278,8 +282,10 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
         timeout: "10s".into(),
         gzip: true,
     };
-    c.push.extend(a.push_pyroscope.into_iter().map(|u| push("pyroscope", u)));
-    c.push.extend(a.push_parca.into_iter().map(|u| push("parca", u)));
+    c.push
+        .extend(a.push_pyroscope.into_iter().map(|u| push("pyroscope", u)));
+    c.push
+        .extend(a.push_parca.into_iter().map(|u| push("parca", u)));
     let settings = c.validate()?;
     if a.check_config {
         print!("{}", toml::to_string_pretty(&settings.raw)?);
@@ -298,18 +304,27 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
         (None, None) => PathBuf::from("/var/lib/ember"),
     };
     if !dir.is_dir() {
-        anyhow::bail!("no agent store at {}; pass --store-dir (or --config) naming the agent's store.dir", dir.display());
+        anyhow::bail!(
+            "no agent store at {}; pass --store-dir (or --config) naming the agent's store.dir",
+            dir.display()
+        );
     }
     let since = record::parse_duration(&a.since)?;
     let mut labels = Vec::new();
     for l in &a.labels {
-        let (k, v) = l.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {l:?} must look like key=value"))?;
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--label {l:?} must look like key=value"))?;
         labels.push((k.to_string(), v.to_string()));
     }
     let format = match (a.format, &a.output) {
         (Some(f), _) => f,
-        (None, Some(p)) => Format::from_path(p)
-            .ok_or_else(|| anyhow::anyhow!("cannot tell the format of {} from its name; pass --format", p.display()))?,
+        (None, Some(p)) => Format::from_path(p).ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot tell the format of {} from its name; pass --format",
+                p.display()
+            )
+        })?,
         (None, None) => Format::Svg,
     };
     let store = Store::open(&dir, Duration::from_secs(u64::MAX / 4), u64::MAX)?;
@@ -331,7 +346,9 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
     eprintln!(
         "ember: merged {windows} windows, {} samples{}",
         profile.total(),
-        a.output.map(|p| format!(", wrote {}", p.display())).unwrap_or_default()
+        a.output
+            .map(|p| format!(", wrote {}", p.display()))
+            .unwrap_or_default()
     );
     Ok(())
 }

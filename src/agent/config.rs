@@ -133,25 +133,36 @@ impl Default for Config {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { dir: PathBuf::from("/var/lib/ember"), retention: "24h".into(), max_size: "1GiB".into() }
+        StoreConfig {
+            dir: PathBuf::from("/var/lib/ember"),
+            retention: "24h".into(),
+            max_size: "1GiB".into(),
+        }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:6060".into() }
+        HttpConfig {
+            listen: "127.0.0.1:6060".into(),
+        }
     }
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { max_size: "64MiB".into() }
+        QueueConfig {
+            max_size: "64MiB".into(),
+        }
     }
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { count_map_size: 8192, stack_map_size: 4096 }
+        SamplerConfig {
+            count_map_size: 8192,
+            stack_map_size: 4096,
+        }
     }
 }
 
@@ -180,7 +191,8 @@ pub struct Settings {
 
 /// Reads a TOML config file.
 pub fn load(path: &std::path::Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
     parse(&text).with_context(|| format!("config file {}", path.display()))
 }
 
@@ -190,7 +202,7 @@ pub fn parse(text: &str) -> Result<Config> {
         let msg = e.message().replace('\n', " ");
         match e.span() {
             Some(span) => {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                 anyhow::anyhow!("line {line}: {msg}")
             }
             None => anyhow::anyhow!("{msg}"),
@@ -215,7 +227,10 @@ impl Config {
             None
         } else {
             Some(self.http.listen.parse().map_err(|_| {
-                anyhow::anyhow!("http.listen = {:?} is not an address; use e.g. \"127.0.0.1:6060\"", self.http.listen)
+                anyhow::anyhow!(
+                    "http.listen = {:?} is not an address; use e.g. \"127.0.0.1:6060\"",
+                    self.http.listen
+                )
             })?)
         };
         if self.sampler.count_map_size < 64 || self.sampler.stack_map_size < 64 {
@@ -224,22 +239,35 @@ impl Config {
         let mut push_timeouts = Vec::new();
         for (i, p) in self.push.iter().enumerate() {
             let n = i + 1;
-            if !["pyroscope", "pyroscope-ingest", "parca", "parca-json"].contains(&p.kind.as_str()) {
+            if !["pyroscope", "pyroscope-ingest", "parca", "parca-json"].contains(&p.kind.as_str())
+            {
                 bail!("push #{n}: kind = {:?} is unknown; use pyroscope, pyroscope-ingest, parca or parca-json", p.kind);
             }
-            let uri: hyper::Uri = p.url.parse().map_err(|_| anyhow::anyhow!("push #{n}: url = {:?} is not a URL", p.url))?;
+            let uri: hyper::Uri = p
+                .url
+                .parse()
+                .map_err(|_| anyhow::anyhow!("push #{n}: url = {:?} is not a URL", p.url))?;
             if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
-                bail!("push #{n}: url = {:?} must start with http:// or https:// and name a host", p.url);
+                bail!(
+                    "push #{n}: url = {:?} must start with http:// or https:// and name a host",
+                    p.url
+                );
             }
             if p.basic_auth_password_file.is_some() && p.basic_auth_user.is_none() {
                 bail!("push #{n}: basic_auth_password_file is set but basic_auth_user is not");
             }
-            for f in [&p.basic_auth_password_file, &p.bearer_token_file].into_iter().flatten() {
+            for f in [&p.basic_auth_password_file, &p.bearer_token_file]
+                .into_iter()
+                .flatten()
+            {
                 if std::fs::metadata(f).is_err() {
                     bail!("push #{n}: cannot read {}", f.display());
                 }
             }
-            push_timeouts.push(parse_duration_key(&format!("push #{n} timeout"), &p.timeout)?);
+            push_timeouts.push(parse_duration_key(
+                &format!("push #{n} timeout"),
+                &p.timeout,
+            )?);
         }
         let rules = self
             .relabel
@@ -263,15 +291,20 @@ impl Config {
 }
 
 fn parse_duration_key(key: &str, v: &str) -> Result<Duration> {
-    crate::record::parse_duration(v).map_err(|_| anyhow::anyhow!("{key} = {v:?} is not a duration; use e.g. 15s, 10m, 24h"))
+    crate::record::parse_duration(v)
+        .map_err(|_| anyhow::anyhow!("{key} = {v:?} is not a duration; use e.g. 15s, 10m, 24h"))
 }
 
 /// Parses `64MiB`, `1GiB`, `500MB`, `1048576`.
 pub fn parse_size(key: &str, v: &str) -> Result<u64> {
     let t = v.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| anyhow::anyhow!("{key} = {v:?} is not a size; use e.g. 64MiB or 1GiB"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{key} = {v:?} is not a size; use e.g. 64MiB or 1GiB"))?;
     let mult: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "KiB" | "K" | "k" => 1024.0,
@@ -303,16 +336,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse("frequency = 19\nwindw = \"15s\"\n").unwrap_err().to_string();
+        let e = parse("frequency = 19\nwindw = \"15s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("windw") && e.contains("line 2"), "{e}");
         let e = parse("[store]\nretention = 5\n").unwrap_err().to_string();
         assert!(e.contains("retention") || e.contains("invalid type"), "{e}");
         let c = parse("window = \"soon\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("window = \"soon\""));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("window = \"soon\""));
         let c = parse("[[push]]\nkind = \"zipkin\"\nurl = \"http://x\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("kind = \"zipkin\""));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("kind = \"zipkin\""));
         let c = parse("[queue]\nmax_size = \"12 parsecs\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("queue.max_size"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue.max_size"));
         assert_eq!(parse_size("k", "64MiB").unwrap(), 64 << 20);
     }
 }

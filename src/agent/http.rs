@@ -25,8 +25,14 @@ use crate::aggregate::Aggregate;
 
 /// Starts the I/O thread: the HTTP endpoint (when configured) and the push
 /// senders. It returns once the pushers have flushed after `Pusher::close`.
-pub fn spawn(s: &Settings, shared: Arc<Shared>, pusher: Pusher) -> Result<std::thread::JoinHandle<()>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn spawn(
+    s: &Settings,
+    shared: Arc<Shared>,
+    pusher: Pusher,
+) -> Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let listener = match s.listen {
         Some(addr) => {
             let std_listener = std::net::TcpListener::bind(addr)
@@ -36,32 +42,38 @@ pub fn spawn(s: &Settings, shared: Arc<Shared>, pusher: Pusher) -> Result<std::t
         }
         None => None,
     };
-    Ok(std::thread::Builder::new().name("ember-io".into()).spawn(move || {
-        rt.block_on(async move {
-            if let Some(l) = listener {
-                match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => {
-                        tokio::spawn(serve(l, shared.clone()));
+    Ok(std::thread::Builder::new()
+        .name("ember-io".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                if let Some(l) = listener {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(serve(l, shared.clone()));
+                        }
+                        Err(e) => eprintln!("ember agent: the HTTP endpoint failed to start: {e}"),
                     }
-                    Err(e) => eprintln!("ember agent: the HTTP endpoint failed to start: {e}"),
                 }
-            }
-            pusher.run().await;
-            // Keep serving until the sampler thread is done with its last window.
-            while !shared.stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    })?)
+                pusher.run().await;
+                // Keep serving until the sampler thread is done with its last window.
+                while !shared.stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })?)
 }
 
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -81,11 +93,19 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .split('&')
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
         .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), v.replace("%3D", "=").replace("%2F", "/").replace('+', " ")))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.replace("%3D", "=").replace("%2F", "/").replace('+', " "),
+            )
+        })
         .collect()
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let q = query(&req);
     let text = "text/plain; charset=utf-8";

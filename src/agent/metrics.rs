@@ -82,8 +82,18 @@ impl Metrics {
         let mut line = |name: &str, kind: &str, help: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{v}");
         };
-        line("ember_samples_total", "counter", "Samples of profiled tasks taken by the BPF sampler.", format!(" {}", g(&self.samples)));
-        line("ember_idle_samples_total", "counter", "Samples that hit an idle CPU (not recorded).", format!(" {}", g(&self.idle)));
+        line(
+            "ember_samples_total",
+            "counter",
+            "Samples of profiled tasks taken by the BPF sampler.",
+            format!(" {}", g(&self.samples)),
+        );
+        line(
+            "ember_idle_samples_total",
+            "counter",
+            "Samples that hit an idle CPU (not recorded).",
+            format!(" {}", g(&self.idle)),
+        );
         line(
             "ember_lost_samples_total",
             "counter",
@@ -95,37 +105,164 @@ impl Metrics {
                 g(&self.lost_count_map_full)
             ),
         );
-        line("ember_process_events_lost_total", "counter", "New-process notifications dropped.", format!(" {}", g(&self.events_lost)));
-        line("ember_samples_dropped_by_relabel_total", "counter", "Samples of processes that relabel rules drop.", format!(" {}", g(&self.samples_dropped_by_relabel)));
-        line("ember_drains_total", "counter", "Kernel map drains.", format!(" {}", g(&self.drains)));
-        line("ember_drain_seconds_total", "counter", "Time spent draining kernel maps.", format!(" {:.6}", g(&self.drain_ns) as f64 / 1e9));
-        line("ember_windows_total", "counter", "Windows cut.", format!(" {}", g(&self.windows)));
-        line("ember_profiles_total", "counter", "Per-target profiles produced.", format!(" {}", g(&self.profiles)));
-        line("ember_symbolize_seconds_total", "counter", "Time spent symbolizing and building profiles.", format!(" {:.6}", g(&self.symbolize_ns) as f64 / 1e9));
-        line("ember_symbolizer_lookups_total", "counter", "Address lookups in the symbolization caches.", format!(" {}", g(&self.sym_lookups)));
-        line("ember_symbolizer_misses_total", "counter", "Lookups that had to symbolize.", format!(" {}", g(&self.sym_misses)));
-        line("ember_symbolizer_cached_addresses", "gauge", "Addresses in the symbolization caches.", format!(" {}", g(&self.sym_cached)));
-        line("ember_symbolizer_binaries", "gauge", "Binaries held open for symbolization.", format!(" {}", g(&self.sym_binaries)));
-        line("ember_processes_tracked", "gauge", "Processes with captured maps and labels.", format!(" {}", g(&self.processes)));
-        line("ember_store_errors_total", "counter", "Windows that could not be written to the store.", format!(" {}", g(&self.store_errors)));
-        line("ember_bpf_map_bytes", "gauge", "Kernel memory of the sampler's BPF maps.", format!(" {}", g(&self.bpf_map_bytes)));
-        line("ember_bpf_run_seconds_total", "counter", "Time spent in the BPF sampling program.", format!(" {:.6}", g(&self.bpf_run_ns) as f64 / 1e9));
+        line(
+            "ember_process_events_lost_total",
+            "counter",
+            "New-process notifications dropped.",
+            format!(" {}", g(&self.events_lost)),
+        );
+        line(
+            "ember_samples_dropped_by_relabel_total",
+            "counter",
+            "Samples of processes that relabel rules drop.",
+            format!(" {}", g(&self.samples_dropped_by_relabel)),
+        );
+        line(
+            "ember_drains_total",
+            "counter",
+            "Kernel map drains.",
+            format!(" {}", g(&self.drains)),
+        );
+        line(
+            "ember_drain_seconds_total",
+            "counter",
+            "Time spent draining kernel maps.",
+            format!(" {:.6}", g(&self.drain_ns) as f64 / 1e9),
+        );
+        line(
+            "ember_windows_total",
+            "counter",
+            "Windows cut.",
+            format!(" {}", g(&self.windows)),
+        );
+        line(
+            "ember_profiles_total",
+            "counter",
+            "Per-target profiles produced.",
+            format!(" {}", g(&self.profiles)),
+        );
+        line(
+            "ember_symbolize_seconds_total",
+            "counter",
+            "Time spent symbolizing and building profiles.",
+            format!(" {:.6}", g(&self.symbolize_ns) as f64 / 1e9),
+        );
+        line(
+            "ember_symbolizer_lookups_total",
+            "counter",
+            "Address lookups in the symbolization caches.",
+            format!(" {}", g(&self.sym_lookups)),
+        );
+        line(
+            "ember_symbolizer_misses_total",
+            "counter",
+            "Lookups that had to symbolize.",
+            format!(" {}", g(&self.sym_misses)),
+        );
+        line(
+            "ember_symbolizer_cached_addresses",
+            "gauge",
+            "Addresses in the symbolization caches.",
+            format!(" {}", g(&self.sym_cached)),
+        );
+        line(
+            "ember_symbolizer_binaries",
+            "gauge",
+            "Binaries held open for symbolization.",
+            format!(" {}", g(&self.sym_binaries)),
+        );
+        line(
+            "ember_processes_tracked",
+            "gauge",
+            "Processes with captured maps and labels.",
+            format!(" {}", g(&self.processes)),
+        );
+        line(
+            "ember_store_errors_total",
+            "counter",
+            "Windows that could not be written to the store.",
+            format!(" {}", g(&self.store_errors)),
+        );
+        line(
+            "ember_bpf_map_bytes",
+            "gauge",
+            "Kernel memory of the sampler's BPF maps.",
+            format!(" {}", g(&self.bpf_map_bytes)),
+        );
+        line(
+            "ember_bpf_run_seconds_total",
+            "counter",
+            "Time spent in the BPF sampling program.",
+            format!(" {:.6}", g(&self.bpf_run_ns) as f64 / 1e9),
+        );
         let (rss, cpu) = self_usage();
-        line("process_resident_memory_bytes", "gauge", "Resident memory of the agent.", format!(" {rss}"));
-        line("process_cpu_seconds_total", "counter", "User and system CPU time of the agent.", format!(" {cpu:.3}"));
+        line(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the agent.",
+            format!(" {rss}"),
+        );
+        line(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the agent.",
+            format!(" {cpu:.3}"),
+        );
         let push = self.push.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let series = |field: &dyn Fn(&PushMetrics) -> u64| {
-            push.iter().map(|p| format!("{{backend=\"{}\"}} {}", p.name.replace('"', "'"), field(p))).collect::<Vec<_>>()
+            push.iter()
+                .map(|p| format!("{{backend=\"{}\"}} {}", p.name.replace('"', "'"), field(p)))
+                .collect::<Vec<_>>()
         };
         for (name, kind, help, f) in [
-            ("ember_push_attempts_total", "counter", "Push requests sent.", &(|p: &PushMetrics| p.attempts) as &dyn Fn(&PushMetrics) -> u64),
-            ("ember_push_successes_total", "counter", "Push requests accepted.", &|p: &PushMetrics| p.successes),
-            ("ember_push_failures_total", "counter", "Push requests that failed.", &|p: &PushMetrics| p.failures),
-            ("ember_push_rejected_total", "counter", "Profiles the server rejected (not retried).", &|p: &PushMetrics| p.rejected),
-            ("ember_push_dropped_queue_full_total", "counter", "Profiles dropped because the queue was full.", &|p: &PushMetrics| p.dropped_queue_full),
-            ("ember_push_dropped_expired_total", "counter", "Profiles dropped as too old for the server.", &|p: &PushMetrics| p.dropped_expired),
-            ("ember_push_queued_bytes", "gauge", "Bytes waiting to be pushed.", &|p: &PushMetrics| p.queued_bytes),
-            ("ember_push_queued_profiles", "gauge", "Profiles waiting to be pushed.", &|p: &PushMetrics| p.queued_items),
+            (
+                "ember_push_attempts_total",
+                "counter",
+                "Push requests sent.",
+                &(|p: &PushMetrics| p.attempts) as &dyn Fn(&PushMetrics) -> u64,
+            ),
+            (
+                "ember_push_successes_total",
+                "counter",
+                "Push requests accepted.",
+                &|p: &PushMetrics| p.successes,
+            ),
+            (
+                "ember_push_failures_total",
+                "counter",
+                "Push requests that failed.",
+                &|p: &PushMetrics| p.failures,
+            ),
+            (
+                "ember_push_rejected_total",
+                "counter",
+                "Profiles the server rejected (not retried).",
+                &|p: &PushMetrics| p.rejected,
+            ),
+            (
+                "ember_push_dropped_queue_full_total",
+                "counter",
+                "Profiles dropped because the queue was full.",
+                &|p: &PushMetrics| p.dropped_queue_full,
+            ),
+            (
+                "ember_push_dropped_expired_total",
+                "counter",
+                "Profiles dropped as too old for the server.",
+                &|p: &PushMetrics| p.dropped_expired,
+            ),
+            (
+                "ember_push_queued_bytes",
+                "gauge",
+                "Bytes waiting to be pushed.",
+                &|p: &PushMetrics| p.queued_bytes,
+            ),
+            (
+                "ember_push_queued_profiles",
+                "gauge",
+                "Profiles waiting to be pushed.",
+                &|p: &PushMetrics| p.queued_items,
+            ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for v in series(f) {

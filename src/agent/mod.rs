@@ -27,7 +27,7 @@ use anyhow::Result;
 use crate::aggregate::{Aggregate, Drainer};
 use crate::preflight;
 use crate::profile::{self, BuildOptions, Profile};
-use crate::sample::{self, Sampler, SampleKey, Targets};
+use crate::sample::{self, SampleKey, Sampler, Targets};
 use crate::symbolize::Symbolizer;
 pub use config::Settings;
 use metrics::Metrics;
@@ -145,9 +145,18 @@ pub fn run(s: Settings) -> Result<()> {
     let store = if s.raw.store.dir.as_os_str().is_empty() {
         None
     } else {
-        Some(store::Store::open(&s.raw.store.dir, s.retention, s.store_max_bytes)?)
+        Some(store::Store::open(
+            &s.raw.store.dir,
+            s.retention,
+            s.store_max_bytes,
+        )?)
     };
-    let shared = Arc::new(Shared { metrics: Metrics::default(), store, live: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        metrics: Metrics::default(),
+        store,
+        live: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
     let pusher = push::Pusher::new(&s, shared.clone())?;
     let io_thread = http::spawn(&s, shared.clone(), pusher.clone())?;
 
@@ -183,8 +192,14 @@ pub fn run(s: Settings) -> Result<()> {
         "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
         s.raw.frequency,
         s.window.as_secs(),
-        shared.store.as_ref().map(|st| format!(", store {}", st.dir().display())).unwrap_or_default(),
-        s.listen.map(|a| format!(", http://{a}")).unwrap_or_default()
+        shared
+            .store
+            .as_ref()
+            .map(|st| format!(", store {}", st.dir().display()))
+            .unwrap_or_default(),
+        s.listen
+            .map(|a| format!(", http://{a}"))
+            .unwrap_or_default()
     );
 
     let mut window_start = SystemTime::now();
@@ -203,7 +218,10 @@ pub fn run(s: Settings) -> Result<()> {
             last_drain = Instant::now();
             let t0 = Instant::now();
             drainer.drain(&mut sampler, &mut tick)?;
-            shared.metrics.drain_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            shared
+                .metrics
+                .drain_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             shared.metrics.drains.fetch_add(1, Ordering::Relaxed);
             window.merge_from(&tick);
             serve_live(&shared, &tick, &mut sym, &mut targeting, &s, stopping);
@@ -212,7 +230,16 @@ pub fn run(s: Settings) -> Result<()> {
         }
         if stopping || window_began.elapsed() >= s.window {
             let duration = window_began.elapsed();
-            cut_window(&window, window_start, duration, &mut sym, &mut targeting, &s, &shared, &pusher);
+            cut_window(
+                &window,
+                window_start,
+                duration,
+                &mut sym,
+                &mut targeting,
+                &s,
+                &shared,
+                &pusher,
+            );
             window.clear();
             window_start = SystemTime::now();
             window_began = Instant::now();
@@ -221,7 +248,8 @@ pub fn run(s: Settings) -> Result<()> {
             }
             let st = sym.stats();
             let m = &shared.metrics;
-            m.sym_cached.store(st.cached_addresses as u64, Ordering::Relaxed);
+            m.sym_cached
+                .store(st.cached_addresses as u64, Ordering::Relaxed);
             m.sym_binaries.store(st.binaries as u64, Ordering::Relaxed);
             m.processes.store(st.processes as u64, Ordering::Relaxed);
             m.sym_lookups.store(st.lookups, Ordering::Relaxed);
@@ -241,7 +269,12 @@ pub fn run(s: Settings) -> Result<()> {
     Ok(())
 }
 
-fn learn_pending(sym: &mut Symbolizer, targeting: &mut Targeting, pending: &RefCell<Vec<(u32, u32)>>, s: &Settings) {
+fn learn_pending(
+    sym: &mut Symbolizer,
+    targeting: &mut Targeting,
+    pending: &RefCell<Vec<(u32, u32)>>,
+    s: &Settings,
+) {
     for (pid, kind) in pending.borrow_mut().drain(..) {
         if kind == sample::PROC_EVENT_EXEC {
             sym.capture_exec(pid);
@@ -257,13 +290,18 @@ fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
     if let Ok(st) = sampler.stats() {
         m.samples.store(st.samples, Ordering::Relaxed);
         m.idle.store(st.idle, Ordering::Relaxed);
-        m.lost_user_stack.store(st.lost_user_stack, Ordering::Relaxed);
-        m.lost_stack_map_full.store(st.lost_stack_map_full, Ordering::Relaxed);
-        m.lost_count_map_full.store(st.lost_count_map_full, Ordering::Relaxed);
+        m.lost_user_stack
+            .store(st.lost_user_stack, Ordering::Relaxed);
+        m.lost_stack_map_full
+            .store(st.lost_stack_map_full, Ordering::Relaxed);
+        m.lost_count_map_full
+            .store(st.lost_count_map_full, Ordering::Relaxed);
         m.events_lost.store(st.events_lost, Ordering::Relaxed);
     }
-    m.bpf_map_bytes.store(sampler.map_memory_bytes(), Ordering::Relaxed);
-    m.bpf_run_ns.store(sampler.bpf_cost().nanos, Ordering::Relaxed);
+    m.bpf_map_bytes
+        .store(sampler.map_memory_bytes(), Ordering::Relaxed);
+    m.bpf_run_ns
+        .store(sampler.bpf_cost().nanos, Ordering::Relaxed);
 }
 
 /// Builds one profile per target (distinct label set) from a window.
@@ -280,19 +318,36 @@ fn cut_window(
 ) {
     let t0 = Instant::now();
     shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
-    let mut groups: BTreeMap<Labels, Vec<(&SampleKey, u64)>> = BTreeMap::new();
+    // Labels are per process: look them up once per pid, not per key.
+    let mut by_pid: HashMap<u32, Vec<(&SampleKey, u64)>> = HashMap::new();
     for (key, &n) in &agg.counts {
-        match targeting.labels_of(key, s) {
-            Some(l) => groups.entry(l).or_default().push((key, n)),
+        by_pid.entry(key.tgid).or_default().push((key, n));
+    }
+    let mut groups: BTreeMap<Labels, Vec<(&SampleKey, u64)>> = BTreeMap::new();
+    for (_, entries) in by_pid {
+        match targeting.labels_of(entries[0].0, s) {
+            Some(l) => groups.entry(l).or_default().extend(entries),
             None => {
-                shared.metrics.samples_dropped_by_relabel.fetch_add(n, Ordering::Relaxed);
+                let n: u64 = entries.iter().map(|e| e.1).sum();
+                shared
+                    .metrics
+                    .samples_dropped_by_relabel
+                    .fetch_add(n, Ordering::Relaxed);
             }
         }
     }
     profile::prepare(sym, agg.counts.keys().map(|k| k.tgid));
     for (labels, entries) in groups {
-        let target = labels.get("service_name").cloned().unwrap_or_else(|| "unknown".into());
-        let opts = BuildOptions { start, duration, frequency: s.raw.frequency, target: format!("{target} on {}", s.node) };
+        let target = labels
+            .get("service_name")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        let opts = BuildOptions {
+            start,
+            duration,
+            frequency: s.raw.frequency,
+            target: format!("{target} on {}", s.node),
+        };
         let mut p = profile::build_entries(&entries, &agg.stacks, sym, &opts);
         p.labels = labels;
         shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
@@ -304,11 +359,21 @@ fn cut_window(
         }
         pusher.submit(Arc::new(p));
     }
-    shared.metrics.symbolize_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    shared
+        .metrics
+        .symbolize_ns
+        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// Feeds a drain to the live requests and answers those that are due.
-fn serve_live(shared: &Shared, tick: &Aggregate, sym: &mut Symbolizer, targeting: &mut Targeting, s: &Settings, all_due: bool) {
+fn serve_live(
+    shared: &Shared,
+    tick: &Aggregate,
+    sym: &mut Symbolizer,
+    targeting: &mut Targeting,
+    s: &Settings,
+    all_due: bool,
+) {
     let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
     if live.is_empty() {
         return;
@@ -317,7 +382,8 @@ fn serve_live(shared: &Shared, tick: &Aggregate, sym: &mut Symbolizer, targeting
     for r in live.iter_mut() {
         r.agg.merge_from(tick);
     }
-    let (due, waiting): (Vec<_>, Vec<_>) = live.drain(..).partition(|r| all_due || r.deadline <= now);
+    let (due, waiting): (Vec<_>, Vec<_>) =
+        live.drain(..).partition(|r| all_due || r.deadline <= now);
     *live = waiting;
     drop(live);
     for mut r in due {
@@ -325,7 +391,11 @@ fn serve_live(shared: &Shared, tick: &Aggregate, sym: &mut Symbolizer, targeting
             r.agg.retain(|k| k.tgid == pid);
         }
         if let Some(svc) = &r.service {
-            r.agg.retain(|k| targeting.labels_of(k, s).is_some_and(|l| l.get("service_name") == Some(svc)));
+            r.agg.retain(|k| {
+                targeting
+                    .labels_of(k, s)
+                    .is_some_and(|l| l.get("service_name") == Some(svc))
+            });
         }
         let what = match (&r.pid, &r.service) {
             (Some(p), _) => format!("pid {p} on {}", s.node),

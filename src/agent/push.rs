@@ -155,17 +155,31 @@ impl Pusher {
                 _ => Kind::ParcaJson,
             };
             let read = |p: &std::path::Path| -> Result<String> {
-                Ok(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?.trim().to_string())
+                Ok(std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .trim()
+                    .to_string())
             };
             let auth = if let Some(f) = &cfg.bearer_token_file {
                 Some(format!("Bearer {}", read(f)?))
             } else if let Some(user) = &cfg.basic_auth_user {
-                let pw = cfg.basic_auth_password_file.as_deref().map(read).transpose()?.unwrap_or_default();
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))))
+                let pw = cfg
+                    .basic_auth_password_file
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .unwrap_or_default();
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+                ))
             } else {
                 None
             };
-            metrics.push(PushMetrics { name: format!("{} {}", cfg.kind, cfg.url), ..Default::default() });
+            metrics.push(PushMetrics {
+                name: format!("{} {}", cfg.kind, cfg.url),
+                ..Default::default()
+            });
             backends.push(Arc::new(Backend {
                 kind,
                 cfg: cfg.clone(),
@@ -177,7 +191,11 @@ impl Pusher {
                 index: i,
             }));
         }
-        *shared.metrics.push.lock().unwrap_or_else(|e| e.into_inner()) = metrics;
+        *shared
+            .metrics
+            .push
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = metrics;
         Ok(Pusher {
             backends: Arc::new(backends),
             shared,
@@ -195,7 +213,14 @@ impl Pusher {
         let base = pprof::to_proto(&p);
         for b in self.backends.iter() {
             for (uri, body) in encode(b, &p, &base, self.frequency) {
-                self.enqueue(b, Item { uri, body: Bytes::from(body), created: Instant::now() });
+                self.enqueue(
+                    b,
+                    Item {
+                        uri,
+                        body: Bytes::from(body),
+                        created: Instant::now(),
+                    },
+                );
             }
         }
     }
@@ -255,7 +280,8 @@ impl Pusher {
         loop {
             let head = {
                 let q = b.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.front().map(|i| (i.uri.clone(), i.body.clone(), i.created))
+                q.front()
+                    .map(|i| (i.uri.clone(), i.body.clone(), i.created))
             };
             let Some((uri, body, created)) = head else {
                 if self.closed.load(Ordering::SeqCst) {
@@ -266,7 +292,8 @@ impl Pusher {
             };
             if self.closed.load(Ordering::SeqCst) {
                 // On shutdown, give the queue a bounded time to drain.
-                let d = *flush_deadline.get_or_insert_with(|| Instant::now() + b.timeout.max(Duration::from_secs(5)));
+                let d = *flush_deadline
+                    .get_or_insert_with(|| Instant::now() + b.timeout.max(Duration::from_secs(5)));
                 if Instant::now() > d {
                     return;
                 }
@@ -293,13 +320,16 @@ impl Pusher {
                 }
                 Outcome::Retry(why) => {
                     self.shared.metrics.with_push(b.index, |m| m.failures += 1);
-                    if self.closed.load(Ordering::SeqCst) && flush_deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                    if self.closed.load(Ordering::SeqCst)
+                        && flush_deadline.is_some_and(|d| Instant::now() + backoff > d)
+                    {
                         eprintln!("ember agent: {} {} is unreachable ({why}); {} profiles were not pushed", b.cfg.kind, b.cfg.url, b.queue.lock().map(|q| q.len()).unwrap_or(0));
                         return;
                     }
                     // Full jitter: a fleet that lost its backend does not
                     // come back in lockstep.
-                    let wait = Duration::from_secs_f64(backoff.as_secs_f64() * (0.5 + 0.5 * jitter()));
+                    let wait =
+                        Duration::from_secs_f64(backoff.as_secs_f64() * (0.5 + 0.5 * jitter()));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = b.notify.notified(), if self.closed.load(Ordering::SeqCst) => {}
@@ -333,14 +363,21 @@ enum Outcome {
     Reject(u16, String),
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 fn http_client(h2_only: bool) -> HttpClient {
     let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(b) => b,
         Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
     };
-    let conn = builder.https_or_http().enable_http1().enable_http2().build();
+    let conn = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
     let mut c = Client::builder(TokioExecutor::new());
     c.pool_idle_timeout(Duration::from_secs(30));
     if h2_only {
@@ -350,16 +387,23 @@ fn http_client(h2_only: bool) -> HttpClient {
 }
 
 async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
-    let mut req = Request::post(uri).header("user-agent", concat!("ember/", env!("CARGO_PKG_VERSION")));
+    let mut req =
+        Request::post(uri).header("user-agent", concat!("ember/", env!("CARGO_PKG_VERSION")));
     match b.kind {
         Kind::Pyroscope => {
-            req = req.header("content-type", "application/proto").header("connect-protocol-version", "1");
+            req = req
+                .header("content-type", "application/proto")
+                .header("connect-protocol-version", "1");
             if b.cfg.gzip {
                 req = req.header("content-encoding", "gzip");
             }
         }
         Kind::PyroscopeIngest => req = req.header("content-type", "application/octet-stream"),
-        Kind::Parca => req = req.header("content-type", "application/grpc").header("te", "trailers"),
+        Kind::Parca => {
+            req = req
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+        }
         Kind::ParcaJson => req = req.header("content-type", "application/json"),
     }
     if let Some(t) = &b.cfg.tenant {
@@ -391,7 +435,13 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
         // gRPC reports errors in the trailers (or the headers, for a
         // trailers-only response).
         let trailers = collected.trailers().cloned().unwrap_or_default();
-        let get = |k: &str| trailers.get(k).or_else(|| headers.get(k)).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let get = |k: &str| {
+            trailers
+                .get(k)
+                .or_else(|| headers.get(k))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let code: u32 = get("grpc-status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let msg = get("grpc-message").unwrap_or_default();
         return match code {
@@ -401,10 +451,16 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
             _ => Outcome::Reject(code as u16, format!("grpc-status {code}: {msg}")),
         };
     }
-    let text = String::from_utf8_lossy(&collected.to_bytes()).chars().take(300).collect::<String>();
+    let text = String::from_utf8_lossy(&collected.to_bytes())
+        .chars()
+        .take(300)
+        .collect::<String>();
     if status.is_success() {
         Outcome::Ok
-    } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+    } else if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
         Outcome::Retry(format!("HTTP {status}: {text}"))
     } else {
         Outcome::Reject(status.as_u16(), format!("HTTP {status}: {text}"))
@@ -413,18 +469,31 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
 
 /// Request URIs and bodies for one profile on one backend, split to the
 /// server's limits.
-fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Vec<(String, Vec<u8>)> {
+fn encode(
+    b: &Backend,
+    p: &Profile,
+    base: &proto::Profile,
+    frequency: u64,
+) -> Vec<(String, Vec<u8>)> {
     let root = b.cfg.url.trim_end_matches('/');
     let mut prof = base.clone();
     if matches!(b.kind, Kind::Pyroscope | Kind::PyroscopeIngest) {
         // Pyroscope turns string sample labels into series labels; thread
         // names would multiply series, so only comm is kept.
-        let thread = prof.string_table.iter().position(|s| s == "thread_name").map(|i| i as i64);
+        let thread = prof
+            .string_table
+            .iter()
+            .position(|s| s == "thread_name")
+            .map(|i| i as i64);
         for s in &mut prof.sample {
             s.label.retain(|l| Some(l.key) != thread);
         }
     }
-    let parts = pprof::split(&prof, MAX_SAMPLES, TARGET_PROFILE_BYTES.min(MAX_PROFILE_BYTES));
+    let parts = pprof::split(
+        &prof,
+        MAX_SAMPLES,
+        TARGET_PROFILE_BYTES.min(MAX_PROFILE_BYTES),
+    );
     let labels = series_labels(p, b.kind);
     let mut out = Vec::new();
     for part in parts {
@@ -433,21 +502,44 @@ fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Ve
             Kind::Pyroscope => {
                 let req = wire::PushRequest {
                     series: vec![wire::RawProfileSeries {
-                        labels: labels.iter().map(|(k, v)| wire::LabelPair { name: k.clone(), value: v.clone() }).collect(),
-                        samples: vec![wire::RawSample { raw_profile: raw, id: uuid_v4() }],
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| wire::LabelPair {
+                                name: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        samples: vec![wire::RawSample {
+                            raw_profile: raw,
+                            id: uuid_v4(),
+                        }],
                     }],
                 };
                 let body = req.encode_to_vec();
-                out.push((format!("{root}/push.v1.PusherService/Push"), if b.cfg.gzip { pprof::gzip(&body) } else { body }));
+                out.push((
+                    format!("{root}/push.v1.PusherService/Push"),
+                    if b.cfg.gzip { pprof::gzip(&body) } else { body },
+                ));
             }
             Kind::PyroscopeIngest => {
-                let service = labels.iter().find(|(k, _)| k == "service_name").map(|(_, v)| v.clone()).unwrap_or_default();
+                let service = labels
+                    .iter()
+                    .find(|(k, _)| k == "service_name")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
                 let tags: Vec<String> = labels
                     .iter()
                     .filter(|(k, _)| k != "service_name" && k != "__name__")
                     .map(|(k, v)| format!("{k}={}", v.replace([',', '}', '{'], "_")))
                     .collect();
-                let name = format!("{}{{{}}}", service.replace(|c: char| !(c.is_ascii_alphanumeric() || "_.-/".contains(c)), "_"), tags.join(","));
+                let name = format!(
+                    "{}{{{}}}",
+                    service.replace(
+                        |c: char| !(c.is_ascii_alphanumeric() || "_.-/".contains(c)),
+                        "_"
+                    ),
+                    tags.join(",")
+                );
                 let from = part.time_nanos / 1_000_000_000;
                 let until = (part.time_nanos + part.duration_nanos) / 1_000_000_000;
                 let q = format!(
@@ -461,7 +553,13 @@ fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Ve
                     tenant: String::new(),
                     series: vec![wire::ParcaSeries {
                         labels: Some(wire::LabelSet {
-                            labels: labels.iter().map(|(k, v)| wire::LabelPair { name: k.clone(), value: v.clone() }).collect(),
+                            labels: labels
+                                .iter()
+                                .map(|(k, v)| wire::LabelPair {
+                                    name: k.clone(),
+                                    value: v.clone(),
+                                })
+                                .collect(),
                         }),
                         samples: vec![wire::ParcaSample { raw_profile: raw }],
                     }],
@@ -473,7 +571,10 @@ fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Ve
                     frame.push(0);
                     frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
                     frame.extend_from_slice(&msg);
-                    out.push((format!("{root}/parca.profilestore.v1alpha1.ProfileStoreService/WriteRaw"), frame));
+                    out.push((
+                        format!("{root}/parca.profilestore.v1alpha1.ProfileStoreService/WriteRaw"),
+                        frame,
+                    ));
                 } else {
                     let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
                     let json = serde_json::json!({
@@ -483,7 +584,10 @@ fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Ve
                         })).collect::<Vec<_>>(),
                         "normalized": true,
                     });
-                    out.push((format!("{root}/api/profiles/writeraw"), json.to_string().into_bytes()));
+                    out.push((
+                        format!("{root}/api/profiles/writeraw"),
+                        json.to_string().into_bytes(),
+                    ));
                 }
             }
         }
@@ -496,9 +600,17 @@ fn encode(b: &Backend, p: &Profile, base: &proto::Profile, frequency: u64) -> Ve
 /// servers' series limits), names made Prometheus-safe, values trimmed, at
 /// most the servers' label count.
 fn series_labels(p: &Profile, kind: Kind) -> Vec<(String, String)> {
-    let name = if matches!(kind, Kind::Parca | Kind::ParcaJson) { "parca_agent" } else { "process_cpu" };
+    let name = if matches!(kind, Kind::Parca | Kind::ParcaJson) {
+        "parca_agent"
+    } else {
+        "process_cpu"
+    };
     let mut out = vec![("__name__".to_string(), name.to_string())];
-    let service = p.labels.get("service_name").cloned().unwrap_or_else(|| "unknown".into());
+    let service = p
+        .labels
+        .get("service_name")
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
     out.push(("service_name".into(), trim(&service)));
     for (k, v) in &p.labels {
         if k == "pid" || k == "service_name" || k.starts_with("__") || v.is_empty() {
@@ -515,7 +627,16 @@ fn series_labels(p: &Profile, kind: Kind) -> Vec<(String, String)> {
 }
 
 fn sanitize(k: &str) -> String {
-    let mut s: String = k.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut s: String = k
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
         s.insert(0, '_');
     }
@@ -536,7 +657,9 @@ fn trim(v: &str) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -547,7 +670,10 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     // SAFETY: getrandom writes at most N bytes into buf.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut _, N, 0) };
     if n != N as isize {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
         }
@@ -565,7 +691,14 @@ pub fn uuid_v4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 #[cfg(test)]

@@ -55,9 +55,17 @@ pub struct Store {
 impl Store {
     /// Opens (creating) the directory.
     pub fn open(dir: &Path, retention: Duration, max_bytes: u64) -> Result<Store> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the store directory {}; set store.dir to a writable directory", dir.display()))?;
-        Ok(Store { dir: dir.to_path_buf(), retention, max_bytes })
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the store directory {}; set store.dir to a writable directory",
+                dir.display()
+            )
+        })?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            retention,
+            max_bytes,
+        })
     }
 
     /// The directory.
@@ -67,8 +75,16 @@ impl Store {
 
     /// Writes one target's window.
     pub fn write(&self, p: &Profile) -> Result<PathBuf> {
-        let start = p.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        let name = format!("{start}-{}-{:016x}.pb.gz", p.duration.as_nanos() as u64, labels_hash(&p.labels));
+        let start = p
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let name = format!(
+            "{start}-{}-{:016x}.pb.gz",
+            p.duration.as_nanos() as u64,
+            labels_hash(&p.labels)
+        );
         let path = self.dir.join(name);
         export::write_file(p, Format::Pprof, &path, ExportOptions::default())?;
         Ok(path)
@@ -76,7 +92,9 @@ impl Store {
 
     /// Stored windows, oldest first. Foreign files are skipped.
     pub fn list(&self) -> Vec<Entry> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut out: Vec<Entry> = rd
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -87,7 +105,13 @@ impl Store {
                 let duration_ns = it.next()?.parse().ok()?;
                 u64::from_str_radix(it.next()?, 16).ok()?;
                 let bytes = e.metadata().ok()?.len();
-                Some(Entry { id, path: e.path(), start_ns, duration_ns, bytes })
+                Some(Entry {
+                    id,
+                    path: e.path(),
+                    start_ns,
+                    duration_ns,
+                    bytes,
+                })
             })
             .collect();
         out.sort_by_key(|e| (e.start_ns, e.id.clone()));
@@ -122,15 +146,24 @@ impl Store {
             if e.start_ns + e.duration_ns < f.since_ns {
                 continue;
             }
-            let p = match std::fs::read(&e.path).map_err(anyhow::Error::from).and_then(|b| pprof::read(&b)) {
+            let p = match std::fs::read(&e.path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| pprof::read(&b))
+            {
                 Ok(p) => p,
                 Err(err) => {
-                    warn(format!("skipping {}: not a readable profile ({err})", e.path.display()));
+                    warn(format!(
+                        "skipping {}: not a readable profile ({err})",
+                        e.path.display()
+                    ));
                     continue;
                 }
             };
             let labels = labels_of(&p);
-            if f.service.as_ref().is_some_and(|s| labels.get("service_name") != Some(s)) {
+            if f.service
+                .as_ref()
+                .is_some_and(|s| labels.get("service_name") != Some(s))
+            {
                 continue;
             }
             if !f.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
@@ -186,5 +219,8 @@ fn describe(f: &Filter) -> String {
 
 /// Now, in ns since the epoch.
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

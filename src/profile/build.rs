@@ -62,7 +62,12 @@ pub fn prepare(sym: &mut Symbolizer, pids: impl Iterator<Item = u32>) {
 
 /// Symbolizes a subset of an aggregate's samples (one target's), after
 /// [`prepare`].
-pub fn build_entries(entries: &[(&SampleKey, u64)], stacks: &StackTable, sym: &mut Symbolizer, opts: &BuildOptions) -> Profile {
+pub fn build_entries(
+    entries: &[(&SampleKey, u64)],
+    stacks: &StackTable,
+    sym: &mut Symbolizer,
+    opts: &BuildOptions,
+) -> Profile {
     let mut b = Builder::default();
 
     // Pass 1: collect what needs symbolizing, per binary and for the kernel.
@@ -364,12 +369,24 @@ impl Builder {
     /// (and Pyroscope zeroes addresses of) mappings that claim functions.
     fn finish_mappings(&mut self, sym: &Symbolizer) {
         let n = self.mappings.len();
-        let (mut named, mut files, mut lines, mut inline, mut any) = (vec![true; n], vec![true; n], vec![true; n], vec![false; n], vec![false; n]);
+        let (mut named, mut files, mut lines, mut inline, mut any) = (
+            vec![true; n],
+            vec![true; n],
+            vec![true; n],
+            vec![false; n],
+            vec![false; n],
+        );
         for loc in &self.locations {
-            let Some(m) = loc.mapping.map(|m| m as usize) else { continue };
+            let Some(m) = loc.mapping.map(|m| m as usize) else {
+                continue;
+            };
             any[m] = true;
             named[m] &= !loc.lines.is_empty();
-            files[m] &= !loc.lines.is_empty() && loc.lines.iter().all(|l| !self.functions[l.function as usize].filename.is_empty());
+            files[m] &= !loc.lines.is_empty()
+                && loc
+                    .lines
+                    .iter()
+                    .all(|l| !self.functions[l.function as usize].filename.is_empty());
             lines[m] &= !loc.lines.is_empty() && loc.lines.iter().all(|l| l.line != 0);
             inline[m] |= loc.lines.len() > 1;
         }

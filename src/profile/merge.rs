@@ -45,7 +45,12 @@ impl Merger {
 
     /// Adds the samples of `p` whose pid `keep_pid` accepts.
     pub fn add(&mut self, p: &proto::Profile, keep_pid: impl Fn(u32) -> bool) {
-        let s = |i: i64| p.string_table.get(i as usize).map(String::as_str).unwrap_or("");
+        let s = |i: i64| {
+            p.string_table
+                .get(i as usize)
+                .map(String::as_str)
+                .unwrap_or("")
+        };
         let start = p.time_nanos.max(0) as u64;
         self.first = Some(self.first.map_or(start, |f| f.min(start)));
         self.last = self.last.max(start + p.duration_nanos.max(0) as u64);
@@ -57,7 +62,13 @@ impl Merger {
             .iter()
             .map(|m| {
                 let file: Arc<str> = Arc::from(s(m.filename));
-                let key = (m.memory_start, m.memory_limit, m.file_offset, file.clone(), s(m.build_id).to_string());
+                let key = (
+                    m.memory_start,
+                    m.memory_limit,
+                    m.file_offset,
+                    file.clone(),
+                    s(m.build_id).to_string(),
+                );
                 if let Some(&id) = self.mapping_ids.get(&key) {
                     let old = &mut self.out.mappings[id as usize];
                     old.has_functions &= m.has_functions;
@@ -86,7 +97,11 @@ impl Merger {
             .function
             .iter()
             .map(|f| {
-                let f = Function { name: s(f.name).into(), system_name: s(f.system_name).into(), filename: s(f.filename).into() };
+                let f = Function {
+                    name: s(f.name).into(),
+                    system_name: s(f.system_name).into(),
+                    filename: s(f.filename).into(),
+                };
                 if let Some(&id) = self.function_ids.get(&f) {
                     return id;
                 }
@@ -100,7 +115,9 @@ impl Merger {
             .location
             .iter()
             .map(|l| {
-                let mapping = (l.mapping_id as usize).checked_sub(1).and_then(|i| maps.get(i).copied());
+                let mapping = (l.mapping_id as usize)
+                    .checked_sub(1)
+                    .and_then(|i| maps.get(i).copied());
                 let lines: Vec<(u32, u32)> = l
                     .line
                     .iter()
@@ -114,12 +131,25 @@ impl Merger {
                     return id;
                 }
                 let file = mapping.map(|m| self.out.mappings[m as usize].file.clone());
-                let first_name = key.2.first().map(|(f, _)| self.out.functions[*f as usize].name.clone());
-                let kind = if file.as_deref().is_some_and(|f| f.starts_with("[kernel.kallsyms]")) {
+                let first_name = key
+                    .2
+                    .first()
+                    .map(|(f, _)| self.out.functions[*f as usize].name.clone());
+                let kind = if file
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("[kernel.kallsyms]"))
+                {
                     FrameKind::Kernel
-                } else if first_name.as_deref().is_some_and(|n| n.starts_with("[lost ")) {
+                } else if first_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("[lost "))
+                {
                     FrameKind::Lost
-                } else if file.as_deref().is_some_and(|f| f.starts_with('[') || f.starts_with("//anon")) && !key.2.is_empty() {
+                } else if file
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with('[') || f.starts_with("//anon"))
+                    && !key.2.is_empty()
+                {
                     FrameKind::Jit
                 } else {
                     FrameKind::User
@@ -128,15 +158,29 @@ impl Merger {
                 self.out.locations.push(Location {
                     mapping,
                     address: l.address,
-                    lines: key.2.iter().map(|&(function, line)| Line { function, line }).collect(),
+                    lines: key
+                        .2
+                        .iter()
+                        .map(|&(function, line)| Line { function, line })
+                        .collect(),
                     kind,
                 });
                 self.location_ids.insert(key, id);
                 id
             })
             .collect();
-        let key_of = |name: &str| p.string_table.iter().position(|x| x == name).map(|i| i as i64);
-        let (k_pid, k_tid, k_thread, k_comm) = (key_of("pid"), key_of("tid"), key_of("thread_name"), key_of("comm"));
+        let key_of = |name: &str| {
+            p.string_table
+                .iter()
+                .position(|x| x == name)
+                .map(|i| i as i64)
+        };
+        let (k_pid, k_tid, k_thread, k_comm) = (
+            key_of("pid"),
+            key_of("tid"),
+            key_of("thread_name"),
+            key_of("comm"),
+        );
         for smp in &p.sample {
             let label = |k: Option<i64>| smp.label.iter().find(|l| Some(l.key) == k);
             let num = |k| label(k).map(|l| l.num as u32).unwrap_or(0);
@@ -144,9 +188,18 @@ impl Merger {
                 continue;
             }
             let text = |k| -> Arc<str> { Arc::from(label(k).map(|l| s(l.str)).unwrap_or("")) };
-            let locations: Vec<u32> =
-                smp.location_id.iter().filter_map(|&id| locs.get((id as usize).checked_sub(1)?).copied()).collect();
-            let key = (locations, num(k_pid), num(k_tid), text(k_comm), text(k_thread));
+            let locations: Vec<u32> = smp
+                .location_id
+                .iter()
+                .filter_map(|&id| locs.get((id as usize).checked_sub(1)?).copied())
+                .collect();
+            let key = (
+                locations,
+                num(k_pid),
+                num(k_tid),
+                text(k_comm),
+                text(k_thread),
+            );
             let count = smp.value.first().copied().unwrap_or(0).max(0) as u64;
             match self.sample_ids.get(&key) {
                 Some(&i) => self.out.samples[i].count += count,

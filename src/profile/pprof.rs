@@ -267,11 +267,18 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
             ],
         })
         .collect();
-    let comment = vec![st.id(&format!(
+    let mut comment = vec![st.id(&format!(
         "ember {}: {}",
         env!("CARGO_PKG_VERSION"),
         p.target
     ))];
+    // Target labels ride along as comments, so a stored window is
+    // self-describing.
+    comment.extend(
+        p.labels
+            .iter()
+            .map(|(k, v)| st.id(&format!("label:{k}={v}"))),
+    );
     proto::Profile {
         sample_type,
         sample,
@@ -336,28 +343,51 @@ pub fn split(p: &proto::Profile, max_samples: usize, max_bytes: usize) -> Vec<pr
 /// A profile holding `samples` of `p` and only what they reference.
 fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
     let mut strings = Strings::new();
-    let mut str_of = |i: i64| strings.id(p.string_table.get(i as usize).map(String::as_str).unwrap_or(""));
+    let mut str_of = |i: i64| {
+        strings.id(p
+            .string_table
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or(""))
+    };
     let mut loc_map: HashMap<u64, u64> = HashMap::new();
     let mut fn_map: HashMap<u64, u64> = HashMap::new();
     let mut map_map: HashMap<u64, u64> = HashMap::new();
     let mut out = proto::Profile {
-        sample_type: p.sample_type.iter().map(|v| proto::ValueType { r#type: str_of(v.r#type), unit: str_of(v.unit) }).collect(),
-        period_type: p.period_type.map(|v| proto::ValueType { r#type: str_of(v.r#type), unit: str_of(v.unit) }),
+        sample_type: p
+            .sample_type
+            .iter()
+            .map(|v| proto::ValueType {
+                r#type: str_of(v.r#type),
+                unit: str_of(v.unit),
+            })
+            .collect(),
+        period_type: p.period_type.map(|v| proto::ValueType {
+            r#type: str_of(v.r#type),
+            unit: str_of(v.unit),
+        }),
         period: p.period,
         time_nanos: p.time_nanos,
         duration_nanos: p.duration_nanos,
         comment: p.comment.iter().map(|&c| str_of(c)).collect(),
-        default_sample_type: if p.default_sample_type != 0 { str_of(p.default_sample_type) } else { 0 },
+        default_sample_type: if p.default_sample_type != 0 {
+            str_of(p.default_sample_type)
+        } else {
+            0
+        },
         ..Default::default()
     };
     for smp in samples {
         let mut ids = Vec::with_capacity(smp.location_id.len());
         for &lid in &smp.location_id {
-            let Some(loc) = p.location.get((lid as usize).wrapping_sub(1)) else { continue };
+            let Some(loc) = p.location.get((lid as usize).wrapping_sub(1)) else {
+                continue;
+            };
             let new = match loc_map.get(&lid) {
                 Some(&n) => n,
                 None => {
-                    let mapping_id = match p.mapping.get((loc.mapping_id as usize).wrapping_sub(1)) {
+                    let mapping_id = match p.mapping.get((loc.mapping_id as usize).wrapping_sub(1))
+                    {
                         None => 0,
                         Some(m) => match map_map.get(&loc.mapping_id) {
                             Some(&n) => n,
@@ -376,7 +406,10 @@ fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
                     };
                     let mut lines = Vec::with_capacity(loc.line.len());
                     for ln in &loc.line {
-                        let Some(f) = p.function.get((ln.function_id as usize).wrapping_sub(1)) else { continue };
+                        let Some(f) = p.function.get((ln.function_id as usize).wrapping_sub(1))
+                        else {
+                            continue;
+                        };
                         let fid = match fn_map.get(&ln.function_id) {
                             Some(&n) => n,
                             None => {
@@ -392,10 +425,19 @@ fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
                                 n
                             }
                         };
-                        lines.push(proto::Line { function_id: fid, ..*ln });
+                        lines.push(proto::Line {
+                            function_id: fid,
+                            ..*ln
+                        });
                     }
                     let n = out.location.len() as u64 + 1;
-                    out.location.push(proto::Location { id: n, mapping_id, address: loc.address, line: lines, is_folded: loc.is_folded });
+                    out.location.push(proto::Location {
+                        id: n,
+                        mapping_id,
+                        address: loc.address,
+                        line: lines,
+                        is_folded: loc.is_folded,
+                    });
                     loc_map.insert(lid, n);
                     n
                 }
@@ -409,10 +451,18 @@ fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
                 key: str_of(l.key),
                 str: if l.str != 0 { str_of(l.str) } else { 0 },
                 num: l.num,
-                num_unit: if l.num_unit != 0 { str_of(l.num_unit) } else { 0 },
+                num_unit: if l.num_unit != 0 {
+                    str_of(l.num_unit)
+                } else {
+                    0
+                },
             })
             .collect();
-        out.sample.push(proto::Sample { location_id: ids, value: smp.value.clone(), label });
+        out.sample.push(proto::Sample {
+            location_id: ids,
+            value: smp.value.clone(),
+            label,
+        });
     }
     out.string_table = strings.table;
     out
@@ -420,7 +470,10 @@ fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
 
 /// Gzips encoded bytes.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), flate2::Compression::default());
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        flate2::Compression::default(),
+    );
     gz.write_all(bytes).expect("writing to memory");
     gz.finish().expect("writing to memory")
 }
@@ -432,18 +485,33 @@ mod tests {
     fn sample_profile(n: usize) -> proto::Profile {
         let mut st = Strings::new();
         let mut p = proto::Profile {
-            sample_type: vec![proto::ValueType { r#type: st.id("samples"), unit: st.id("count") }],
+            sample_type: vec![proto::ValueType {
+                r#type: st.id("samples"),
+                unit: st.id("count"),
+            }],
             time_nanos: 1,
             ..Default::default()
         };
         for i in 0..n as u64 {
-            p.function.push(proto::Function { id: i + 1, name: st.id(&format!("f{i}")), ..Default::default() });
-            p.location.push(proto::Location {
+            p.function.push(proto::Function {
                 id: i + 1,
-                line: vec![proto::Line { function_id: i + 1, line: 1, column: 0 }],
+                name: st.id(&format!("f{i}")),
                 ..Default::default()
             });
-            p.sample.push(proto::Sample { location_id: vec![i + 1], value: vec![1], label: vec![] });
+            p.location.push(proto::Location {
+                id: i + 1,
+                line: vec![proto::Line {
+                    function_id: i + 1,
+                    line: 1,
+                    column: 0,
+                }],
+                ..Default::default()
+            });
+            p.sample.push(proto::Sample {
+                location_id: vec![i + 1],
+                value: vec![1],
+                label: vec![],
+            });
         }
         p.string_table = st.table;
         p
@@ -461,7 +529,11 @@ mod tests {
             for (i, l) in q.location.iter().enumerate() {
                 assert_eq!(l.id, i as u64 + 1);
             }
-            let names: Vec<&str> = q.function.iter().map(|f| q.string_table[f.name as usize].as_str()).collect();
+            let names: Vec<&str> = q
+                .function
+                .iter()
+                .map(|f| q.string_table[f.name as usize].as_str())
+                .collect();
             assert_eq!(names.len(), q.sample.len(), "{names:?}");
         }
         let small = split(&p, 100, 200);

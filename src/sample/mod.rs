@@ -367,7 +367,10 @@ impl Sampler {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0)
         };
-        BpfCost { runs: field("run_cnt:"), nanos: field("run_time_ns:") }
+        BpfCost {
+            runs: field("run_cnt:"),
+            nanos: field("run_time_ns:"),
+        }
     }
 
     /// Kernel memory held by the sampler's maps, from their fdinfo.

@@ -171,16 +171,31 @@ impl Symbolizer {
         self.perf_maps.remove(&pid);
     }
 
-    /// Drops processes known to have exited and closes binaries no tracked
-    /// process maps any more, so memory stays bounded under process churn.
-    /// Returns the pids forgotten.
+    /// Drops processes that exited, one call after they were first seen
+    /// gone (so samples drained just after an exit still symbolize), and
+    /// closes binaries no tracked process maps any more: memory stays
+    /// bounded under process churn. Call once per window. Returns the pids
+    /// forgotten.
     pub fn gc(&mut self) -> Vec<u32> {
-        let gone: Vec<u32> = self.processes.iter().filter(|(_, p)| p.exited).map(|(&pid, _)| pid).collect();
+        let mut gone = Vec::new();
+        for (&pid, p) in self.processes.iter_mut() {
+            if p.exited && p.gone_seen {
+                gone.push(pid);
+                continue;
+            }
+            if !p.exited && procmap::start_time(pid) != Some(p.start_time) {
+                p.exited = true;
+            }
+            p.gone_seen = p.exited;
+        }
         for pid in &gone {
             self.forget(*pid);
         }
-        let live: std::collections::HashSet<FileKey> =
-            self.processes.values().flat_map(|p| p.mappings.iter().filter_map(|m| m.file)).collect();
+        let live: std::collections::HashSet<FileKey> = self
+            .processes
+            .values()
+            .flat_map(|p| p.mappings.iter().filter_map(|m| m.file))
+            .collect();
         let binaries = &mut self.binaries;
         self.by_file.retain(|key, &mut id| {
             let keep = live.contains(key);

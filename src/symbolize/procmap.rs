@@ -41,6 +41,8 @@ pub struct Process {
     pub exited: bool,
     /// Start time in clock ticks since boot: tells a reused pid apart.
     pub start_time: u64,
+    /// Seen exited by the previous garbage collection.
+    pub gone_seen: bool,
 }
 
 impl Process {
