@@ -57,7 +57,7 @@ pub fn spawn(
                 pusher.run().await;
                 // Keep serving until the sampler thread is done with its last window.
                 while !shared.stop.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             })
         })?)

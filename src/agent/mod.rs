@@ -206,7 +206,8 @@ pub fn run(s: Settings) -> Result<()> {
     let mut window_began = Instant::now();
     let mut last_drain = Instant::now();
     loop {
-        let _ = rb.poll(Duration::from_millis(100));
+        // Events wake the poll at once; the timeout only paces drains.
+        let _ = rb.poll(Duration::from_millis(250));
         learn_pending(&mut sym, &mut targeting, &pending, &s);
         let stopping = STOP.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst);
         if stopping {
