@@ -2,7 +2,7 @@
 # Installs what building and testing ember needs on Debian/Ubuntu, and only
 # what is missing: clang and libelf/zlib headers for the BPF build, Go's
 # pprof as an independent decoder for tests, Node for the JIT test, and perf
-# for the benchmark. Safe to run again.
+# and bpftrace for the benchmark. Safe to run again.
 set -eu
 
 need=""
@@ -16,6 +16,7 @@ have_pkg zlib1g-dev || need="$need zlib1g-dev"
 have_cmd go || need="$need golang-go"
 have_cmd node || need="$need nodejs"
 have_cmd perf || need="$need linux-perf"
+have_cmd bpftrace || need="$need bpftrace"
 have_cmd setpriv || need="$need util-linux"
 have_cmd systemd-analyze || need="$need systemd"
 
