@@ -247,6 +247,10 @@ pub fn run(s: Settings) -> Result<()> {
             for pid in sym.gc() {
                 targeting.labels.remove(&pid);
             }
+            // Symbolization frees large parse structures each window; hand
+            // the freed heap back to the system so RSS tracks real use.
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
             let st = sym.stats();
             let m = &shared.metrics;
             m.sym_cached

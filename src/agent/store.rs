@@ -127,11 +127,10 @@ impl Store {
         let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
         let mut deleted = 0;
         for e in &entries {
-            if e.start_ns + e.duration_ns < oldest || total > self.max_bytes {
-                if std::fs::remove_file(&e.path).is_ok() {
-                    deleted += 1;
-                    total -= e.bytes;
-                }
+            let expired = e.start_ns + e.duration_ns < oldest || total > self.max_bytes;
+            if expired && std::fs::remove_file(&e.path).is_ok() {
+                deleted += 1;
+                total -= e.bytes;
             }
         }
         deleted

@@ -8,13 +8,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::pprof::proto;
 use super::{FrameKind, Function, Line, Location, Mapping, Profile, Sample};
 
+/// (mapping, address, [(function, line)]) identifies a location.
+type LocationKey = (Option<u32>, u64, Vec<(u32, u32)>);
+/// (locations, pid, tid, comm, thread name) identifies a sample.
+type SampleKey = (Vec<u32>, u32, u32, Arc<str>, Arc<str>);
+
 /// Accumulates profiles.
 pub struct Merger {
     out: Profile,
     mapping_ids: HashMap<(u64, u64, u64, Arc<str>, String), u32>,
     function_ids: HashMap<Function, u32>,
-    location_ids: HashMap<(Option<u32>, u64, Vec<(u32, u32)>), u32>,
-    sample_ids: HashMap<(Vec<u32>, u32, u32, Arc<str>, Arc<str>), usize>,
+    location_ids: HashMap<LocationKey, u32>,
+    sample_ids: HashMap<SampleKey, usize>,
     first: Option<u64>,
     last: u64,
 }

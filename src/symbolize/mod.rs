@@ -274,8 +274,17 @@ impl Symbolizer {
                 None => vec![Frames::from([]); offsets.len()],
             }
         } else if let Some(f) = &bin.file {
-            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", f.as_raw_fd())));
-            self.run(&src, Input::FileOffset(&offsets[..]), offsets.len())
+            let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+            let src = Source::Elf(Elf::new(path.clone()));
+            let frames = self.run(&src, Input::FileOffset(&offsets[..]), offsets.len());
+            // Every address asked for is now in ember's own cache, so the
+            // parsed DWARF and the file mapping can go: an always-on agent
+            // would otherwise hold every profiled binary's debug info (tens
+            // of MiB). It is parsed again only when new addresses show up.
+            let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
+                blazesym::symbolize::evict::Elf::new(path),
+            ));
+            frames
         } else {
             vec![Frames::from([]); offsets.len()]
         };
