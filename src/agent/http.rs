@@ -125,6 +125,8 @@ async fn handle(
             };
             let (tx, rx) = tokio::sync::oneshot::channel();
             shared.live.lock().unwrap_or_else(|e| e.into_inner()).push(LiveRequest {
+                seconds,
+                primed: false,
                 deadline: Instant::now() + Duration::from_secs(seconds),
                 started: SystemTime::now(),
                 pid,

@@ -33,13 +33,19 @@ pub use config::Settings;
 use metrics::Metrics;
 use relabel::Labels;
 
-/// How often the kernel maps are drained (windows and live requests are
-/// built from drains).
-const DRAIN_EVERY: Duration = Duration::from_secs(1);
+/// Longest time between drains of the kernel maps. Shorter on big hosts (so
+/// a generation never holds more samples than half the stack map) and while
+/// a live profile request waits (so it gets its N seconds, not more).
+const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
 /// A `/debug/pprof/profile?seconds=N` request waiting for its samples.
 pub struct LiveRequest {
-    /// When the answer is due.
+    /// How long to collect.
+    pub seconds: u64,
+    /// Set at the first drain after the request: samples drained then are
+    /// older than the request, so collection starts there.
+    pub primed: bool,
+    /// When the answer is due (once primed).
     pub deadline: Instant,
     /// When it started.
     pub started: SystemTime,
@@ -205,6 +211,16 @@ pub fn run(s: Settings) -> Result<()> {
     let mut window_start = SystemTime::now();
     let mut window_began = Instant::now();
     let mut last_drain = Instant::now();
+    let per_second = (s.raw.frequency * sampler.cpus() as u64).max(1);
+    let drain_every = DRAIN_EVERY
+        .min(Duration::from_secs_f64(
+            s.raw.sampler.stack_map_size as f64 / 2.0 / per_second as f64,
+        ))
+        .max(Duration::from_secs(1));
+    shared
+        .metrics
+        .bpf_map_bytes
+        .store(sampler.map_memory_bytes(), Ordering::Relaxed);
     loop {
         // Events wake the poll at once; the timeout only paces drains.
         let _ = rb.poll(Duration::from_millis(250));
@@ -215,7 +231,17 @@ pub fn run(s: Settings) -> Result<()> {
             let _ = rb.consume();
             learn_pending(&mut sym, &mut targeting, &pending, &s);
         }
-        if stopping || last_drain.elapsed() >= DRAIN_EVERY {
+        let live_waiting = !shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        let due = if live_waiting {
+            Duration::from_secs(1)
+        } else {
+            drain_every
+        };
+        if stopping || last_drain.elapsed() >= due || window_began.elapsed() >= s.window {
             last_drain = Instant::now();
             let t0 = Instant::now();
             drainer.drain(&mut sampler, &mut tick)?;
@@ -303,8 +329,6 @@ fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
             .store(st.lost_count_map_full, Ordering::Relaxed);
         m.events_lost.store(st.events_lost, Ordering::Relaxed);
     }
-    m.bpf_map_bytes
-        .store(sampler.map_memory_bytes(), Ordering::Relaxed);
     m.bpf_run_ns
         .store(sampler.bpf_cost().nanos, Ordering::Relaxed);
 }
@@ -385,10 +409,17 @@ fn serve_live(
     }
     let now = Instant::now();
     for r in live.iter_mut() {
-        r.agg.merge_from(tick);
+        if r.primed {
+            r.agg.merge_from(tick);
+        } else {
+            r.primed = true;
+            r.started = SystemTime::now();
+            r.deadline = now + Duration::from_secs(r.seconds);
+        }
     }
-    let (due, waiting): (Vec<_>, Vec<_>) =
-        live.drain(..).partition(|r| all_due || r.deadline <= now);
+    let (due, waiting): (Vec<_>, Vec<_>) = live
+        .drain(..)
+        .partition(|r| all_due || (r.primed && r.deadline <= now));
     *live = waiting;
     drop(live);
     for mut r in due {
