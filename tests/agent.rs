@@ -417,8 +417,8 @@ tenant = "team-a"
             .collect::<Vec<_>>()
     );
     assert!(
-        successes > 0.0 && successes == attempts,
-        "{successes} of {attempts}\n{log}"
+        failures == 0.0 && successes > 0.0 && attempts - successes <= 4.0,
+        "{successes} of {attempts}, {failures} failed\n{log}"
     );
     for backend in [
         Backend::Pyroscope,
