@@ -402,6 +402,9 @@ tenant = "team-a"
     std::thread::sleep(Duration::from_millis(1500));
     let attempts = agent.metric("ember_push_attempts_total");
     let successes = agent.metric("ember_push_successes_total");
+    // Read while pushes may be in flight: no failure, and successes trail
+    // attempts by at most one request per backend.
+    let failures = agent.metric("ember_push_failures_total");
     let log = agent.stop();
     let got = rx.received();
     let rejected: Vec<_> = got
