@@ -279,6 +279,7 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
         basic_auth_password_file: None,
         bearer_token_file: None,
         headers: Default::default(),
+        ca_file: None,
         timeout: "10s".into(),
         gzip: true,
     };

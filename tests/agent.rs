@@ -704,3 +704,52 @@ fn agent_config_errors_and_check() {
     let out = ember(&["agent", "--config", "/no/such.toml"], &dir);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
 }
+
+/// Push over TLS (rustls): a server with a private CA is trusted through
+/// `ca_file`, for the Connect API (HTTP/1.1 or h2 by ALPN) and gRPC (h2).
+#[test]
+fn push_over_tls_with_a_private_ca() {
+    let bin = fixture("split.c");
+    let dir = scratch("agent_tls");
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    // A private CA and a server certificate it signed, as a company runs.
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ember-test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr",
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out cert.pem",
+    ] {
+        let st = Command::new("openssl").args(args.split(' ')).current_dir(&dir).stderr(Stdio::null()).status().expect("openssl");
+        assert!(st.success(), "openssl {args}");
+    }
+    let rx = Receiver::start_tls(&cert, &key);
+    let url = format!("https://localhost:{}", rx.addr.port());
+    let cfg = format!(
+        "window = \"1s\"\nfrequency = 99\n[[push]]\nkind = \"pyroscope\"\nurl = \"{url}\"\nca_file = \"{c}\"\n[[push]]\nkind = \"parca\"\nurl = \"{url}\"\nca_file = \"{c}\"\n",
+        c = ca.display()
+    );
+    std::fs::write(dir.join("a.toml"), cfg).unwrap();
+    let agent = Agent::start(&dir, &["--config", dir.join("a.toml").to_str().unwrap()]);
+    let mut split = Command::new(&bin)
+        .arg("2")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    split.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let failures = agent.metric("ember_push_failures_total");
+    let log = agent.stop();
+    assert_eq!(failures, 0.0, "{log}");
+    let got = rx.accepted();
+    assert!(got.iter().any(|r| r.backend == Backend::Pyroscope), "{log}");
+    assert!(got.iter().any(|r| r.backend == Backend::Parca), "{log}");
+    assert_eq!(got.len(), rx.received().len());
+}

@@ -99,6 +99,10 @@ pub struct PushConfig {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// PEM file of extra CA certificates to trust for `https://` (a private
+    /// CA); the system's roots are always trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Request timeout (`10s`).
     #[serde(default = "default_timeout")]
     pub timeout: String,
@@ -256,9 +260,13 @@ impl Config {
             if p.basic_auth_password_file.is_some() && p.basic_auth_user.is_none() {
                 bail!("push #{n}: basic_auth_password_file is set but basic_auth_user is not");
             }
-            for f in [&p.basic_auth_password_file, &p.bearer_token_file]
-                .into_iter()
-                .flatten()
+            for f in [
+                &p.basic_auth_password_file,
+                &p.bearer_token_file,
+                &p.ca_file,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if std::fs::metadata(f).is_err() {
                     bail!("push #{n}: cannot read {}", f.display());

@@ -272,8 +272,17 @@ impl Pusher {
     }
 
     async fn sender(&self, b: Arc<Backend>) {
-        let client = http_client(false);
-        let h2 = http_client(true);
+        let ca = b.cfg.ca_file.as_deref();
+        let (client, h2) = match (http_client(false, ca), http_client(true, ca)) {
+            (Ok(a), Ok(h)) => (a, h),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!(
+                    "ember agent: {} {}: {e:#}; not pushing there",
+                    b.cfg.kind, b.cfg.url
+                );
+                return;
+            }
+        };
         let mut backoff = Duration::from_millis(500);
         let mut seen_status: HashSet<u16> = HashSet::new();
         let mut flush_deadline: Option<Instant> = None;
@@ -368,22 +377,49 @@ type HttpClient = Client<
     Full<Bytes>,
 >;
 
-fn http_client(h2_only: bool) -> HttpClient {
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(b) => b,
-        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+/// A client for one backend: the system's CA roots (Mozilla's if the system
+/// has none) plus the backend's `ca_file`; HTTP/2 only for gRPC.
+fn http_client(h2_only: bool, ca_file: Option<&std::path::Path>) -> Result<HttpClient> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = ca_file {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| {
+                anyhow::anyhow!("cannot read CA certificates from {}: {e}", path.display())
+            })?;
+        for c in certs {
+            roots
+                .add(c)
+                .with_context(|| format!("bad CA certificate in {}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let conn = if h2_only {
+        conn.enable_http2().build()
+    } else {
+        conn.enable_http1().enable_http2().build()
     };
-    let conn = builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
     let mut c = Client::builder(TokioExecutor::new());
     c.pool_idle_timeout(Duration::from_secs(30));
     if h2_only {
         c.http2_only(true);
     }
-    c.build(conn)
+    Ok(c.build(conn))
 }
 
 async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
@@ -421,7 +457,7 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
     };
     let resp = match tokio::time::timeout(b.timeout, c.request(req)).await {
         Err(_) => return Outcome::Retry("timed out".into()),
-        Ok(Err(e)) => return Outcome::Retry(format!("{e}")),
+        Ok(Err(e)) => return Outcome::Retry(error_chain(&e)),
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
@@ -624,6 +660,19 @@ fn series_labels(p: &Profile, kind: Kind) -> Vec<(String, String)> {
     out.sort_by(|a, b| (a.0 != "__name__", &a.0).cmp(&(b.0 != "__name__", &b.0)));
     out.dedup_by(|a, b| a.0 == b.0);
     out
+}
+
+/// "client error (Connect): tcp connect error: Connection refused": hyper's
+/// own message names only the stage.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn sanitize(k: &str) -> String {

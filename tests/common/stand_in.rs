@@ -73,8 +73,35 @@ impl Receiver {
         Receiver::start_on("127.0.0.1:0".parse().unwrap())
     }
 
+    /// Over TLS with this certificate and key (PEM), on a free port.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Receiver::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        )
+    }
+
     /// On a given address (a port reserved earlier: "backend comes up").
     pub fn start_on(addr: SocketAddr) -> Receiver {
+        Receiver::serve(addr, None)
+    }
+
+    fn serve(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let mut tries = 0;
         let listener = loop {
             match std::net::TcpListener::bind(addr) {
@@ -105,11 +132,20 @@ impl Receiver {
                         acc = listener.accept() => {
                             let Ok((stream, _)) = acc else { continue };
                             let st = st.clone();
+                            let tls = tls.clone();
                             tokio::spawn(async move {
                                 let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+                                let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                                match tls {
+                                    Some(acceptor) => {
+                                        if let Ok(s) = acceptor.accept(stream).await {
+                                            let _ = server.serve_connection(TokioIo::new(s), svc).await;
+                                        }
+                                    }
+                                    None => {
+                                        let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+                                    }
+                                }
                             });
                         }
                     }
