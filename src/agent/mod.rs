@@ -38,6 +38,10 @@ use relabel::Labels;
 /// a live profile request waits (so it gets its N seconds, not more).
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
 
+/// Windows without new addresses after which a binary's parsed debug info
+/// is released (it stays symbolized in ember's own cache).
+const EVICT_AFTER_WINDOWS: u64 = 4;
+
 /// A `/debug/pprof/profile?seconds=N` request waiting for its samples.
 pub struct LiveRequest {
     /// How long to collect.
@@ -273,6 +277,7 @@ pub fn run(s: Settings) -> Result<()> {
             for pid in sym.gc() {
                 targeting.labels.remove(&pid);
             }
+            sym.evict_idle(EVICT_AFTER_WINDOWS);
             // Symbolization frees large parse structures each window; hand
             // the freed heap back to the system so RSS tracks real use.
             // SAFETY: malloc_trim has no preconditions.

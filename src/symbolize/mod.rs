@@ -49,6 +49,10 @@ pub struct Binary {
     pub vdso: bool,
     file: Option<File>,
     cache: HashMap<u64, Frames>,
+    /// blazesym holds this binary's parsed symbols and debug info.
+    parsed: bool,
+    /// The last epoch (see [`Symbolizer::evict_idle`]) it was symbolized in.
+    used: u64,
 }
 
 /// Binary handle.
@@ -65,6 +69,7 @@ pub struct Symbolizer {
     kernel: HashMap<u64, Frames>,
     lookups: u64,
     misses: u64,
+    epoch: u64,
 }
 
 impl Default for Symbolizer {
@@ -107,6 +112,7 @@ impl Symbolizer {
             kernel: HashMap::new(),
             lookups: 0,
             misses: 0,
+            epoch: 0,
         }
     }
 
@@ -196,13 +202,20 @@ impl Symbolizer {
             .values()
             .flat_map(|p| p.mappings.iter().filter_map(|m| m.file))
             .collect();
-        let binaries = &mut self.binaries;
+        let (binaries, blaze) = (&mut self.binaries, &mut self.blaze);
         self.by_file.retain(|key, &mut id| {
             let keep = live.contains(key);
             if !keep {
                 // The slot stays (ids are indexes) but holds nothing.
-                binaries[id].file = None;
-                binaries[id].cache = HashMap::new();
+                let b = &mut binaries[id];
+                if let Some(f) = b.file.take() {
+                    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                    let _ = blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
+                        blazesym::symbolize::evict::Elf::new(path),
+                    ));
+                }
+                b.cache = HashMap::new();
+                b.parsed = false;
             }
             keep
         });
@@ -274,21 +287,14 @@ impl Symbolizer {
                 None => vec![Frames::from([]); offsets.len()],
             }
         } else if let Some(f) = &bin.file {
-            let path = format!("/proc/self/fd/{}", f.as_raw_fd());
-            let src = Source::Elf(Elf::new(path.clone()));
-            let frames = self.run(&src, Input::FileOffset(&offsets[..]), offsets.len());
-            // Every address asked for is now in ember's own cache, so the
-            // parsed DWARF and the file mapping can go: an always-on agent
-            // would otherwise hold every profiled binary's debug info (tens
-            // of MiB). It is parsed again only when new addresses show up.
-            let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
-                blazesym::symbolize::evict::Elf::new(path),
-            ));
-            frames
+            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", f.as_raw_fd())));
+            self.run(&src, Input::FileOffset(&offsets[..]), offsets.len())
         } else {
             vec![Frames::from([]); offsets.len()]
         };
         let bin = &mut self.binaries[id];
+        bin.used = self.epoch;
+        bin.parsed = true;
         for (o, frames) in offsets.iter().zip(results) {
             bin.cache.insert(*o, frames);
         }
@@ -356,6 +362,27 @@ impl Symbolizer {
         self.perf_maps.clear();
     }
 
+    /// Starts a new epoch (an agent window) and releases blazesym's parsed
+    /// data (symbol tables, DWARF, the file mapping) of binaries not
+    /// symbolized in the last `idle` epochs. Their addresses stay in ember's
+    /// own cache; a binary is parsed again only when new addresses show up.
+    /// This bounds an always-on agent's memory without re-parsing the debug
+    /// info of busy binaries every window.
+    pub fn evict_idle(&mut self, idle: u64) {
+        self.epoch += 1;
+        for b in &mut self.binaries {
+            if b.parsed && self.epoch.saturating_sub(b.used) > idle {
+                if let Some(f) = &b.file {
+                    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                    let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
+                        blazesym::symbolize::evict::Elf::new(path),
+                    ));
+                }
+                b.parsed = false;
+            }
+        }
+    }
+
     /// Cache sizes.
     pub fn stats(&self) -> SymStats {
         SymStats {
@@ -384,6 +411,8 @@ impl Binary {
             vdso,
             file,
             cache: HashMap::new(),
+            parsed: false,
+            used: 0,
         }
     }
 }
