@@ -12,4 +12,5 @@ pub mod preflight;
 pub mod profile;
 pub mod record;
 pub mod sample;
+pub mod signal;
 pub mod symbolize;

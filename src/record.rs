@@ -2,12 +2,9 @@
 //! write the result. The CLI in main.rs only parses arguments into
 //! [`RecordOptions`]; everything observable happens here.
 
-use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -85,24 +82,6 @@ pub struct Recording {
     pub bpf_cost: sample::BpfCost,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
 /// Checks everything that can be checked before sampling starts.
 pub fn preflight(opts: &RecordOptions) -> Result<()> {
     if !(1..=100_000).contains(&opts.frequency) {
@@ -135,7 +114,7 @@ pub fn preflight(opts: &RecordOptions) -> Result<()> {
 /// Runs a recording from start to written files.
 pub fn run(opts: &RecordOptions) -> Result<Recording> {
     preflight(opts)?;
-    install_signal_handlers();
+    crate::signal::install();
     let self_pid = std::process::id();
     let targets = match &opts.what {
         What::All => Targets::All,
@@ -164,19 +143,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let mut agg = Aggregate::default();
     let mut drainer = Drainer::default();
 
-    let pending: Rc<RefCell<Vec<(u32, u32)>>> = Rc::default();
-    let mut rb = libbpf_rs::RingBufferBuilder::new();
-    {
-        let pending = pending.clone();
-        rb.add(sampler.events_map(), move |data: &[u8]| {
-            if data.len() >= 8 {
-                let word = |i: usize| u32::from_ne_bytes(data[i..i + 4].try_into().unwrap());
-                pending.borrow_mut().push((word(0), word(4)));
-            }
-            0
-        })?;
-    }
-    let rb = rb.build()?;
+    let events = sampler.process_events()?;
 
     // Capture the targets' maps now, so even their first samples resolve.
     if let What::Pids(pids) = &opts.what {
@@ -208,10 +175,10 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let mut last_full = 0;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     loop {
-        let _ = rb.poll(Duration::from_millis(50));
-        capture_pending(&mut sym, &pending);
+        events.poll(Duration::from_millis(50));
+        capture(&mut sym, &events);
         let elapsed = start.elapsed();
-        if STOP.load(Ordering::SeqCst) {
+        if crate::signal::stop_requested() {
             notes.push(format!(
                 "stopped by signal after {:.1} s",
                 elapsed.as_secs_f64()
@@ -281,15 +248,15 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     // Stop sampling, take the last events, then the last drain: nothing
     // counted is left behind and the counters match the profile exactly.
     sampler.stop();
-    let _ = rb.consume();
-    capture_pending(&mut sym, &pending);
+    events.consume();
+    capture(&mut sym, &events);
     drainer.drain(&mut sampler, &mut agg)?;
     let stats = sampler.stats()?;
     let event = sampler.event();
     let cpus = sampler.cpus();
     let map_bytes = sampler.map_memory_bytes();
     let bpf_cost = sampler.bpf_cost();
-    drop(rb);
+    drop(events);
     drop(sampler);
 
     let target = describe(&opts.what);
@@ -335,13 +302,9 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     })
 }
 
-fn capture_pending(sym: &mut Symbolizer, pending: &RefCell<Vec<(u32, u32)>>) {
-    for (pid, kind) in pending.borrow_mut().drain(..) {
-        if kind == sample::PROC_EVENT_EXEC {
-            sym.capture_exec(pid);
-        } else {
-            sym.capture(pid);
-        }
+fn capture(sym: &mut Symbolizer, events: &sample::ProcessEvents) {
+    for e in events.take() {
+        sym.on_event(e);
     }
 }
 

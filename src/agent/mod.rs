@@ -15,9 +15,7 @@ pub mod push;
 pub mod relabel;
 pub mod store;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -73,12 +71,6 @@ pub struct Shared {
     pub live: Mutex<Vec<LiveRequest>>,
     /// Set on SIGINT/SIGTERM.
     pub stop: AtomicBool,
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
 }
 
 /// What is known of a process's labels.
@@ -144,14 +136,7 @@ fn cstr(raw: &[u8; 16]) -> String {
 pub fn run(s: Settings) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_btf()?;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+    crate::signal::install();
     let store = if s.raw.store.dir.as_os_str().is_empty() {
         None
     } else {
@@ -185,19 +170,7 @@ pub fn run(s: Settings) -> Result<()> {
     let mut tick = Aggregate::default();
     let mut window = Aggregate::default();
 
-    let pending: Rc<RefCell<Vec<(u32, u32)>>> = Rc::default();
-    let mut rb = libbpf_rs::RingBufferBuilder::new();
-    {
-        let pending = pending.clone();
-        rb.add(sampler.events_map(), move |data: &[u8]| {
-            if data.len() >= 8 {
-                let word = |i: usize| u32::from_ne_bytes(data[i..i + 4].try_into().unwrap());
-                pending.borrow_mut().push((word(0), word(4)));
-            }
-            0
-        })?;
-    }
-    let rb = rb.build()?;
+    let events = sampler.process_events()?;
     eprintln!(
         "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
         s.raw.frequency,
@@ -227,13 +200,13 @@ pub fn run(s: Settings) -> Result<()> {
         .store(sampler.map_memory_bytes(), Ordering::Relaxed);
     loop {
         // Events wake the poll at once; the timeout only paces drains.
-        let _ = rb.poll(Duration::from_millis(250));
-        learn_pending(&mut sym, &mut targeting, &pending, &s);
-        let stopping = STOP.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst);
+        events.poll(Duration::from_millis(250));
+        learn(&mut sym, &mut targeting, &events, &s);
+        let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
         if stopping {
             sampler.stop();
-            let _ = rb.consume();
-            learn_pending(&mut sym, &mut targeting, &pending, &s);
+            events.consume();
+            learn(&mut sym, &mut targeting, &events, &s);
         }
         let live_waiting = !shared
             .live
@@ -305,20 +278,16 @@ pub fn run(s: Settings) -> Result<()> {
     Ok(())
 }
 
-fn learn_pending(
+fn learn(
     sym: &mut Symbolizer,
     targeting: &mut Targeting,
-    pending: &RefCell<Vec<(u32, u32)>>,
+    events: &sample::ProcessEvents,
     s: &Settings,
 ) {
-    for (pid, kind) in pending.borrow_mut().drain(..) {
-        if kind == sample::PROC_EVENT_EXEC {
-            sym.capture_exec(pid);
-        } else {
-            sym.capture(pid);
-        }
+    for e in events.take() {
+        sym.on_event(e);
         // Read labels now, while the process lives; exec refreshes them.
-        targeting.learn(pid, s);
+        targeting.learn(e.pid, s);
     }
 }
 

@@ -56,7 +56,39 @@ pub const MAX_DEPTH: usize = 127;
 pub const STACK_TRACE_SIZE: usize = 8 + 8 * MAX_DEPTH;
 
 /// Ring-buffer event kinds (`PROC_EVENT_*` in bpf/ember.h).
-pub const PROC_EVENT_EXEC: u32 = 1;
+const PROC_EVENT_EXEC: u32 = 1;
+
+/// A process the sampler announced: its first sample, or an exec.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEvent {
+    /// The process.
+    pub pid: u32,
+    /// It replaced its image (exec) rather than being new.
+    pub exec: bool,
+}
+
+/// The sampler's new-process notifications, polled by the owner thread.
+pub struct ProcessEvents {
+    rb: libbpf_rs::RingBuffer<'static>,
+    pending: std::rc::Rc<std::cell::RefCell<Vec<ProcessEvent>>>,
+}
+
+impl ProcessEvents {
+    /// Waits up to `timeout` for events (returns at once when some arrive).
+    pub fn poll(&self, timeout: Duration) {
+        let _ = self.rb.poll(timeout);
+    }
+
+    /// Takes what the ring buffer holds without waiting.
+    pub fn consume(&self) {
+        let _ = self.rb.consume();
+    }
+
+    /// The events received since the last call.
+    pub fn take(&self) -> Vec<ProcessEvent> {
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+}
 
 const FILTER_PROFILE: u8 = 1;
 const FILTER_FOLLOW: u8 = 2;
@@ -327,9 +359,25 @@ impl Sampler {
         }
     }
 
-    /// The ring buffer of new-process notifications.
-    pub fn events_map(&self) -> &libbpf_rs::MapMut<'static> {
-        &self.skel.maps.events
+    /// Subscribes to new-process and exec notifications.
+    pub fn process_events(&self) -> Result<ProcessEvents> {
+        let pending: std::rc::Rc<std::cell::RefCell<Vec<ProcessEvent>>> = Default::default();
+        let sink = pending.clone();
+        let mut rb = libbpf_rs::RingBufferBuilder::new();
+        rb.add(&self.skel.maps.events, move |data: &[u8]| {
+            if data.len() >= 8 {
+                let word = |i: usize| u32::from_ne_bytes(data[i..i + 4].try_into().unwrap());
+                sink.borrow_mut().push(ProcessEvent {
+                    pid: word(0),
+                    exec: word(4) == PROC_EVENT_EXEC,
+                });
+            }
+            0
+        })?;
+        Ok(ProcessEvents {
+            rb: rb.build()?,
+            pending,
+        })
     }
 
     /// Sums the per-CPU counters.

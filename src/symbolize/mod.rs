@@ -127,6 +127,11 @@ impl Symbolizer {
         self.capture_inner(pid, true);
     }
 
+    /// Captures a process the sampler announced (first sample or exec).
+    pub fn on_event(&mut self, e: crate::sample::ProcessEvent) {
+        self.capture_inner(e.pid, e.exec);
+    }
+
     fn capture_inner(&mut self, pid: u32, replace: bool) {
         let started = procmap::start_time(pid).unwrap_or(0);
         match procmap::read_mappings(pid) {
