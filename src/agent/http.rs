@@ -55,9 +55,10 @@ pub fn spawn(
                     }
                 }
                 pusher.run().await;
-                // Keep serving until the sampler thread is done with its last window.
-                while !shared.stop.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                // Keep serving until the sampler thread is done with its
+                // last window (a stored permit covers an early notify).
+                if !shared.stop.load(Ordering::SeqCst) {
+                    shared.stopped.notified().await;
                 }
             })
         })?)

@@ -71,6 +71,8 @@ pub struct Shared {
     pub live: Mutex<Vec<LiveRequest>>,
     /// Set on SIGINT/SIGTERM.
     pub stop: AtomicBool,
+    /// Wakes the I/O thread when the sampler thread is done.
+    pub stopped: tokio::sync::Notify,
 }
 
 /// What is known of a process's labels.
@@ -151,6 +153,7 @@ pub fn run(s: Settings) -> Result<()> {
         store,
         live: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
+        stopped: tokio::sync::Notify::new(),
     });
     let pusher = push::Pusher::new(&s, shared.clone())?;
     let io_thread = http::spawn(&s, shared.clone(), pusher.clone())?;
@@ -200,7 +203,7 @@ pub fn run(s: Settings) -> Result<()> {
         .store(sampler.map_memory_bytes(), Ordering::Relaxed);
     loop {
         // Events wake the poll at once; the timeout only paces drains.
-        events.poll(Duration::from_millis(250));
+        events.poll(Duration::from_millis(1000));
         learn(&mut sym, &mut targeting, &events, &s);
         let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
         if stopping {
@@ -274,6 +277,7 @@ pub fn run(s: Settings) -> Result<()> {
     eprintln!("ember agent: stopping; flushing the push queue");
     pusher.close();
     shared.stop.store(true, Ordering::SeqCst);
+    shared.stopped.notify_one();
     let _ = io_thread.join();
     Ok(())
 }
