@@ -203,7 +203,13 @@ pub fn run(s: Settings) -> Result<()> {
         .store(sampler.map_memory_bytes(), Ordering::Relaxed);
     loop {
         // Events wake the poll at once; the timeout only paces drains.
-        events.poll(Duration::from_millis(1000));
+        // ...and wakes in time to cut the window on schedule.
+        let until_cut = s.window.saturating_sub(window_began.elapsed());
+        events.poll(
+            Duration::from_millis(1000)
+                .min(until_cut)
+                .max(Duration::from_millis(10)),
+        );
         learn(&mut sym, &mut targeting, &events, &s);
         let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
         if stopping {
