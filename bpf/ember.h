@@ -13,6 +13,7 @@
 #define SAMPLE_USER_LOST 1u   /* user stack could not be read or stored */
 #define SAMPLE_KERNEL_LOST 2u /* kernel stack could not be stored */
 #define SAMPLE_MAP_FULL 4u    /* ...because the stack map was full */
+#define SAMPLE_TRUNCATED 8u   /* the user stack walk stopped before the end */
 
 /* filter map values */
 #define FILTER_PROFILE 1u /* samples of this tgid are recorded */
@@ -45,7 +46,62 @@ enum ember_stat {
 	STAT_LOST_STACK_MAP_FULL, /* a stack did not fit (recorded as [lost]) */
 	STAT_LOST_COUNT_MAP_FULL, /* whole sample lost: count map full */
 	STAT_EVENTS_LOST,         /* new-process notifications dropped */
+	STAT_UNWIND_STACKS,       /* user stacks walked (table unwinder or FP) */
+	STAT_UNWIND_COMPLETE,     /* ...that reached the outermost frame */
+	STAT_TRUNC_DEPTH,         /* ...cut at EMBER_MAX_DEPTH frames */
+	STAT_TRUNC_NO_TABLE,      /* ...no unwind table, frame pointers failed */
+	STAT_TRUNC_READ,          /* ...stack memory unreadable */
+	STAT_TRUNC_UNSUPPORTED,   /* ...a CFI rule ember cannot follow */
 	STAT_MAX,
+};
+
+/* Unwind tables. A row covers code from its pc up to the next row's pc and
+ * packs into one u64 (an array element is 8-byte aligned anyway):
+ *   bits  0..31  pc, relative to the table's base
+ *   bits 32..35  CFA rule (UNW_CFA_*)
+ *   bits 36..39  RBP rule (UNW_RBP_*)
+ *   bits 40..55  CFA offset / 8 (signed)
+ *   bits 56..63  RBP offset / 8 (signed); for UNW_CFA_PLT the threshold
+ * On x86-64 the return address is always at CFA - 8.
+ *
+ * A table's array starts with a page index, one u64 per 4 KiB of code:
+ * the first and last row (low and high 32 bits) covering that page, so a
+ * lookup binary-searches a handful of rows instead of the whole table. The
+ * rows follow the index; row 0 is at pc 0. */
+#define UNW_PAGE_SHIFT 12
+#define UNW_CFA_GAP 0         /* no CFI covers this code: frame pointers */
+#define UNW_CFA_RSP 1         /* CFA = rsp + off */
+#define UNW_CFA_RBP 2         /* CFA = rbp + off */
+#define UNW_CFA_PLT 3         /* CFA = rsp + off + ((pc & 15) >= thr ? 8 : 0) */
+#define UNW_CFA_DEREF_RSP 4   /* CFA = *(rsp + off) */
+#define UNW_CFA_DEREF_RBP 5   /* CFA = *(rbp + off) (stack realignment) */
+#define UNW_CFA_SIGNAL 6      /* signal trampoline: registers in ucontext */
+#define UNW_CFA_END 7         /* return address undefined: outermost frame */
+#define UNW_CFA_UNSUPPORTED 8 /* a rule ember cannot follow */
+
+#define UNW_RBP_SAME 0  /* rbp unchanged */
+#define UNW_RBP_CFA 1   /* rbp = *(CFA + off) */
+#define UNW_RBP_AT_RBP 2 /* rbp = *(rbp + off) */
+#define UNW_RBP_LOST 3  /* rbp not recoverable */
+
+/* Executable mappings of one process, for the unwinder: a run of `count`
+ * entries, sorted by start, at `first` in the shared unwind_mappings array
+ * (an array rather than a per-process value, so the binary search indexes a
+ * map through a helper and the verifier need not track every index). */
+#define EMBER_MAX_MAPPINGS 256
+struct unwind_mapping {
+	__u64 start;
+	__u64 end;
+	__u64 bias;  /* table pc = address - bias */
+	__u32 table; /* id in unwind_tables; 0 = none (frame pointers) */
+	__u32 pages; /* page index entries before the rows */
+};
+
+struct proc_unwind {
+	__u32 first;
+	__u32 count;
+	__u32 stale; /* set by BPF when an address fell outside every mapping */
+	__u32 _pad;
 };
 
 /* Ring-buffer message: a process was sampled for the first time, or
@@ -57,5 +113,6 @@ struct ember_proc_event {
 
 #define PROC_EVENT_NEW 0  /* first sample of a process */
 #define PROC_EVENT_EXEC 1 /* the process replaced its image */
+#define PROC_EVENT_MAPS 2 /* code ran outside the mappings ember knows (dlopen) */
 
 #endif

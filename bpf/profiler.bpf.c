@@ -16,9 +16,16 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool filter_enabled = false;
 const volatile bool include_idle = false;
 const volatile bool kernel_stacks = true;
+/* Walk user stacks with unwind tables (else frame pointers only, via
+ * bpf_get_stack). */
+const volatile bool table_unwind = false;
 
 /* Flipped by userspace to start a new generation. */
 __u32 generation = 0;
+/* Always 0, but the verifier cannot know it: the walker's frame counter
+ * starts from it so the verifier treats the count as a range and checks the
+ * walk step once, instead of once per frame. */
+volatile __u32 walk_origin = 0;
 
 #define COUNT_MAP(name)                                                        \
 	struct {                                                               \
@@ -71,6 +78,40 @@ struct {
 	__type(value, __u8);
 } known SEC(".maps");
 
+/* One binary's page index and unwind rows (packed u64, see ember.h). Each
+ * table is its own array sized to fit, so memory is exactly what is loaded
+ * and is freed with the last reference. */
+struct unwind_rows {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__array(values, struct unwind_rows);
+} unwind_tables SEC(".maps");
+
+/* tgid -> where its executable mappings are in unwind_mappings. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct proc_unwind);
+} proc_unwind SEC(".maps");
+
+/* The mappings of every registered process, in runs userspace allocates. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct unwind_mapping);
+} unwind_mappings SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
@@ -98,6 +139,24 @@ static __always_inline __u64 hash_stack(const struct stack_trace *st, __u64 seed
 	return h ? h : 1;
 }
 
+/* Stores the stack in the scratch buffer once; returns its hash. */
+static __always_inline __u64 store(struct stack_trace *st, void *stacks, __u64 seed, bool *lost,
+				   bool *map_full)
+{
+	__u64 h = hash_stack(st, seed);
+	/* Most samples repeat a stored stack: a lockless lookup avoids the
+	 * bucket lock and the 1 KiB copy of an update. */
+	if (bpf_map_lookup_elem(stacks, &h))
+		return h;
+	long err = bpf_map_update_elem(stacks, &h, st, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST: already stored */) {
+		*lost = true;
+		*map_full = true;
+		return 0;
+	}
+	return h;
+}
+
 /* Captures one stack into the scratch buffer and stores it; returns its hash,
  * 0 when there is none, or sets *lost on failure. */
 static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stacks,
@@ -119,18 +178,7 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 		return 0;
 	}
 	st->len = n / sizeof(__u64);
-	__u64 h = hash_stack(st, seed);
-	/* Most samples repeat a stored stack: a lockless lookup avoids the
-	 * bucket lock and the 1 KiB copy of an update. */
-	if (bpf_map_lookup_elem(stacks, &h))
-		return h;
-	long err = bpf_map_update_elem(stacks, &h, st, BPF_NOEXIST);
-	if (err && err != -17 /* EEXIST: already stored */) {
-		*lost = true;
-		*map_full = true;
-		return 0;
-	}
-	return h;
+	return store(st, stacks, seed, lost, map_full);
 }
 
 static __always_inline void notify(__u32 tgid, __u32 kind)
@@ -143,6 +191,254 @@ static __always_inline void notify(__u32 tgid, __u32 kind)
 	} else {
 		stat_inc(STAT_EVENTS_LOST);
 	}
+}
+
+/* ---- Table-driven user stack walking ---------------------------------- */
+
+#define WALK_RUNNING 0
+#define WALK_COMPLETE 1
+#define WALK_DEPTH 2
+#define WALK_NO_TABLE 3
+#define WALK_READ 4
+#define WALK_UNSUPPORTED 5
+
+struct walk {
+	__u64 pc, sp, bp;
+	__u32 tgid;
+	__u32 first, count; /* the process's mappings in unwind_mappings */
+	__u32 n;      /* frames written to the scratch buffer */
+	__u32 result; /* WALK_* */
+	__u32 exact;  /* pc is where execution is, not a return address */
+};
+
+/* The row covering table pc `x`, or 0 (a GAP row) when none does. */
+static __always_inline __u64 find_row(void *tbl, __u32 pages, __u64 x)
+{
+	__u32 page = x >> UNW_PAGE_SHIFT;
+	if (page >= pages)
+		return 0;
+	__u64 *span = bpf_map_lookup_elem(tbl, &page);
+	if (!span)
+		return 0;
+	/* The answer is the last row in [lo, hi] with pc <= x; row lo covers
+	 * the page's start, so it qualifies. */
+	__u32 lo = (__u32)*span, hi = *span >> 32;
+	for (int k = 0; k < 22; k++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo + 1) / 2;
+		__u32 key = pages + mid;
+		__u64 *row = bpf_map_lookup_elem(tbl, &key);
+		if (!row)
+			return 0;
+		if ((__u32)*row <= x)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	__u32 key = pages + lo;
+	__u64 *row = bpf_map_lookup_elem(tbl, &key);
+	return row ? *row : 0;
+}
+
+/* The unwind row for `pc` in a process whose mappings are the `count`
+ * entries at `first`; 0 when no table covers it. A global function: the
+ * verifier checks it once, on its own, rather than in every state of the
+ * walk that calls it. */
+__noinline __u64 lookup_row(__u32 tgid, __u32 first, __u32 count, __u64 pc)
+{
+	__u32 lo = 0, hi = count;
+	if (hi > EMBER_MAX_MAPPINGS)
+		hi = EMBER_MAX_MAPPINGS;
+	for (int k = 0; k < 9; k++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		__u32 idx = first + mid;
+		struct unwind_mapping *e = bpf_map_lookup_elem(&unwind_mappings, &idx);
+		if (!e)
+			return 0;
+		if (e->start <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		goto unknown;
+	__u32 idx = first + lo - 1;
+	struct unwind_mapping *m = bpf_map_lookup_elem(&unwind_mappings, &idx);
+	if (!m)
+		return 0;
+	if (pc >= m->end)
+		goto unknown;
+	if (!m->table)
+		return 0;
+	void *tbl = bpf_map_lookup_elem(&unwind_tables, &m->table);
+	if (!tbl)
+		return 0;
+	__u64 x = pc - m->bias;
+	if (x > 0xffffffffULL)
+		return 0;
+	return find_row(tbl, m->pages, x);
+unknown:;
+	/* Code outside every known mapping: a library loaded since ember read
+	 * the maps. Ask once; userspace clears `stale` when it re-reads. */
+	struct proc_unwind *p = bpf_map_lookup_elem(&proc_unwind, &tgid);
+	if (p && !p->stale) {
+		p->stale = 1;
+		notify(tgid, PROC_EVENT_MAPS);
+	}
+	return 0;
+}
+
+static __always_inline int read_u64(__u64 *dst, __u64 addr)
+{
+	return bpf_probe_read_user(dst, sizeof(*dst), (const void *)addr);
+}
+
+/* One frame: record w->pc, then step to the caller. Returns 1 to stop. */
+static long walk_step(__u32 i, struct walk *w)
+{
+	__u32 zero = 0;
+	struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
+	if (!st) {
+		w->result = WALK_READ;
+		return 1;
+	}
+	__u32 n = w->n;
+	if (n >= EMBER_MAX_DEPTH) {
+		w->result = WALK_DEPTH;
+		return 1;
+	}
+	st->ips[n] = w->pc;
+	w->n = n + 1;
+
+	/* A return address points after the call, which may be the last
+	 * instruction of the function: look up the call itself. */
+	__u64 row = w->count ? lookup_row(w->tgid, w->first, w->count, w->exact ? w->pc : w->pc - 1) : 0;
+	__u32 cfa_type = (row >> 32) & 0xf;
+	__u32 rbp_type = (row >> 36) & 0xf;
+	__s64 cfa_off = (__s64)(__s16)(row >> 40) * 8;
+	__s64 rbp_off = (__s64)(__s8)(row >> 56) * 8;
+	__u64 cfa = 0, ra = 0, v = 0;
+
+	switch (cfa_type) {
+	case UNW_CFA_GAP: {
+		/* No CFI: frame pointers. rbp == 0 is the ABI's outermost frame. */
+		__u64 frame[2];
+		if (w->bp == 0) {
+			w->result = WALK_COMPLETE;
+			return 1;
+		}
+		if (bpf_probe_read_user(frame, sizeof(frame), (const void *)w->bp) ||
+		    (frame[0] && frame[0] <= w->bp)) {
+			w->result = WALK_NO_TABLE;
+			return 1;
+		}
+		w->sp = w->bp + 16;
+		w->bp = frame[0];
+		w->pc = frame[1];
+		w->exact = 0;
+		if (!w->pc) {
+			w->result = WALK_COMPLETE;
+			return 1;
+		}
+		return 0;
+	}
+	case UNW_CFA_RSP:
+		cfa = w->sp + cfa_off;
+		break;
+	case UNW_CFA_RBP:
+		cfa = w->bp + cfa_off;
+		break;
+	case UNW_CFA_PLT:
+		cfa = w->sp + cfa_off + ((w->pc & 15) >= (__u64)(row >> 56) ? 8 : 0);
+		break;
+	case UNW_CFA_DEREF_RSP:
+	case UNW_CFA_DEREF_RBP:
+		if (read_u64(&cfa, (cfa_type == UNW_CFA_DEREF_RSP ? w->sp : w->bp) + cfa_off)) {
+			w->result = WALK_READ;
+			return 1;
+		}
+		break;
+	case UNW_CFA_SIGNAL: {
+		/* rsp points at the ucontext; its mcontext holds the interrupted
+		 * registers (struct sigcontext: ..., rbp [10], ..., rsp [15], rip [16]). */
+		__u64 regs[7];
+		if (bpf_probe_read_user(regs, sizeof(regs), (const void *)(w->sp + 40 + 10 * 8))) {
+			w->result = WALK_READ;
+			return 1;
+		}
+		w->bp = regs[0];
+		w->sp = regs[5];
+		w->pc = regs[6];
+		w->exact = 1;
+		return 0;
+	}
+	case UNW_CFA_END:
+		w->result = WALK_COMPLETE;
+		return 1;
+	default:
+		w->result = WALK_UNSUPPORTED;
+		return 1;
+	}
+
+	if (read_u64(&ra, cfa - 8)) {
+		w->result = WALK_READ;
+		return 1;
+	}
+	switch (rbp_type) {
+	case UNW_RBP_CFA:
+	case UNW_RBP_AT_RBP:
+		if (read_u64(&v, (rbp_type == UNW_RBP_CFA ? cfa : w->bp) + rbp_off)) {
+			w->result = WALK_READ;
+			return 1;
+		}
+		w->bp = v;
+		break;
+	case UNW_RBP_LOST:
+		w->bp = 0;
+		break;
+	default:
+		break;
+	}
+	w->sp = cfa;
+	w->pc = ra;
+	w->exact = 0;
+	if (!ra) {
+		w->result = WALK_COMPLETE;
+		return 1;
+	}
+	return 0;
+}
+
+/* Walks the current task's user stack into the scratch buffer; returns
+ * WALK_COMPLETE or the reason it stopped early. */
+static __always_inline __u32 walk_user(struct task_struct *task, __u32 tgid, struct stack_trace **out)
+{
+	__u32 zero = 0;
+	struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
+	if (!st)
+		return WALK_READ;
+	*out = st;
+	/* The user registers saved on kernel entry: those of the interrupted
+	 * user code, also when the sample hit the kernel. */
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+	struct walk w = {};
+	w.pc = BPF_CORE_READ(regs, ip);
+	w.sp = BPF_CORE_READ(regs, sp);
+	w.bp = BPF_CORE_READ(regs, bp);
+	w.tgid = tgid;
+	w.exact = 1;
+	struct proc_unwind *p = bpf_map_lookup_elem(&proc_unwind, &tgid);
+	if (p) {
+		w.first = p->first;
+		w.count = p->count;
+	}
+	w.n = walk_origin;
+	bpf_loop(EMBER_MAX_DEPTH + 1, walk_step, &w, 0);
+	st->len = w.n;
+	return w.result == WALK_RUNNING ? WALK_DEPTH : w.result;
 }
 
 SEC("perf_event")
@@ -185,9 +481,43 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	/* Kernel threads, and tasks past exit_mm(), have no user stack; that
 	 * is not a loss. */
 	bool user_task = BPF_CORE_READ(task, mm) != NULL;
-	if (user_task) {
+	if (user_task && table_unwind) {
+		struct stack_trace *st = NULL;
+		__u32 r = walk_user(task, tgid, &st);
+		stat_inc(STAT_UNWIND_STACKS);
+		if (r == WALK_COMPLETE)
+			stat_inc(STAT_UNWIND_COMPLETE);
+		else {
+			key.flags |= SAMPLE_TRUNCATED;
+			stat_inc(r == WALK_DEPTH	      ? STAT_TRUNC_DEPTH
+				 : r == WALK_NO_TABLE	      ? STAT_TRUNC_NO_TABLE
+				 : r == WALK_UNSUPPORTED ? STAT_TRUNC_UNSUPPORTED
+							      : STAT_TRUNC_READ);
+		}
+		bool lost = false;
+		if (st && st->len)
+			key.user_stack = store(st, stacks, 0x75736572ULL, &lost, &map_full);
+		if (lost || !key.user_stack) {
+			key.flags |= SAMPLE_USER_LOST;
+			if (!map_full)
+				stat_inc(STAT_LOST_USER_STACK);
+		}
+	} else if (user_task) {
 		bool lost = false;
 		key.user_stack = capture(ctx, stacks, BPF_F_USER_STACK, 0x75736572ULL, &lost, &map_full);
+		stat_inc(STAT_UNWIND_STACKS);
+		if (key.user_stack) {
+			/* Frame pointers cannot tell a complete stack from one cut
+			 * short, except at the depth limit. */
+			__u32 zero = 0;
+			struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
+			if (st && st->len >= EMBER_MAX_DEPTH) {
+				key.flags |= SAMPLE_TRUNCATED;
+				stat_inc(STAT_TRUNC_DEPTH);
+			} else {
+				stat_inc(STAT_UNWIND_COMPLETE);
+			}
+		}
 		if (lost || !key.user_stack) {
 			key.flags |= SAMPLE_USER_LOST;
 			if (!map_full)
@@ -248,6 +578,9 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid);
+	/* The old image's mappings are gone: frame pointers until userspace
+	 * loads the new ones. */
+	bpf_map_delete_elem(&proc_unwind, &tgid);
 	if (bpf_map_delete_elem(&known, &tgid) == 0)
 		notify(tgid, PROC_EVENT_EXEC);
 	return 0;
@@ -262,5 +595,6 @@ int BPF_PROG(on_exit, struct task_struct *p)
 		return 0; /* a thread, not the process */
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 	bpf_map_delete_elem(&known, &tgid);
+	bpf_map_delete_elem(&proc_unwind, &tgid);
 	return 0;
 }

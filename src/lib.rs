@@ -3,7 +3,8 @@
 //! The data flows through the modules in order: [`sample`] (the BPF sampler)
 //! → [`aggregate`] (drain kernel maps into counts) → [`symbolize`] (addresses
 //! to functions, per binary) → [`profile`] (one symbolized profile) →
-//! [`export`] (pprof, folded stacks, SVG).
+//! [`export`] (pprof, folded stacks, SVG). [`unwind`] builds the tables the
+//! sampler walks user stacks with.
 
 pub mod agent;
 pub mod aggregate;
@@ -14,3 +15,4 @@ pub mod record;
 pub mod sample;
 pub mod signal;
 pub mod symbolize;
+pub mod unwind;

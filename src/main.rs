@@ -146,6 +146,12 @@ struct RecordArgs {
     /// Do not show the progress line.
     #[arg(short, long)]
     quiet: bool,
+    /// Walk user stacks with frame pointers only (no unwind tables).
+    #[arg(long)]
+    frame_pointers: bool,
+    /// Kernel memory the unwind tables may take, in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    unwind_memory: u64,
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -204,6 +210,8 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         stack_map_entries: a.stack_map_size.max(64),
         drain_interval: Duration::from_secs(2),
         progress: !a.quiet,
+        unwind_tables: !a.frame_pointers,
+        unwind_memory: a.unwind_memory << 20,
     };
     let rec = record::run(&opts)?;
     eprint!("{}", record::summary(&rec));

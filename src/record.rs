@@ -15,6 +15,7 @@ use crate::preflight;
 use crate::profile::{self, BuildOptions, Profile};
 use crate::sample::{self, Event, KernelStats, Sampler, Targets};
 use crate::symbolize::Symbolizer;
+use crate::unwind::Unwinder;
 
 /// What to profile.
 #[derive(Debug, Clone)]
@@ -52,6 +53,10 @@ pub struct RecordOptions {
     pub drain_interval: Duration,
     /// Show a progress line (only when stderr is a terminal).
     pub progress: bool,
+    /// Walk user stacks with unwind tables (else frame pointers only).
+    pub unwind_tables: bool,
+    /// Kernel memory the unwind tables may take, in bytes.
+    pub unwind_memory: u64,
 }
 
 /// The outcome, for the summary.
@@ -80,6 +85,8 @@ pub struct Recording {
     pub finish_time: Duration,
     /// Time spent in the BPF sampling program.
     pub bpf_cost: sample::BpfCost,
+    /// Unwind tables (None with frame pointers only).
+    pub unwind: Option<crate::unwind::UnwindStats>,
 }
 
 /// Checks everything that can be checked before sampling starts.
@@ -137,9 +144,13 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         kernel_stacks: opts.kernel,
         count_map_entries: opts.count_map_entries,
         stack_map_entries: opts.stack_map_entries,
+        unwind_tables: opts.unwind_tables,
     };
     let mut sampler = Sampler::start(&cfg)?;
     let mut sym = Symbolizer::new();
+    let mut unw = opts
+        .unwind_tables
+        .then(|| Unwinder::new(opts.unwind_memory));
     let mut agg = Aggregate::default();
     let mut drainer = Drainer::default();
 
@@ -149,7 +160,18 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     if let What::Pids(pids) = &opts.what {
         for &p in pids {
             sym.capture(p);
+            if let Some(u) = unw.as_mut() {
+                u.register(&sampler, &sym, p);
+            }
         }
+    }
+    // The command's program and the libraries every child maps get their
+    // tables before it starts, so its first samples unwind fully.
+    if let (What::Command(argv), Some(u)) = (&opts.what, unw.as_mut()) {
+        if let Some(path) = find_program(&argv[0]) {
+            u.preload(&sampler, &path);
+        }
+        u.preload_own_libraries(&sampler);
     }
 
     let start_wall = SystemTime::now();
@@ -164,6 +186,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     if let Some(c) = &child {
         sym.capture(c.id());
     }
+    let mut last_gc = Instant::now();
 
     let progress = opts.progress && std::io::stderr().is_terminal();
     let mut notes = Vec::new();
@@ -176,7 +199,17 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     loop {
         events.poll(Duration::from_millis(50));
-        capture(&mut sym, &events);
+        capture(&mut sym, unw.as_mut(), &sampler, &events);
+        if let Some(u) = unw.as_mut() {
+            u.tick(&sampler, &mut sym);
+            if last_gc.elapsed() >= Duration::from_secs(5) {
+                last_gc = Instant::now();
+                // The symbolizer keeps exited processes until the end (their
+                // samples still need names); their tables can go.
+                u.prune_exited(&sampler);
+                u.gc(&sampler);
+            }
+        }
         let elapsed = start.elapsed();
         if crate::signal::stop_requested() {
             notes.push(format!(
@@ -249,13 +282,15 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     // counted is left behind and the counters match the profile exactly.
     sampler.stop();
     events.consume();
-    capture(&mut sym, &events);
+    capture(&mut sym, None, &sampler, &events);
     drainer.drain(&mut sampler, &mut agg)?;
     let stats = sampler.stats()?;
     let event = sampler.event();
     let cpus = sampler.cpus();
     let map_bytes = sampler.map_memory_bytes();
     let bpf_cost = sampler.bpf_cost();
+    let unwind = unw.as_ref().map(|u| u.stats());
+    drop(unw);
     drop(events);
     drop(sampler);
 
@@ -299,13 +334,36 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         map_bytes,
         finish_time,
         bpf_cost,
+        unwind,
     })
 }
 
-fn capture(sym: &mut Symbolizer, events: &sample::ProcessEvents) {
+fn capture(
+    sym: &mut Symbolizer,
+    mut unw: Option<&mut Unwinder>,
+    sampler: &Sampler,
+    events: &sample::ProcessEvents,
+) {
     for e in events.take() {
-        sym.on_event(e);
+        if !e.new_mapping {
+            sym.on_event(e);
+        }
+        if let Some(u) = unw.as_deref_mut() {
+            u.on_event(sampler, sym, e);
+        }
     }
+}
+
+/// The file `program` names, searched in PATH like the shell does.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 fn describe(what: &What) -> String {
@@ -386,6 +444,44 @@ pub fn summary(r: &Recording) -> String {
         let _ = writeln!(s, "  lost: none");
     } else {
         let _ = writeln!(s, "  lost: {}", lost.join("; "));
+    }
+    if st.user_stacks > 0 {
+        let causes: Vec<String> = st
+            .truncation_causes()
+            .iter()
+            .map(|(c, n)| format!("{n} {c}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  user stacks: {:.2}% complete ({}){}",
+            100.0 * st.complete as f64 / st.user_stacks as f64,
+            if r.unwind.is_some() {
+                "unwind tables, frame pointers where none"
+            } else {
+                "frame pointers only"
+            },
+            if causes.is_empty() {
+                String::new()
+            } else {
+                format!("; truncated: {}", causes.join(", "))
+            }
+        );
+    }
+    if let Some(u) = &r.unwind {
+        let _ = writeln!(
+            s,
+            "  unwind tables: {} binaries, {} rows, {:.1} MiB in the kernel (peak {:.1} MiB), built in {:.0} ms{}",
+            u.built - u.failed,
+            u.rows,
+            u.bytes as f64 / 1048576.0,
+            u.peak_bytes as f64 / 1048576.0,
+            u.build_time.as_secs_f64() * 1000.0,
+            if u.over_budget > 0 {
+                format!("; {} not loaded: over --unwind-memory", u.over_budget)
+            } else {
+                String::new()
+            }
+        );
     }
     let _ = writeln!(
         s,

@@ -73,6 +73,12 @@ pub struct SamplerConfig {
     pub count_map_size: u32,
     /// Stack-map entries per generation.
     pub stack_map_size: u32,
+    /// How user stacks are walked: `tables` (unwind tables from
+    /// `.eh_frame`, frame pointers where there are none) or
+    /// `frame-pointers`.
+    pub unwind: String,
+    /// Kernel memory the unwind tables may take (`256MiB`).
+    pub unwind_memory: String,
 }
 
 /// One `[[push]]` backend.
@@ -166,6 +172,8 @@ impl Default for SamplerConfig {
         SamplerConfig {
             count_map_size: 8192,
             stack_map_size: 4096,
+            unwind: "tables".into(),
+            unwind_memory: "256MiB".into(),
         }
     }
 }
@@ -191,6 +199,10 @@ pub struct Settings {
     pub rules: Vec<super::relabel::Rule>,
     /// Per-backend request timeouts.
     pub push_timeouts: Vec<Duration>,
+    /// Walk user stacks with unwind tables.
+    pub unwind_tables: bool,
+    /// Unwind table memory bound in bytes.
+    pub unwind_memory: u64,
 }
 
 /// Reads a TOML config file.
@@ -240,6 +252,14 @@ impl Config {
         if self.sampler.count_map_size < 64 || self.sampler.stack_map_size < 64 {
             bail!("sampler.count_map_size and sampler.stack_map_size must be at least 64");
         }
+        let unwind_tables = match self.sampler.unwind.as_str() {
+            "tables" => true,
+            "frame-pointers" => false,
+            other => {
+                bail!("sampler.unwind = {other:?} is unknown; use \"tables\" or \"frame-pointers\"")
+            }
+        };
+        let unwind_memory = parse_size("sampler.unwind_memory", &self.sampler.unwind_memory)?;
         let mut push_timeouts = Vec::new();
         for (i, p) in self.push.iter().enumerate() {
             let n = i + 1;
@@ -294,6 +314,8 @@ impl Config {
             node,
             rules,
             push_timeouts,
+            unwind_tables,
+            unwind_memory,
         })
     }
 }

@@ -47,6 +47,24 @@ pub struct Metrics {
     pub bpf_map_bytes: AtomicU64,
     /// BPF program time, ns.
     pub bpf_run_ns: AtomicU64,
+    /// User stacks walked (kernel counters).
+    pub user_stacks: AtomicU64,
+    /// ...that reached the outermost frame.
+    pub user_stacks_complete: AtomicU64,
+    /// Truncated at the depth limit.
+    pub truncated_depth: AtomicU64,
+    /// Truncated: no unwind table and frame pointers failed.
+    pub truncated_no_table: AtomicU64,
+    /// Truncated: stack memory unreadable.
+    pub truncated_read: AtomicU64,
+    /// Truncated: unsupported CFI.
+    pub truncated_unsupported: AtomicU64,
+    /// Unwind tables loaded.
+    pub unwind_tables: AtomicU64,
+    /// Their kernel memory.
+    pub unwind_table_bytes: AtomicU64,
+    /// Tables not loaded: over the memory budget.
+    pub unwind_tables_over_budget: AtomicU64,
     /// Push counters per backend index.
     pub push: Mutex<Vec<PushMetrics>>,
 }
@@ -104,6 +122,48 @@ impl Metrics {
                 g(&self.lost_stack_map_full),
                 g(&self.lost_count_map_full)
             ),
+        );
+        line(
+            "ember_user_stacks_total",
+            "counter",
+            "User stacks walked by the sampler.",
+            format!(" {}", g(&self.user_stacks)),
+        );
+        line(
+            "ember_user_stacks_complete_total",
+            "counter",
+            "User stacks that reached the outermost frame (main or the thread start).",
+            format!(" {}", g(&self.user_stacks_complete)),
+        );
+        line(
+            "ember_user_stacks_truncated_total",
+            "counter",
+            "User stacks cut short (kept, ending in a [truncated] frame), by cause.",
+            format!(
+                "{{cause=\"depth_limit\"}} {}\nember_user_stacks_truncated_total{{cause=\"no_unwind_table\"}} {}\nember_user_stacks_truncated_total{{cause=\"unreadable_stack\"}} {}\nember_user_stacks_truncated_total{{cause=\"unsupported_cfi\"}} {}",
+                g(&self.truncated_depth),
+                g(&self.truncated_no_table),
+                g(&self.truncated_read),
+                g(&self.truncated_unsupported)
+            ),
+        );
+        line(
+            "ember_unwind_tables",
+            "gauge",
+            "Unwind tables loaded in the kernel.",
+            format!(" {}", g(&self.unwind_tables)),
+        );
+        line(
+            "ember_unwind_table_bytes",
+            "gauge",
+            "Kernel memory of the loaded unwind tables.",
+            format!(" {}", g(&self.unwind_table_bytes)),
+        );
+        line(
+            "ember_unwind_tables_over_budget_total",
+            "counter",
+            "Unwind tables not loaded because sampler.unwind_memory was used up.",
+            format!(" {}", g(&self.unwind_tables_over_budget)),
         );
         line(
             "ember_process_events_lost_total",

@@ -165,9 +165,13 @@ pub fn run(s: Settings) -> Result<()> {
         kernel_stacks: s.raw.kernel,
         count_map_entries: s.raw.sampler.count_map_size,
         stack_map_entries: s.raw.sampler.stack_map_size,
+        unwind_tables: s.unwind_tables,
     };
     let mut sampler = Sampler::start(&cfg)?;
     let mut sym = Symbolizer::new();
+    let mut unw = s
+        .unwind_tables
+        .then(|| crate::unwind::Unwinder::new(s.unwind_memory));
     let mut targeting = Targeting::default();
     let mut drainer = Drainer::default();
     let mut tick = Aggregate::default();
@@ -210,12 +214,22 @@ pub fn run(s: Settings) -> Result<()> {
                 .min(until_cut)
                 .max(Duration::from_millis(10)),
         );
-        learn(&mut sym, &mut targeting, &events, &s);
+        learn(
+            &mut sym,
+            &mut targeting,
+            unw.as_mut(),
+            &sampler,
+            &events,
+            &s,
+        );
+        if let Some(u) = unw.as_mut() {
+            u.tick(&sampler, &mut sym);
+        }
         let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
         if stopping {
             sampler.stop();
             events.consume();
-            learn(&mut sym, &mut targeting, &events, &s);
+            learn(&mut sym, &mut targeting, None, &sampler, &events, &s);
         }
         let live_waiting = !shared
             .live
@@ -258,6 +272,13 @@ pub fn run(s: Settings) -> Result<()> {
             window_began = Instant::now();
             for pid in sym.gc() {
                 targeting.labels.remove(&pid);
+                if let Some(u) = unw.as_mut() {
+                    u.forget(&sampler, pid);
+                }
+            }
+            if let Some(u) = unw.as_mut() {
+                u.gc(&sampler);
+                update_unwind_metrics(&shared.metrics, &u.stats());
             }
             sym.evict_idle(EVICT_AFTER_WINDOWS);
             // Symbolization frees large parse structures each window; hand
@@ -291,14 +312,28 @@ pub fn run(s: Settings) -> Result<()> {
 fn learn(
     sym: &mut Symbolizer,
     targeting: &mut Targeting,
+    mut unw: Option<&mut crate::unwind::Unwinder>,
+    sampler: &Sampler,
     events: &sample::ProcessEvents,
     s: &Settings,
 ) {
     for e in events.take() {
-        sym.on_event(e);
-        // Read labels now, while the process lives; exec refreshes them.
-        targeting.learn(e.pid, s);
+        if !e.new_mapping {
+            sym.on_event(e);
+            // Read labels now, while the process lives; exec refreshes them.
+            targeting.learn(e.pid, s);
+        }
+        if let Some(u) = unw.as_deref_mut() {
+            u.on_event(sampler, sym, e);
+        }
     }
+}
+
+fn update_unwind_metrics(m: &Metrics, u: &crate::unwind::UnwindStats) {
+    m.unwind_tables.store(u.tables as u64, Ordering::Relaxed);
+    m.unwind_table_bytes.store(u.bytes, Ordering::Relaxed);
+    m.unwind_tables_over_budget
+        .store(u.over_budget, Ordering::Relaxed);
 }
 
 fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
@@ -312,6 +347,15 @@ fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
         m.lost_count_map_full
             .store(st.lost_count_map_full, Ordering::Relaxed);
         m.events_lost.store(st.events_lost, Ordering::Relaxed);
+        m.user_stacks.store(st.user_stacks, Ordering::Relaxed);
+        m.user_stacks_complete.store(st.complete, Ordering::Relaxed);
+        m.truncated_depth
+            .store(st.truncated_depth, Ordering::Relaxed);
+        m.truncated_no_table
+            .store(st.truncated_no_table, Ordering::Relaxed);
+        m.truncated_read.store(st.truncated_read, Ordering::Relaxed);
+        m.truncated_unsupported
+            .store(st.truncated_unsupported, Ordering::Relaxed);
     }
     m.bpf_run_ns
         .store(sampler.bpf_cost().nanos, Ordering::Relaxed);

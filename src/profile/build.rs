@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use super::{FrameKind, Function, Line, Location, Mapping, Profile, Sample};
 use crate::aggregate::{Aggregate, StackTable};
-use crate::sample::{SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_USER_LOST};
+use crate::sample::{
+    SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
+};
 use crate::symbolize::{BinaryId, Symbolizer};
 
 /// Profile metadata.
@@ -113,6 +115,11 @@ pub fn build_entries(
             for (i, &ip) in frames.iter().enumerate() {
                 locs.push(b.user_location(sym, key.tgid, adjust(ip, i)));
             }
+        }
+        // The walk stopped before the outermost frame: say so at the root
+        // rather than pass the partial stack off as complete.
+        if key.flags & SAMPLE_TRUNCATED != 0 {
+            locs.push(b.marker("[truncated]".to_string()));
         }
         samples.push(Sample {
             locations: locs,

@@ -50,6 +50,8 @@ pub const SAMPLE_USER_LOST: u32 = 1;
 pub const SAMPLE_KERNEL_LOST: u32 = 2;
 /// `sample_key.flags`: the lost stack did not fit the stack map.
 pub const SAMPLE_MAP_FULL: u32 = 4;
+/// `sample_key.flags`: the user stack walk stopped before the outermost frame.
+pub const SAMPLE_TRUNCATED: u32 = 8;
 /// Frames per stack; `EMBER_MAX_DEPTH` in bpf/ember.h.
 pub const MAX_DEPTH: usize = 127;
 /// Size of `struct stack_trace`.
@@ -57,14 +59,18 @@ pub const STACK_TRACE_SIZE: usize = 8 + 8 * MAX_DEPTH;
 
 /// Ring-buffer event kinds (`PROC_EVENT_*` in bpf/ember.h).
 const PROC_EVENT_EXEC: u32 = 1;
+const PROC_EVENT_MAPS: u32 = 2;
 
-/// A process the sampler announced: its first sample, or an exec.
+/// A process the sampler announced: its first sample, an exec, or code
+/// running outside the mappings ember knows.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessEvent {
     /// The process.
     pub pid: u32,
     /// It replaced its image (exec) rather than being new.
     pub exec: bool,
+    /// It runs code in a mapping ember has not seen (e.g. after `dlopen`).
+    pub new_mapping: bool,
 }
 
 /// The sampler's new-process notifications, polled by the owner thread.
@@ -108,12 +114,47 @@ pub struct KernelStats {
     pub lost_count_map_full: u64,
     /// New-process notifications dropped (ring buffer full).
     pub events_lost: u64,
+    /// User stacks walked.
+    pub user_stacks: u64,
+    /// User stacks that reached the outermost frame (with frame pointers
+    /// only: that were not cut at the depth limit).
+    pub complete: u64,
+    /// User stacks cut at the depth limit.
+    pub truncated_depth: u64,
+    /// User stacks cut where no unwind table covered the code and frame
+    /// pointers failed.
+    pub truncated_no_table: u64,
+    /// User stacks cut because stack memory was unreadable.
+    pub truncated_read: u64,
+    /// User stacks cut at a CFI rule ember cannot follow.
+    pub truncated_unsupported: u64,
 }
 
 impl KernelStats {
     /// Samples that made it into the count map.
     pub fn recorded(&self) -> u64 {
         self.samples - self.lost_count_map_full
+    }
+
+    /// User stacks cut short, all causes.
+    pub fn truncated(&self) -> u64 {
+        self.truncated_depth
+            + self.truncated_no_table
+            + self.truncated_read
+            + self.truncated_unsupported
+    }
+
+    /// The truncation causes with counts, for summaries (non-zero only).
+    pub fn truncation_causes(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("depth limit", self.truncated_depth),
+            ("no unwind table", self.truncated_no_table),
+            ("unreadable stack", self.truncated_read),
+            ("unsupported CFI", self.truncated_unsupported),
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .collect()
     }
 }
 
@@ -146,6 +187,9 @@ pub struct Config {
     pub count_map_entries: u32,
     /// Entries in each generation's stack map.
     pub stack_map_entries: u32,
+    /// Walk user stacks with unwind tables (`.eh_frame`), falling back to
+    /// frame pointers; false: frame pointers only.
+    pub unwind_tables: bool,
 }
 
 impl Default for Config {
@@ -157,6 +201,7 @@ impl Default for Config {
             kernel_stacks: true,
             count_map_entries: 16384,
             stack_map_entries: 8192,
+            unwind_tables: true,
         }
     }
 }
@@ -207,6 +252,7 @@ impl Sampler {
         rodata.filter_enabled = matches!(cfg.targets, Targets::Pids { .. });
         rodata.kernel_stacks = cfg.kernel_stacks;
         rodata.include_idle = false;
+        rodata.table_unwind = cfg.unwind_tables;
         for m in [&mut open.maps.counts0, &mut open.maps.counts1] {
             m.set_max_entries(cfg.count_map_entries)?;
         }
@@ -359,6 +405,30 @@ impl Sampler {
         }
     }
 
+    /// The map of unwind tables (table id -> inner array of rows).
+    pub fn unwind_tables_map(&self) -> &libbpf_rs::MapMut<'static> {
+        &self.skel.maps.unwind_tables
+    }
+
+    /// The map of per-process executable mappings for the unwinder.
+    pub fn proc_unwind_map(&self) -> &libbpf_rs::MapMut<'static> {
+        &self.skel.maps.proc_unwind
+    }
+
+    /// The shared array of per-process executable mappings.
+    pub fn unwind_mappings_map(&self) -> &libbpf_rs::MapMut<'static> {
+        &self.skel.maps.unwind_mappings
+    }
+
+    /// Whether user stacks are walked with unwind tables.
+    pub fn table_unwind(&self) -> bool {
+        self.skel
+            .maps
+            .rodata_data
+            .as_deref()
+            .is_some_and(|r| r.table_unwind)
+    }
+
     /// Subscribes to new-process and exec notifications.
     pub fn process_events(&self) -> Result<ProcessEvents> {
         let pending: std::rc::Rc<std::cell::RefCell<Vec<ProcessEvent>>> = Default::default();
@@ -370,6 +440,7 @@ impl Sampler {
                 sink.borrow_mut().push(ProcessEvent {
                     pid: word(0),
                     exec: word(4) == PROC_EVENT_EXEC,
+                    new_mapping: word(4) == PROC_EVENT_MAPS,
                 });
             }
             0
@@ -382,7 +453,7 @@ impl Sampler {
 
     /// Sums the per-CPU counters.
     pub fn stats(&self) -> Result<KernelStats> {
-        let mut v = [0u64; 6];
+        let mut v = [0u64; 12];
         for (i, slot) in v.iter_mut().enumerate() {
             let per_cpu = self
                 .skel
@@ -402,6 +473,12 @@ impl Sampler {
             lost_stack_map_full: v[3],
             lost_count_map_full: v[4],
             events_lost: v[5],
+            user_stacks: v[6],
+            complete: v[7],
+            truncated_depth: v[8],
+            truncated_no_table: v[9],
+            truncated_read: v[10],
+            truncated_unsupported: v[11],
         })
     }
 
@@ -425,8 +502,18 @@ impl Sampler {
     pub fn map_memory_bytes(&self) -> u64 {
         let m = &self.skel.maps;
         [
-            &m.counts0, &m.counts1, &m.stacks0, &m.stacks1, &m.filter, &m.known, &m.events,
-            &m.scratch, &m.stats,
+            &m.counts0,
+            &m.counts1,
+            &m.stacks0,
+            &m.stacks1,
+            &m.filter,
+            &m.known,
+            &m.events,
+            &m.scratch,
+            &m.stats,
+            &m.unwind_tables,
+            &m.proc_unwind,
+            &m.unwind_mappings,
         ]
         .iter()
         .map(|map| memlock_of(map.as_fd().as_raw_fd()))

@@ -253,6 +253,14 @@ impl Symbolizer {
         self.by_file.insert(key, self.binaries.len() - 1);
     }
 
+    /// The open file of a binary, for readers other than the symbolizer
+    /// (the unwind table builder).
+    pub fn file_of(&self, key: FileKey) -> Option<&File> {
+        self.by_file
+            .get(&key)
+            .and_then(|&id| self.binaries[id].file.as_ref())
+    }
+
     /// The process as captured.
     pub fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)

@@ -1,0 +1,485 @@
+//! unwind: the unwind tables the BPF sampler walks user stacks with.
+//!
+//! Tables are built once per binary (device + inode), loaded into the
+//! sampler's `unwind_tables` map as one array each, and shared by every
+//! process that maps the binary. Each process gets a `proc_unwind` entry
+//! listing its executable mappings and their tables. A table no process
+//! references is kept for a while (a program run again and again reuses it),
+//! then freed; the total is bounded by a memory budget.
+
+pub mod table;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+
+use crate::sample::Sampler;
+use crate::symbolize::{FileKey, Symbolizer};
+pub use table::Table;
+
+/// Mirrors `EMBER_MAX_MAPPINGS` in bpf/ember.h.
+const MAX_MAPPINGS: usize = 256;
+/// Entries in the sampler's `unwind_mappings` array.
+const MAPPING_SLOTS: u32 = 65536;
+/// Entries in the sampler's `unwind_tables` array.
+const MAX_TABLES: u32 = 4096;
+/// Unreferenced tables are freed after this many [`Unwinder::gc`] calls.
+const IDLE_GCS: u32 = 4;
+/// A process is re-read for new mappings at most this often.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Counters for summaries and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnwindStats {
+    /// Tables loaded in the kernel now.
+    pub tables: usize,
+    /// Rows in them.
+    pub rows: u64,
+    /// Kernel memory they take.
+    pub bytes: u64,
+    /// Largest `bytes` seen.
+    pub peak_bytes: u64,
+    /// Processes with mappings registered.
+    pub processes: usize,
+    /// Tables built so far, and the time spent building them.
+    pub built: u64,
+    /// Time spent building tables.
+    pub build_time: Duration,
+    /// Binaries without usable CFI (frame pointers for them).
+    pub failed: u64,
+    /// Tables not loaded because the memory budget was used up.
+    pub over_budget: u64,
+    /// Processes not registered: the shared mappings array was full.
+    pub mappings_full: u64,
+}
+
+struct Registered {
+    keys: Vec<FileKey>,
+    first: u32,
+    count: u32,
+}
+
+struct Slot {
+    /// Id in `unwind_tables`; 0 while not loaded.
+    id: u32,
+    table: Option<Table>,
+    handle: Option<MapHandle>,
+    refs: u32,
+    idle: u32,
+    /// No usable CFI: not read again.
+    failed: bool,
+}
+
+/// Owns the unwind tables of one sampler.
+pub struct Unwinder {
+    slots: HashMap<FileKey, Slot>,
+    procs: HashMap<u32, Registered>,
+    /// Free runs (first, len) of the sampler's `unwind_mappings` array.
+    free: Vec<(u32, u32)>,
+    refreshed: HashMap<u32, Instant>,
+    pending: Vec<u32>,
+    /// Unused slots of the sampler's `unwind_tables` array (0 means none).
+    free_ids: Vec<u32>,
+    budget: u64,
+    stats: UnwindStats,
+}
+
+impl Unwinder {
+    /// An unwinder whose tables may take up to `budget` bytes of kernel memory.
+    pub fn new(budget: u64) -> Unwinder {
+        Unwinder {
+            slots: HashMap::new(),
+            procs: HashMap::new(),
+            free: vec![(0, MAPPING_SLOTS)],
+            refreshed: HashMap::new(),
+            pending: Vec::new(),
+            free_ids: (1..MAX_TABLES).rev().collect(),
+            budget,
+            stats: UnwindStats::default(),
+        }
+    }
+
+    /// Builds and loads the table of a file ahead of time (e.g. the program
+    /// `ember record -- cmd` is about to run), so its first samples unwind.
+    pub fn preload(&mut self, sampler: &Sampler, path: &std::path::Path) {
+        let Ok(file) = File::open(path) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let dev = meta.dev();
+        let key: FileKey = (libc::major(dev) as i32, libc::minor(dev) as i32, meta.ino());
+        if self.ensure(sampler, key, &file) {
+            // Held by nobody yet: freed by gc if no process maps it.
+            if let Some(s) = self.slots.get_mut(&key) {
+                s.idle = 0;
+            }
+        }
+    }
+
+    /// Preloads the tables of the shared libraries ember itself maps (the
+    /// C library and the dynamic loader every child maps too).
+    pub fn preload_own_libraries(&mut self, sampler: &Sampler) {
+        let Ok(maps) = crate::symbolize::procmap::read_mappings(std::process::id()) else {
+            return;
+        };
+        let me = std::env::current_exe().ok();
+        for m in maps {
+            let path = std::path::Path::new(&*m.path);
+            if m.file.is_some() && me.as_deref() != Some(path) && path.is_absolute() {
+                self.preload(sampler, path);
+            }
+        }
+    }
+
+    /// Handles a sampler event after the symbolizer captured the process:
+    /// registers its mappings (rate-limited for new-mapping events).
+    pub fn on_event(
+        &mut self,
+        sampler: &Sampler,
+        sym: &mut Symbolizer,
+        e: crate::sample::ProcessEvent,
+    ) {
+        if e.new_mapping {
+            let now = Instant::now();
+            let due = self
+                .refreshed
+                .get(&e.pid)
+                .is_none_or(|t| now.duration_since(*t) >= REFRESH_INTERVAL);
+            if !due {
+                if !self.pending.contains(&e.pid) {
+                    self.pending.push(e.pid);
+                }
+                return;
+            }
+            sym.refresh(e.pid);
+        }
+        self.register(sampler, sym, e.pid);
+    }
+
+    /// Processes deferred new-mapping refreshes that are now due. Call
+    /// regularly (each loop iteration).
+    pub fn tick(&mut self, sampler: &Sampler, sym: &mut Symbolizer) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.pending.retain(|pid| {
+            let ready = self
+                .refreshed
+                .get(pid)
+                .is_none_or(|t| now.duration_since(*t) >= REFRESH_INTERVAL);
+            if ready {
+                due.push(*pid);
+            }
+            !ready
+        });
+        for pid in due {
+            sym.refresh(pid);
+            self.register(sampler, sym, pid);
+        }
+    }
+
+    /// Writes a process's mappings (as the symbolizer captured them) and
+    /// their tables into the kernel, building tables not yet built.
+    pub fn register(&mut self, sampler: &Sampler, sym: &Symbolizer, pid: u32) {
+        self.refreshed.insert(pid, Instant::now());
+        let Some(proc) = sym.process(pid) else { return };
+        if proc.exited {
+            return;
+        }
+        let mut entries: Vec<u8> = Vec::with_capacity(proc.mappings.len().min(MAX_MAPPINGS) * 32);
+        let mut keys = Vec::new();
+        for m in proc.mappings.iter().take(MAX_MAPPINGS) {
+            let (mut table_id, mut pages, mut bias) = (0u32, 0u32, 0u64);
+            if let Some(key) = m.file {
+                let loaded = match sym.file_of(key) {
+                    Some(f) => self.ensure(sampler, key, f),
+                    None => false,
+                };
+                if loaded {
+                    let slot = &self.slots[&key];
+                    let t = slot.table.as_ref().expect("a loaded slot has its table");
+                    if let Some(b) = t.bias(m.start, m.offset) {
+                        table_id = slot.id;
+                        pages = t.pages();
+                        bias = b;
+                    }
+                    keys.push(key);
+                }
+            }
+            entries.extend_from_slice(&m.start.to_ne_bytes());
+            entries.extend_from_slice(&m.end.to_ne_bytes());
+            entries.extend_from_slice(&bias.to_ne_bytes());
+            entries.extend_from_slice(&table_id.to_ne_bytes());
+            entries.extend_from_slice(&pages.to_ne_bytes());
+        }
+        let count = (entries.len() / 32) as u32;
+        let Some(first) = self.alloc(count.max(1)) else {
+            self.stats.mappings_full += 1;
+            return;
+        };
+        for i in 0..count {
+            let at = i as usize * 32;
+            let _ = sampler.unwind_mappings_map().update(
+                &(first + i).to_ne_bytes(),
+                &entries[at..at + 32],
+                MapFlags::ANY,
+            );
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        for k in &keys {
+            if let Some(s) = self.slots.get_mut(k) {
+                s.refs += 1;
+                s.idle = 0;
+            }
+        }
+        let mut value = [0u8; 16];
+        value[0..4].copy_from_slice(&first.to_ne_bytes());
+        value[4..8].copy_from_slice(&count.to_ne_bytes());
+        // A process that exited meanwhile leaves an entry the exit hook
+        // cannot delete any more; gc removes it with the process.
+        let _ = sampler
+            .proc_unwind_map()
+            .update(&pid.to_ne_bytes(), &value, MapFlags::ANY);
+        let reg = Registered {
+            keys,
+            first,
+            count: count.max(1),
+        };
+        if let Some(old) = self.procs.insert(pid, reg) {
+            self.release(&old);
+        }
+        self.stats.processes = self.procs.len();
+    }
+
+    /// First-fit allocation of `n` consecutive mapping slots.
+    fn alloc(&mut self, n: u32) -> Option<u32> {
+        let i = self.free.iter().position(|&(_, len)| len >= n)?;
+        let (first, len) = self.free[i];
+        if len == n {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (first + n, len - n);
+        }
+        Some(first)
+    }
+
+    fn dealloc(&mut self, first: u32, n: u32) {
+        let i = self.free.partition_point(|&(f, _)| f < first);
+        self.free.insert(i, (first, n));
+        // Merge with the neighbours so runs do not fragment for ever.
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+
+    /// Forgets a process that exited.
+    pub fn forget(&mut self, sampler: &Sampler, pid: u32) {
+        let _ = sampler.proc_unwind_map().delete(&pid.to_ne_bytes());
+        if let Some(old) = self.procs.remove(&pid) {
+            self.release(&old);
+        }
+        self.refreshed.remove(&pid);
+        self.pending.retain(|p| *p != pid);
+        self.stats.processes = self.procs.len();
+    }
+
+    /// Forgets processes that no longer exist (for callers that do not
+    /// track exits themselves).
+    pub fn prune_exited(&mut self, sampler: &Sampler) {
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in gone {
+            self.forget(sampler, pid);
+        }
+    }
+
+    fn release(&mut self, old: &Registered) {
+        for k in &old.keys {
+            if let Some(s) = self.slots.get_mut(k) {
+                s.refs = s.refs.saturating_sub(1);
+            }
+        }
+        self.dealloc(old.first, old.count);
+    }
+
+    /// Frees tables no process has referenced for a few calls. Call once
+    /// per window/drain.
+    pub fn gc(&mut self, sampler: &Sampler) {
+        let mut drop_keys = Vec::new();
+        for (k, s) in self.slots.iter_mut() {
+            if s.refs == 0 && !s.failed {
+                s.idle += 1;
+                if s.idle > IDLE_GCS {
+                    drop_keys.push(*k);
+                }
+            }
+        }
+        for k in drop_keys {
+            self.unload(sampler, k);
+            self.slots.remove(&k);
+        }
+    }
+
+    fn unload(&mut self, sampler: &Sampler, key: FileKey) {
+        if let Some(s) = self.slots.get_mut(&key) {
+            if s.id != 0 {
+                let _ = sampler.unwind_tables_map().delete(&s.id.to_ne_bytes());
+                self.free_ids.push(s.id);
+                let t = s.table.take().unwrap_or_default();
+                self.stats.tables -= 1;
+                self.stats.rows -= t.rows.len() as u64;
+                self.stats.bytes -= t.bytes();
+                s.id = 0;
+                s.handle = None;
+            }
+        }
+    }
+
+    /// Makes sure the binary's table is built and loaded; false if it has
+    /// none (no CFI, not x86-64, over budget).
+    fn ensure(&mut self, sampler: &Sampler, key: FileKey, file: &File) -> bool {
+        if let Some(s) = self.slots.get(&key) {
+            if s.id != 0 {
+                return true;
+            }
+            if s.failed {
+                return false;
+            }
+        }
+        let t0 = Instant::now();
+        let built = Table::build(file);
+        self.stats.built += 1;
+        self.stats.build_time += t0.elapsed();
+        let table = match built {
+            Ok(t) if !t.rows.is_empty() => t,
+            _ => {
+                self.stats.failed += 1;
+                self.mark_failed(key);
+                return false;
+            }
+        };
+        let need = table.bytes();
+        if self.stats.bytes + need > self.budget {
+            self.evict_unreferenced(sampler, need);
+        }
+        if self.stats.bytes + need > self.budget {
+            self.stats.over_budget += 1;
+            return false;
+        }
+        let Some((id, handle)) = self.load(sampler, &table) else {
+            self.stats.failed += 1;
+            self.mark_failed(key);
+            return false;
+        };
+        self.stats.tables += 1;
+        self.stats.rows += table.rows.len() as u64;
+        self.stats.bytes += need;
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.stats.bytes);
+        let slot = self.slots.entry(key).or_insert(Slot {
+            id: 0,
+            table: None,
+            handle: None,
+            refs: 0,
+            idle: 0,
+            failed: false,
+        });
+        slot.id = id;
+        slot.table = Some(table);
+        slot.handle = Some(handle);
+        true
+    }
+
+    // A binary without usable CFI is remembered so it is not re-read.
+    fn mark_failed(&mut self, key: FileKey) {
+        self.slots.insert(
+            key,
+            Slot {
+                id: 0,
+                table: None,
+                handle: None,
+                refs: 0,
+                idle: 0,
+                failed: true,
+            },
+        );
+    }
+
+    fn evict_unreferenced(&mut self, sampler: &Sampler, need: u64) {
+        let mut idle: Vec<(u32, FileKey)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.refs == 0 && s.id != 0)
+            .map(|(k, s)| (s.idle, *k))
+            .collect();
+        idle.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, k) in idle {
+            if self.stats.bytes + need <= self.budget {
+                break;
+            }
+            self.unload(sampler, k);
+            self.slots.remove(&k);
+        }
+    }
+
+    fn load(&mut self, sampler: &Sampler, table: &Table) -> Option<(u32, MapHandle)> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let mut values = table.page_index();
+        values.extend_from_slice(&table.rows);
+        let n = values.len() as u32;
+        let id = self.free_ids.pop()?;
+        let handle =
+            MapHandle::create(MapType::Array, Some("ember_unwind"), 4, 8, n, &opts).ok()?;
+        let keys: Vec<u32> = (0..n).collect();
+        let batch = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        let mut count = n;
+        // SAFETY: keys and values hold `n` elements of the map's key and
+        // value sizes; count is in/out.
+        let r = unsafe {
+            libbpf_sys::bpf_map_update_batch(
+                handle.as_fd().as_raw_fd(),
+                keys.as_ptr().cast(),
+                values.as_ptr().cast(),
+                &mut count,
+                &batch,
+            )
+        };
+        let fd = handle.as_fd().as_raw_fd() as u32;
+        if r != 0
+            || count != n
+            || sampler
+                .unwind_tables_map()
+                .update(&id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .is_err()
+        {
+            self.free_ids.push(id);
+            return None;
+        }
+        Some((id, handle))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UnwindStats {
+        self.stats
+    }
+}
