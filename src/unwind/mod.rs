@@ -29,8 +29,12 @@ const MAPPING_SLOTS: u32 = 65536;
 const MAX_TABLES: u32 = 4096;
 /// Unreferenced tables are freed after this many [`Unwinder::gc`] calls.
 const IDLE_GCS: u32 = 4;
-/// A process is re-read for new mappings at most this often.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// A process is re-read for new mappings at most this often at first; each
+/// re-read that finds nothing new doubles the wait (code outside every
+/// mapping may be a wild frame-pointer guess, not a new library), up to
+/// [`MAX_REFRESH_INTERVAL`].
+const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Counters for summaries and metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -58,6 +62,9 @@ pub struct UnwindStats {
 }
 
 struct Registered {
+    /// The mappings' start addresses, to tell whether a re-read found
+    /// anything new.
+    starts: Vec<u64>,
     keys: Vec<FileKey>,
     first: u32,
     count: u32,
@@ -74,13 +81,19 @@ struct Slot {
     failed: bool,
 }
 
+fn mapping_starts(p: &crate::symbolize::Process) -> Vec<u64> {
+    p.mappings.iter().map(|m| m.start).collect()
+}
+
 /// Owns the unwind tables of one sampler.
 pub struct Unwinder {
     slots: HashMap<FileKey, Slot>,
     procs: HashMap<u32, Registered>,
     /// Free runs (first, len) of the sampler's `unwind_mappings` array.
     free: Vec<(u32, u32)>,
-    refreshed: HashMap<u32, Instant>,
+    /// When each process was last registered, and the wait before the
+    /// next re-read for new mappings.
+    refreshed: HashMap<u32, (Instant, Duration)>,
     pending: Vec<u32>,
     /// Unused slots of the sampler's `unwind_tables` array (0 means none).
     free_ids: Vec<u32>,
@@ -146,7 +159,7 @@ impl Unwinder {
             let due = self
                 .refreshed
                 .get(&e.pid)
-                .is_none_or(|t| now.duration_since(*t) >= REFRESH_INTERVAL);
+                .is_none_or(|(t, wait)| now.duration_since(*t) >= *wait);
             if !due {
                 if !self.pending.contains(&e.pid) {
                     self.pending.push(e.pid);
@@ -170,7 +183,7 @@ impl Unwinder {
             let ready = self
                 .refreshed
                 .get(pid)
-                .is_none_or(|t| now.duration_since(*t) >= REFRESH_INTERVAL);
+                .is_none_or(|(t, wait)| now.duration_since(*t) >= *wait);
             if ready {
                 due.push(*pid);
             }
@@ -185,11 +198,19 @@ impl Unwinder {
     /// Writes a process's mappings (as the symbolizer captured them) and
     /// their tables into the kernel, building tables not yet built.
     pub fn register(&mut self, sampler: &Sampler, sym: &Symbolizer, pid: u32) {
-        self.refreshed.insert(pid, Instant::now());
         let Some(proc) = sym.process(pid) else { return };
         if proc.exited {
             return;
         }
+        let same = self
+            .procs
+            .get(&pid)
+            .is_some_and(|r| r.starts == mapping_starts(proc));
+        let wait = match self.refreshed.get(&pid) {
+            Some((_, w)) if same => (*w * 2).min(MAX_REFRESH_INTERVAL),
+            _ => REFRESH_INTERVAL,
+        };
+        self.refreshed.insert(pid, (Instant::now(), wait));
         let mut entries: Vec<u8> = Vec::with_capacity(proc.mappings.len().min(MAX_MAPPINGS) * 32);
         let mut keys = Vec::new();
         for m in proc.mappings.iter().take(MAX_MAPPINGS) {
@@ -246,6 +267,7 @@ impl Unwinder {
             .proc_unwind_map()
             .update(&pid.to_ne_bytes(), &value, MapFlags::ANY);
         let reg = Registered {
+            starts: mapping_starts(proc),
             keys,
             first,
             count: count.max(1),

@@ -72,6 +72,55 @@ pub fn fixture(name: &str) -> PathBuf {
     out
 }
 
+/// Builds fixtures/<name> without frame pointers (C: clang -O2
+/// -fomit-frame-pointer; Rust: rustc -C opt-level=3
+/// -C force-frame-pointers=no), as most distro and release code is built.
+pub fn fixture_nofp(name: &str) -> PathBuf {
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures-nofp");
+    std::fs::create_dir_all(&dir).unwrap();
+    // nofp.c and nofp.rs both exist: keep the language in the name.
+    let out = dir.join(name.replace('.', "-"));
+    let src = root().join("fixtures").join(name);
+    if out.exists()
+        && out.metadata().unwrap().modified().unwrap()
+            >= src.metadata().unwrap().modified().unwrap()
+    {
+        return out;
+    }
+    let status = if name.ends_with(".rs") {
+        Command::new("rustc")
+            .args([
+                "-C",
+                "opt-level=3",
+                "-C",
+                "debuginfo=1",
+                "-C",
+                "force-frame-pointers=no",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src)
+            .status()
+    } else {
+        Command::new("clang")
+            .args([
+                "-O2",
+                "-g",
+                "-fomit-frame-pointer",
+                "-pthread",
+                "-ldl",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src)
+            .status()
+    }
+    .expect("running the fixture compiler");
+    assert!(status.success(), "building fixture {name} failed");
+    out
+}
+
 /// Source path of a fixture.
 pub fn fixture_src(name: &str) -> PathBuf {
     root().join("fixtures").join(name)
