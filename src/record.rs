@@ -340,15 +340,20 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
 
 fn capture(
     sym: &mut Symbolizer,
-    mut unw: Option<&mut Unwinder>,
+    unw: Option<&mut Unwinder>,
     sampler: &Sampler,
     events: &sample::ProcessEvents,
 ) {
-    for e in events.take() {
+    let events = events.take();
+    // Capture every new process first: short-lived ones may exit any
+    // moment, while their unwind tables can wait a few milliseconds.
+    for &e in &events {
         if !e.new_mapping {
             sym.on_event(e);
         }
-        if let Some(u) = unw.as_deref_mut() {
+    }
+    if let Some(u) = unw {
+        for e in events {
             u.on_event(sampler, sym, e);
         }
     }

@@ -313,7 +313,8 @@ fn c_without_frame_pointers_reaches_main_through_libc() {
         "only {hit} of {total} samples reach main\n{stderr}"
     );
     // The known paths, each about a third of the time.
-    let paths: [(&str, fn(&[String]) -> bool); 3] = [
+    type PathCheck = fn(&[String]) -> bool;
+    let paths: [(&str, PathCheck); 3] = [
         ("compute_inner", |p| {
             p == ["main", "run_compute", "compute_outer", "compute_inner"]
         }),

@@ -312,18 +312,23 @@ pub fn run(s: Settings) -> Result<()> {
 fn learn(
     sym: &mut Symbolizer,
     targeting: &mut Targeting,
-    mut unw: Option<&mut crate::unwind::Unwinder>,
+    unw: Option<&mut crate::unwind::Unwinder>,
     sampler: &Sampler,
     events: &sample::ProcessEvents,
     s: &Settings,
 ) {
-    for e in events.take() {
+    let events = events.take();
+    // Capture every new process first: short-lived ones may exit any
+    // moment, while their unwind tables can wait a few milliseconds.
+    for &e in &events {
         if !e.new_mapping {
             sym.on_event(e);
             // Read labels now, while the process lives; exec refreshes them.
             targeting.learn(e.pid, s);
         }
-        if let Some(u) = unw.as_deref_mut() {
+    }
+    if let Some(u) = unw {
+        for e in events {
             u.on_event(sampler, sym, e);
         }
     }

@@ -425,7 +425,7 @@ impl Sampler {
         self.skel
             .maps
             .rodata_data
-            .as_deref()
+            .as_ref()
             .is_some_and(|r| r.table_unwind)
     }
 

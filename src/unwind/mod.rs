@@ -6,6 +6,11 @@
 //! listing its executable mappings and their tables. A table no process
 //! references is kept for a while (a program run again and again reuses it),
 //! then freed; the total is bounded by a memory budget.
+//!
+//! Tables are built on a background thread: a big binary takes tens of
+//! milliseconds, and the event loop must keep capturing short-lived
+//! processes meanwhile. Until its tables arrive a process unwinds with frame
+//! pointers, then it is registered again.
 
 pub mod table;
 
@@ -79,6 +84,24 @@ struct Slot {
     idle: u32,
     /// No usable CFI: not read again.
     failed: bool,
+    /// Queued on the builder thread.
+    building: bool,
+}
+
+type Built = (FileKey, anyhow::Result<Table>, Duration);
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            id: 0,
+            table: None,
+            handle: None,
+            refs: 0,
+            idle: 0,
+            failed: false,
+            building: false,
+        }
+    }
 }
 
 fn mapping_starts(p: &crate::symbolize::Process) -> Vec<u64> {
@@ -99,12 +122,33 @@ pub struct Unwinder {
     free_ids: Vec<u32>,
     budget: u64,
     stats: UnwindStats,
+    /// Processes waiting for a table being built.
+    waiting: HashMap<FileKey, Vec<u32>>,
+    jobs: std::sync::mpsc::Sender<(FileKey, File)>,
+    done: std::sync::mpsc::Receiver<Built>,
 }
 
 impl Unwinder {
     /// An unwinder whose tables may take up to `budget` bytes of kernel memory.
     pub fn new(budget: u64) -> Unwinder {
+        let (jobs, todo) = std::sync::mpsc::channel::<(FileKey, File)>();
+        let (finished, done) = std::sync::mpsc::channel();
+        // Ends when the Unwinder (the job sender) is dropped.
+        let _ = std::thread::Builder::new()
+            .name("ember-unwind".into())
+            .spawn(move || {
+                for (key, file) in todo {
+                    let t0 = Instant::now();
+                    let t = Table::build(&file);
+                    if finished.send((key, t, t0.elapsed())).is_err() {
+                        break;
+                    }
+                }
+            });
         Unwinder {
+            waiting: HashMap::new(),
+            jobs,
+            done,
             slots: HashMap::new(),
             procs: HashMap::new(),
             free: vec![(0, MAPPING_SLOTS)],
@@ -123,7 +167,7 @@ impl Unwinder {
         let Ok(meta) = file.metadata() else { return };
         let dev = meta.dev();
         let key: FileKey = (libc::major(dev) as i32, libc::minor(dev) as i32, meta.ino());
-        if self.ensure(sampler, key, &file) {
+        if self.ensure_now(sampler, key, &file) {
             // Held by nobody yet: freed by gc if no process maps it.
             if let Some(s) = self.slots.get_mut(&key) {
                 s.idle = 0;
@@ -174,6 +218,17 @@ impl Unwinder {
     /// Processes deferred new-mapping refreshes that are now due. Call
     /// regularly (each loop iteration).
     pub fn tick(&mut self, sampler: &Sampler, sym: &mut Symbolizer) {
+        while let Ok((key, built, took)) = self.done.try_recv() {
+            if let Some(s) = self.slots.get_mut(&key) {
+                s.building = false;
+            }
+            self.install(sampler, key, built, took);
+            for pid in self.waiting.remove(&key).unwrap_or_default() {
+                if self.procs.contains_key(&pid) {
+                    self.register(sampler, sym, pid);
+                }
+            }
+        }
         if self.pending.is_empty() {
             return;
         }
@@ -217,7 +272,7 @@ impl Unwinder {
             let (mut table_id, mut pages, mut bias) = (0u32, 0u32, 0u64);
             if let Some(key) = m.file {
                 let loaded = match sym.file_of(key) {
-                    Some(f) => self.ensure(sampler, key, f),
+                    Some(f) => self.ensure_async(key, f, pid),
                     None => false,
                 };
                 if loaded {
@@ -242,13 +297,10 @@ impl Unwinder {
             self.stats.mappings_full += 1;
             return;
         };
-        for i in 0..count {
-            let at = i as usize * 32;
-            let _ = sampler.unwind_mappings_map().update(
-                &(first + i).to_ne_bytes(),
-                &entries[at..at + 32],
-                MapFlags::ANY,
-            );
+        let slots: Vec<u32> = (first..first + count).collect();
+        if count > 0 && !update_batch(sampler.unwind_mappings_map(), &slots, &entries) {
+            self.dealloc(first, count.max(1));
+            return;
         }
         keys.sort_unstable();
         keys.dedup();
@@ -312,6 +364,9 @@ impl Unwinder {
         }
         self.refreshed.remove(&pid);
         self.pending.retain(|p| *p != pid);
+        for w in self.waiting.values_mut() {
+            w.retain(|p| *p != pid);
+        }
         self.stats.processes = self.procs.len();
     }
 
@@ -343,7 +398,7 @@ impl Unwinder {
     pub fn gc(&mut self, sampler: &Sampler) {
         let mut drop_keys = Vec::new();
         for (k, s) in self.slots.iter_mut() {
-            if s.refs == 0 && !s.failed {
+            if s.refs == 0 && !s.failed && !s.building {
                 s.idle += 1;
                 if s.idle > IDLE_GCS {
                     drop_keys.push(*k);
@@ -371,21 +426,58 @@ impl Unwinder {
         }
     }
 
-    /// Makes sure the binary's table is built and loaded; false if it has
+    /// True if the binary's table is loaded; otherwise queues its build
+    /// (once) and notes that `pid` waits for it.
+    fn ensure_async(&mut self, key: FileKey, file: &File, pid: u32) -> bool {
+        let slot = self.slots.entry(key).or_insert_with(Slot::empty);
+        if slot.id != 0 {
+            return true;
+        }
+        if slot.failed {
+            return false;
+        }
+        if !slot.building {
+            let Ok(f) = file.try_clone() else {
+                return false;
+            };
+            if self.jobs.send((key, f)).is_err() {
+                return false;
+            }
+            slot.building = true;
+        }
+        let w = self.waiting.entry(key).or_default();
+        if !w.contains(&pid) {
+            w.push(pid);
+        }
+        false
+    }
+
+    /// Builds and loads the binary's table on this thread; false if it has
     /// none (no CFI, not x86-64, over budget).
-    fn ensure(&mut self, sampler: &Sampler, key: FileKey, file: &File) -> bool {
+    fn ensure_now(&mut self, sampler: &Sampler, key: FileKey, file: &File) -> bool {
         if let Some(s) = self.slots.get(&key) {
             if s.id != 0 {
                 return true;
             }
-            if s.failed {
+            if s.failed || s.building {
                 return false;
             }
         }
         let t0 = Instant::now();
         let built = Table::build(file);
+        self.install(sampler, key, built, t0.elapsed())
+    }
+
+    /// Loads a built table into the kernel.
+    fn install(
+        &mut self,
+        sampler: &Sampler,
+        key: FileKey,
+        built: anyhow::Result<Table>,
+        took: Duration,
+    ) -> bool {
         self.stats.built += 1;
-        self.stats.build_time += t0.elapsed();
+        self.stats.build_time += took;
         let table = match built {
             Ok(t) if !t.rows.is_empty() => t,
             _ => {
@@ -411,14 +503,7 @@ impl Unwinder {
         self.stats.rows += table.rows.len() as u64;
         self.stats.bytes += need;
         self.stats.peak_bytes = self.stats.peak_bytes.max(self.stats.bytes);
-        let slot = self.slots.entry(key).or_insert(Slot {
-            id: 0,
-            table: None,
-            handle: None,
-            refs: 0,
-            idle: 0,
-            failed: false,
-        });
+        let slot = self.slots.entry(key).or_insert_with(Slot::empty);
         slot.id = id;
         slot.table = Some(table);
         slot.handle = Some(handle);
@@ -427,17 +512,9 @@ impl Unwinder {
 
     // A binary without usable CFI is remembered so it is not re-read.
     fn mark_failed(&mut self, key: FileKey) {
-        self.slots.insert(
-            key,
-            Slot {
-                id: 0,
-                table: None,
-                handle: None,
-                refs: 0,
-                idle: 0,
-                failed: true,
-            },
-        );
+        let slot = self.slots.entry(key).or_insert_with(Slot::empty);
+        slot.failed = true;
+        slot.building = false;
     }
 
     fn evict_unreferenced(&mut self, sampler: &Sampler, need: u64) {
@@ -470,25 +547,9 @@ impl Unwinder {
         let handle =
             MapHandle::create(MapType::Array, Some("ember_unwind"), 4, 8, n, &opts).ok()?;
         let keys: Vec<u32> = (0..n).collect();
-        let batch = libbpf_sys::bpf_map_batch_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
-            ..Default::default()
-        };
-        let mut count = n;
-        // SAFETY: keys and values hold `n` elements of the map's key and
-        // value sizes; count is in/out.
-        let r = unsafe {
-            libbpf_sys::bpf_map_update_batch(
-                handle.as_fd().as_raw_fd(),
-                keys.as_ptr().cast(),
-                values.as_ptr().cast(),
-                &mut count,
-                &batch,
-            )
-        };
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let fd = handle.as_fd().as_raw_fd() as u32;
-        if r != 0
-            || count != n
+        if !update_batch(&handle, &keys, &bytes)
             || sampler
                 .unwind_tables_map()
                 .update(&id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
@@ -504,4 +565,27 @@ impl Unwinder {
     pub fn stats(&self) -> UnwindStats {
         self.stats
     }
+}
+
+/// Writes `keys.len()` consecutive values (`values` holds them back to
+/// back) in one system call.
+fn update_batch(map: &impl AsFd, keys: &[u32], values: &[u8]) -> bool {
+    let batch = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    let n = keys.len() as u32;
+    let mut count = n;
+    // SAFETY: keys and values hold `n` elements of the map's key and value
+    // sizes; count is in/out.
+    let r = unsafe {
+        libbpf_sys::bpf_map_update_batch(
+            map.as_fd().as_raw_fd(),
+            keys.as_ptr().cast(),
+            values.as_ptr().cast(),
+            &mut count,
+            &batch,
+        )
+    };
+    r == 0 && count == n
 }

@@ -498,13 +498,11 @@ where
 fn cfa_expression(b: &[u8]) -> Cfa {
     // DW_OP_breg7 off; DW_OP_breg16 0; lit15; and; litN; ge; lit3; shl; plus
     if let Some((7, offset, rest)) = breg(b) {
-        if let Some((16, 0, rest)) = breg(rest) {
-            if let [0x3f, 0x1a, lit @ 0x30..=0x4f, 0x2a, 0x33, 0x24, 0x22] = rest {
-                return Cfa::Plt {
-                    offset,
-                    threshold: lit - 0x30,
-                };
-            }
+        if let Some((16, 0, [0x3f, 0x1a, lit @ 0x30..=0x4f, 0x2a, 0x33, 0x24, 0x22])) = breg(rest) {
+            return Cfa::Plt {
+                offset,
+                threshold: lit - 0x30,
+            };
         }
         if rest == [0x06] {
             return Cfa::DerefRsp(offset);
