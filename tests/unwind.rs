@@ -500,3 +500,54 @@ fn frames_match_perf_call_graph_dwarf() {
         "ember's main-to-leaf paths differ from perf --call-graph dwarf\n{stderr}"
     );
 }
+
+#[test]
+fn dlopened_library_and_signal_handler_unwind_to_main() {
+    let bin = fixture_nofp("dlopen.c");
+    let lib = bin.with_file_name("libplugin.so");
+    let status = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-fomit-frame-pointer",
+            "-shared",
+            "-fPIC",
+            "-o",
+        ])
+        .arg(&lib)
+        .arg(fixture_src("plugin.c"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building libplugin.so failed");
+    let (f, stderr) = record_folded(&bin, &[lib.to_str().unwrap(), "4"], &[], "dlopen");
+    let total: u64 = f.values().sum();
+    let (plugin, _) = share_with(&f, |s| s.ends_with(";plugin_inner"));
+    let (plugin_main, _) = share_with(&f, |s| {
+        s.ends_with(";plugin_inner")
+            && from_main(s, "main")
+                .is_some_and(|p| p == ["main", "run_plugin", "plugin_hot", "plugin_inner"])
+    });
+    // The library appears after the process was registered: its table comes
+    // a moment later, so the first few milliseconds may be cut.
+    assert!(
+        plugin as f64 >= 0.3 * total as f64,
+        "{plugin} of {total} in the plugin\n{stderr}"
+    );
+    assert!(
+        plugin_main as f64 >= 0.9 * plugin as f64,
+        "{plugin_main} of {plugin} plugin samples reach main\n{stderr}"
+    );
+    // Through the signal frame: handler -> trampoline -> raise ... -> main.
+    let (handler, _) = share_with(&f, |s| s.ends_with(";in_handler"));
+    let (handler_main, _) = share_with(&f, |s| {
+        s.ends_with(";in_handler") && from_main(s, "main").is_some_and(|p| p.len() >= 3)
+    });
+    assert!(
+        handler as f64 >= 0.3 * total as f64,
+        "{handler} of {total} in the handler\n{stderr}"
+    );
+    assert!(
+        handler_main as f64 >= 0.97 * handler as f64,
+        "{handler_main} of {handler} handler samples reach main across the signal frame\n{stderr}"
+    );
+}

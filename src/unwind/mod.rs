@@ -104,6 +104,21 @@ impl Slot {
     }
 }
 
+/// The vDSO has no file: a key no file can have.
+const VDSO_KEY: FileKey = (-1, -1, 0);
+
+/// A copy of this process's vDSO image.
+fn own_vdso() -> Option<Vec<u8>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let (a, b) = line.split_whitespace().next()?.split_once('-')?;
+    let start = usize::from_str_radix(a, 16).ok()?;
+    let end = usize::from_str_radix(b, 16).ok()?;
+    // SAFETY: the kernel maps the vDSO readable for the life of the
+    // process; the range is exactly its mapping.
+    Some(unsafe { std::slice::from_raw_parts(start as *const u8, end - start) }.to_vec())
+}
+
 fn mapping_starts(p: &crate::symbolize::Process) -> Vec<u64> {
     p.mappings.iter().map(|m| m.start).collect()
 }
@@ -270,10 +285,15 @@ impl Unwinder {
         let mut keys = Vec::new();
         for m in proc.mappings.iter().take(MAX_MAPPINGS) {
             let (mut table_id, mut pages, mut bias) = (0u32, 0u32, 0u64);
-            if let Some(key) = m.file {
-                let loaded = match sym.file_of(key) {
-                    Some(f) => self.ensure_async(key, f, pid),
-                    None => false,
+            let key = if m.vdso { Some(VDSO_KEY) } else { m.file };
+            if let Some(key) = key {
+                let loaded = if m.vdso {
+                    self.ensure_vdso(sampler)
+                } else {
+                    match sym.file_of(key) {
+                        Some(f) => self.ensure_async(key, f, pid),
+                        None => false,
+                    }
                 };
                 if loaded {
                     let slot = &self.slots[&key];
@@ -424,6 +444,21 @@ impl Unwinder {
                 s.handle = None;
             }
         }
+    }
+
+    /// The vDSO's table, built from ember's own copy: every process on the
+    /// host maps the same image.
+    fn ensure_vdso(&mut self, sampler: &Sampler) -> bool {
+        if let Some(s) = self.slots.get(&VDSO_KEY) {
+            if s.id != 0 || s.failed {
+                return s.id != 0;
+            }
+        }
+        let t0 = Instant::now();
+        let built = own_vdso()
+            .ok_or_else(|| anyhow::anyhow!("no vDSO"))
+            .and_then(|image| Table::build_from_bytes(&image));
+        self.install(sampler, VDSO_KEY, built, t0.elapsed())
     }
 
     /// True if the binary's table is loaded; otherwise queues its build

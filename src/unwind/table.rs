@@ -190,14 +190,23 @@ impl Table {
     /// Reads and reduces the CFI of an ELF file (x86-64 only).
     pub fn build(file: &File) -> Result<Table> {
         let cache = ReadCache::new(file);
+        Table::build_from(&cache)
+    }
+
+    /// [`build`](Self::build) from an ELF image in memory (the vDSO).
+    pub fn build_from_bytes(image: &[u8]) -> Result<Table> {
+        Table::build_from(image)
+    }
+
+    fn build_from<'d, R: object::ReadRef<'d>>(data: R) -> Result<Table> {
         let elf =
-            ElfFile64::<object::LittleEndian, _>::parse(&cache).context("not a 64-bit ELF file")?;
+            ElfFile64::<object::LittleEndian, R>::parse(data).context("not a 64-bit ELF file")?;
         if elf.architecture() != object::Architecture::X86_64 {
             bail!("unwind tables are built for x86-64 only");
         }
         let endian = elf.endian();
         let mut segments = Vec::new();
-        for ph in elf.elf_header().program_headers(endian, &cache)? {
+        for ph in elf.elf_header().program_headers(endian, data)? {
             if ph.p_type(endian) == object::elf::PT_LOAD
                 && ph.p_flags(endian) & object::elf::PF_X != 0
             {
