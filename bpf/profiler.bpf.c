@@ -247,9 +247,10 @@ static __always_inline __u64 find_row(void *tbl, __u32 pages, __u64 x)
  * walk that calls it. */
 __noinline __u64 lookup_row(__u32 tgid, __u32 first, __u32 count, __u64 pc)
 {
+	/* No clamp of `hi` to a constant here: with constant bounds the
+	 * verifier walks every branch of the search separately (2^9 paths).
+	 * Nine halvings cover EMBER_MAX_MAPPINGS; the lookups bound the index. */
 	__u32 lo = 0, hi = count;
-	if (hi > EMBER_MAX_MAPPINGS)
-		hi = EMBER_MAX_MAPPINGS;
 	for (int k = 0; k < 9; k++) {
 		if (lo >= hi)
 			break;
@@ -296,9 +297,12 @@ static __always_inline int read_u64(__u64 *dst, __u64 addr)
 	return bpf_probe_read_user(dst, sizeof(*dst), (const void *)addr);
 }
 
-/* One frame: record w->pc, then step to the caller. Returns 1 to stop. */
-static long walk_step(__u32 i, struct walk *w)
+/* One frame: record w->pc, then step to the caller. Returns 1 to stop.
+ * Global, so the verifier checks it once instead of once per loop state. */
+__noinline int walk_frame(struct walk *w)
 {
+	if (!w)
+		return 1;
 	__u32 zero = 0;
 	struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
 	if (!st) {
@@ -410,6 +414,11 @@ static long walk_step(__u32 i, struct walk *w)
 		return 1;
 	}
 	return 0;
+}
+
+static long walk_step(__u32 i, struct walk *w)
+{
+	return walk_frame(w) ? 1 : 0;
 }
 
 /* Walks the current task's user stack into the scratch buffer; returns

@@ -38,6 +38,19 @@ enum Cmd {
         after_help = "Examples:\n  ember query --since 10m --format svg > last10m.svg\n  ember query --since 1h --service nginx -o nginx.pb.gz\n  ember query --since 5m --pid 1234 --label container_id=3f2a... -f folded"
     )]
     Query(QueryArgs),
+    /// Build the unwind tables of every binary mapped by running processes and report their size and build time.
+    #[command(after_help = "Examples:\n  ember tables\n  ember tables --pid 1234 --verbose")]
+    Tables(TablesArgs),
+}
+
+#[derive(clap::Args)]
+struct TablesArgs {
+    /// Only the binaries of this process (repeatable); default: every process.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// One line per binary.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(clap::Args)]
@@ -163,6 +176,7 @@ fn main() -> ExitCode {
         Cmd::Record(args) => record_cmd(args),
         Cmd::Agent(args) => agent_cmd(args),
         Cmd::Query(args) => query_cmd(args),
+        Cmd::Tables(args) => tables_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +191,63 @@ fn main() -> ExitCode {
 fn one_line(e: &anyhow::Error) -> String {
     let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     parts.join(": ")
+}
+
+fn tables_cmd(a: TablesArgs) -> anyhow::Result<()> {
+    for &p in &a.pids {
+        ember::preflight::check_pid(p)?;
+    }
+    let t0 = std::time::Instant::now();
+    let mut all = ember::unwind::survey(&a.pids);
+    let wall = t0.elapsed();
+    all.sort_by(|x, y| y.bytes.cmp(&x.bytes));
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if a.verbose {
+        for e in &all {
+            match &e.error {
+                None => writeln!(
+                    out,
+                    "{:>9} rows {:>9.1} KiB {:>8.1} ms  {}",
+                    e.rows,
+                    e.bytes as f64 / 1024.0,
+                    e.build_time.as_secs_f64() * 1000.0,
+                    e.path
+                ),
+                Some(err) => writeln!(
+                    out,
+                    "{:>9} rows {:>9} KiB {:>8} ms  {} ({err})",
+                    "-", "-", "-", e.path
+                ),
+            }
+            .ok(); // a closed pipe (| head) is not an error
+        }
+    }
+    let with: Vec<_> = all.iter().filter(|e| e.error.is_none()).collect();
+    let rows: usize = with.iter().map(|e| e.rows).sum();
+    let bytes: u64 = with.iter().map(|e| e.bytes).sum();
+    let build: f64 = all.iter().map(|e| e.build_time.as_secs_f64()).sum();
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "{} binaries ({} without usable CFI): {} rows, {:.1} MiB of kernel memory if all were loaded; built in {:.0} ms ({:.0} ms wall); peak RSS {:.1} MiB",
+        with.len(),
+        all.len() - with.len(),
+        rows,
+        bytes as f64 / 1048576.0,
+        build * 1000.0,
+        wall.as_secs_f64() * 1000.0,
+        rss as f64 / 1024.0
+    )
+    .ok();
+    Ok(())
 }
 
 fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {

@@ -475,12 +475,14 @@ pub fn summary(r: &Recording) -> String {
     if let Some(u) = &r.unwind {
         let _ = writeln!(
             s,
-            "  unwind tables: {} binaries, {} rows, {:.1} MiB in the kernel (peak {:.1} MiB), built in {:.0} ms{}",
+            "  unwind tables: {} binaries, {} rows, {:.1} MiB in the kernel (peak {:.1} MiB), built in {:.0} ms; {} registrations, {} re-reads{}",
             u.built - u.failed,
             u.rows,
             u.bytes as f64 / 1048576.0,
             u.peak_bytes as f64 / 1048576.0,
             u.build_time.as_secs_f64() * 1000.0,
+            u.registrations,
+            u.refreshes,
             if u.over_budget > 0 {
                 format!("; {} not loaded: over --unwind-memory", u.over_budget)
             } else {

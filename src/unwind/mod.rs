@@ -64,6 +64,10 @@ pub struct UnwindStats {
     pub over_budget: u64,
     /// Processes not registered: the shared mappings array was full.
     pub mappings_full: u64,
+    /// Process registrations written (first sample, exec, new tables).
+    pub registrations: u64,
+    /// Re-reads of a process's mappings because code ran outside them.
+    pub refreshes: u64,
 }
 
 struct Registered {
@@ -226,6 +230,7 @@ impl Unwinder {
                 return;
             }
             sym.refresh(e.pid);
+            self.stats.refreshes += 1;
         }
         self.register(sampler, sym, e.pid);
     }
@@ -261,6 +266,7 @@ impl Unwinder {
         });
         for pid in due {
             sym.refresh(pid);
+            self.stats.refreshes += 1;
             self.register(sampler, sym, pid);
         }
     }
@@ -281,6 +287,7 @@ impl Unwinder {
             _ => REFRESH_INTERVAL,
         };
         self.refreshed.insert(pid, (Instant::now(), wait));
+        self.stats.registrations += 1;
         let mut entries: Vec<u8> = Vec::with_capacity(proc.mappings.len().min(MAX_MAPPINGS) * 32);
         let mut keys = Vec::new();
         for m in proc.mappings.iter().take(MAX_MAPPINGS) {
@@ -623,4 +630,64 @@ fn update_batch(map: &impl AsFd, keys: &[u32], values: &[u8]) -> bool {
         )
     };
     r == 0 && count == n
+}
+
+/// One binary's table, as [`survey`] reports it.
+#[derive(Debug, Clone)]
+pub struct SurveyEntry {
+    /// Path as a process maps it.
+    pub path: String,
+    /// Rows (0 if the binary has no usable CFI).
+    pub rows: usize,
+    /// Kernel memory once loaded.
+    pub bytes: u64,
+    /// Time to build.
+    pub build_time: Duration,
+    /// Why there is no table, if there is none.
+    pub error: Option<String>,
+}
+
+/// Builds the table of every distinct binary mapped executable by `pids`
+/// (every process when empty), without loading anything: what ember's
+/// tables cost on this host.
+pub fn survey(pids: &[u32]) -> Vec<SurveyEntry> {
+    let pids: Vec<u32> = if pids.is_empty() {
+        procfs::process::all_processes()
+            .map(|it| it.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
+            .unwrap_or_default()
+    } else {
+        pids.to_vec()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for pid in pids {
+        let Ok(maps) = crate::symbolize::procmap::read_mappings(pid) else {
+            continue;
+        };
+        for m in maps {
+            let Some(key) = m.file else { continue };
+            if !seen.insert(key) {
+                continue;
+            }
+            let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            let Ok(file) = File::open(&path).or_else(|_| File::open(&*m.path)) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let built = Table::build(&file);
+            let build_time = t0.elapsed();
+            let (rows, bytes, error) = match built {
+                Ok(t) => (t.rows.len(), t.bytes(), None),
+                Err(e) => (0, 0, Some(e.to_string())),
+            };
+            out.push(SurveyEntry {
+                path: m.path.to_string(),
+                rows,
+                bytes,
+                build_time,
+                error,
+            });
+        }
+    }
+    out
 }
