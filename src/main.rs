@@ -200,7 +200,7 @@ fn tables_cmd(a: TablesArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let mut all = ember::unwind::survey(&a.pids);
     let wall = t0.elapsed();
-    all.sort_by(|x, y| y.bytes.cmp(&x.bytes));
+    all.sort_by_key(|e| std::cmp::Reverse(e.bytes));
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     if a.verbose {
