@@ -125,8 +125,14 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let self_pid = std::process::id();
     let targets = match &opts.what {
         What::All => Targets::All,
+        // With unwind tables, each PID is added to the filter only once
+        // its tables are loaded, so no sample of it is cut short.
         What::Pids(p) => Targets::Pids {
-            pids: p.clone(),
+            pids: if opts.unwind_tables {
+                vec![]
+            } else {
+                p.clone()
+            },
             parents: vec![],
             follow: false,
         },
@@ -161,7 +167,8 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         for &p in pids {
             sym.capture(p);
             if let Some(u) = unw.as_mut() {
-                u.register(&sampler, &sym, p);
+                u.register_now(&sampler, &sym, p);
+                sampler.add_target(p)?;
             }
         }
     }

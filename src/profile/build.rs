@@ -105,7 +105,16 @@ pub fn build_entries(
         }
         if let Some(frames) = stacks.get(key.kernel_stack) {
             for (i, &ip) in frames.iter().enumerate() {
-                locs.push(b.kernel_location(sym, adjust(ip, i)));
+                let a = adjust(ip, i);
+                let id = match b.kernel_seen.get(&a) {
+                    Some(&id) => id,
+                    None => {
+                        let id = b.kernel_location(sym, a);
+                        b.kernel_seen.insert(a, id);
+                        id
+                    }
+                };
+                locs.push(id);
             }
         }
         if key.flags & SAMPLE_USER_LOST != 0 {
@@ -113,7 +122,19 @@ pub fn build_entries(
         }
         if let Some(frames) = stacks.get(key.user_stack) {
             for (i, &ip) in frames.iter().enumerate() {
-                locs.push(b.user_location(sym, key.tgid, adjust(ip, i)));
+                // Most frames recur across samples (every caller above the
+                // leaf): one cheap lookup instead of resolving the mapping
+                // and hashing its path again.
+                let a = adjust(ip, i);
+                let id = match b.user_seen.get(&(key.tgid, a)) {
+                    Some(&id) => id,
+                    None => {
+                        let id = b.user_location(sym, key.tgid, a);
+                        b.user_seen.insert((key.tgid, a), id);
+                        id
+                    }
+                };
+                locs.push(id);
             }
         }
         // The walk stopped before the outermost frame: say so at the root
@@ -178,6 +199,52 @@ struct Builder {
     markers: HashMap<String, u32>,
     names: HashMap<[u8; 16], Arc<str>>,
     kernel_mapping: Option<u32>,
+    // (pid, address) -> location, for frames already seen in this build.
+    user_seen: HashMap<(u32, u64), u32, FastHash>,
+    kernel_seen: HashMap<u64, u32, FastHash>,
+}
+
+/// A multiply-rotate hasher for the builder's integer-keyed caches, seeded
+/// per build: SipHash dominated profile building, and the seed keeps
+/// addresses a process chooses from steering collisions.
+#[derive(Clone)]
+struct FastHash(u64);
+
+impl Default for FastHash {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        FastHash(std::collections::hash_map::RandomState::new().hash_one(0u64) | 1)
+    }
+}
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(self.0)
+    }
+}
+
+/// The hasher [`FastHash`] builds.
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_ne_bytes(b));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: hashbrown picks buckets from the low bits.
+        self.0 ^ (self.0 >> 29)
+    }
 }
 
 impl Builder {

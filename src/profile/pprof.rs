@@ -302,10 +302,14 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
     }
 }
 
+/// gzip level 1: on real profiles about 3x faster than the default level 6
+/// for files about 4% larger; the agent compresses every window all day.
+const COMPRESSION: flate2::Compression = flate2::Compression::new(1);
+
 /// Writes a gzip-compressed pprof profile.
 pub fn write(p: &Profile, out: impl Write) -> std::io::Result<()> {
     let bytes = to_proto(p).encode_to_vec();
-    let mut gz = GzEncoder::new(out, flate2::Compression::default());
+    let mut gz = GzEncoder::new(out, COMPRESSION);
     gz.write_all(&bytes)?;
     gz.finish()?.flush()
 }
@@ -470,10 +474,7 @@ fn subset(p: &proto::Profile, samples: &[proto::Sample]) -> proto::Profile {
 
 /// Gzips encoded bytes.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4 + 64),
-        flate2::Compression::default(),
-    );
+    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4 + 64), COMPRESSION);
     gz.write_all(bytes).expect("writing to memory");
     gz.finish().expect("writing to memory")
 }

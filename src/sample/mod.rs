@@ -352,6 +352,15 @@ impl Sampler {
         })
     }
 
+    /// Starts profiling one more process (with a PID filter).
+    pub fn add_target(&self, pid: u32) -> Result<()> {
+        self.skel
+            .maps
+            .filter
+            .update(&pid.to_ne_bytes(), &[FILTER_PROFILE], MapFlags::ANY)
+            .with_context(|| format!("adding PID {pid} to the sampler's filter failed"))
+    }
+
     /// Stops sampling (the maps stay readable), so a last drain and the
     /// counters agree exactly.
     pub fn stop(&mut self) {

@@ -271,6 +271,27 @@ impl Unwinder {
         }
     }
 
+    /// Builds every table a process needs on this thread, then registers
+    /// it: for a process already running when profiling starts (`--pid`),
+    /// so its first samples unwind fully instead of waiting for the
+    /// background builder.
+    pub fn register_now(&mut self, sampler: &Sampler, sym: &Symbolizer, pid: u32) {
+        let Some(proc) = sym.process(pid) else { return };
+        let keys: Vec<FileKey> = proc
+            .mappings
+            .iter()
+            .take(MAX_MAPPINGS)
+            .filter(|m| !m.vdso)
+            .filter_map(|m| m.file)
+            .collect();
+        for key in keys {
+            if let Some(f) = sym.file_of(key) {
+                self.ensure_now(sampler, key, f);
+            }
+        }
+        self.register(sampler, sym, pid);
+    }
+
     /// Writes a process's mappings (as the symbolizer captured them) and
     /// their tables into the kernel, building tables not yet built.
     pub fn register(&mut self, sampler: &Sampler, sym: &Symbolizer, pid: u32) {
