@@ -2,7 +2,7 @@
 # Installs what building and testing ember needs on Debian/Ubuntu, and only
 # what is missing: clang and libelf/zlib headers for the BPF build, Go's
 # pprof as an independent decoder for tests, Node for the JIT test, and perf
-# and bpftrace for the benchmark. Safe to run again.
+# and bpftrace (and inferno's CLIs) for the benchmark. Safe to run again.
 set -eu
 
 need=""
@@ -43,4 +43,14 @@ fi
 if ! have_cmd cargo; then
     echo "ember setup: cargo is missing; install Rust (https://rustup.rs) and run this again" >&2
     exit 1
+fi
+
+# The benchmark compares ember's userspace path with perf script piped
+# through inferno's CLIs; they are built once into target/tools.
+tools="$(dirname "$0")/../target/tools"
+if ! have_cmd inferno-flamegraph && [ ! -x "$tools/bin/inferno-flamegraph" ]; then
+    echo "ember setup: building inferno's CLIs for the benchmark (once, into target/tools)" >&2
+    cargo install inferno --version 0.12.8 --locked --quiet --root "$tools" || {
+        echo "ember setup: cannot build inferno's CLIs; benches/run will try again" >&2
+    }
 fi
