@@ -205,7 +205,13 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let mut last_full = 0;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     loop {
-        events.poll(Duration::from_millis(50));
+        let wait = unw
+            .as_ref()
+            .and_then(|u| u.next_due())
+            .map_or(Duration::from_millis(50), |d| {
+                d.clamp(Duration::from_millis(1), Duration::from_millis(50))
+            });
+        events.poll(wait);
         capture(&mut sym, unw.as_mut(), &sampler, &events);
         if let Some(u) = unw.as_mut() {
             u.tick(&sampler, &mut sym);

@@ -209,10 +209,12 @@ pub fn run(s: Settings) -> Result<()> {
         // Events wake the poll at once; the timeout only paces drains.
         // ...and wakes in time to cut the window on schedule.
         let until_cut = s.window.saturating_sub(window_began.elapsed());
+        let refresh = unw.as_ref().and_then(|u| u.next_due());
         events.poll(
             Duration::from_millis(1000)
                 .min(until_cut)
-                .max(Duration::from_millis(10)),
+                .min(refresh.unwrap_or(Duration::MAX))
+                .max(Duration::from_millis(5)),
         );
         learn(
             &mut sym,

@@ -38,7 +38,7 @@ const IDLE_GCS: u32 = 4;
 /// re-read that finds nothing new doubles the wait (code outside every
 /// mapping may be a wild frame-pointer guess, not a new library), up to
 /// [`MAX_REFRESH_INTERVAL`].
-const REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+const REFRESH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Counters for summaries and metrics.
@@ -197,6 +197,10 @@ impl Unwinder {
     /// Preloads the tables of the shared libraries ember itself maps (the
     /// C library and the dynamic loader every child maps too).
     pub fn preload_own_libraries(&mut self, sampler: &Sampler) {
+        // Loading a table costs an RCU grace period (10-20 ms of wall
+        // time for the map-in-map update): do the vDSO's now, not while
+        // the new process already runs.
+        self.ensure_vdso(sampler);
         let Ok(maps) = crate::symbolize::procmap::read_mappings(std::process::id()) else {
             return;
         };
@@ -233,6 +237,17 @@ impl Unwinder {
             self.stats.refreshes += 1;
         }
         self.register(sampler, sym, e.pid);
+    }
+
+    /// How long until the next deferred refresh is due, if one waits: the
+    /// owner's poll should wake by then.
+    pub fn next_due(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.pending
+            .iter()
+            .filter_map(|pid| self.refreshed.get(pid))
+            .map(|(t, wait)| (*t + *wait).saturating_duration_since(now))
+            .min()
     }
 
     /// Processes deferred new-mapping refreshes that are now due. Call
