@@ -83,7 +83,9 @@ struct {
  * and is freed with the last reference. */
 struct unwind_rows {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	/* Mmapable: userspace fills a table with one memcpy instead of one
+	 * element update per row. */
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);

@@ -615,19 +615,16 @@ impl Unwinder {
     fn load(&mut self, sampler: &Sampler, table: &Table) -> Option<(u32, MapHandle)> {
         let opts = libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
             ..Default::default()
         };
-        let mut values = table.page_index();
-        values.extend_from_slice(&table.rows);
-        let n = values.len() as u32;
+        let index = table.page_index();
+        let n = (index.len() + table.rows.len()) as u32;
         let id = self.free_ids.pop()?;
         let handle =
             MapHandle::create(MapType::Array, Some("ember_unwind"), 4, 8, n, &opts).ok()?;
-        let keys: Vec<u32> = (0..n).collect();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let fd = handle.as_fd().as_raw_fd() as u32;
-        if !update_batch(&handle, &keys, &bytes)
+        if !fill_mmapable(&handle, &[&index, &table.rows])
             || sampler
                 .unwind_tables_map()
                 .update(&id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
@@ -643,6 +640,39 @@ impl Unwinder {
     pub fn stats(&self) -> UnwindStats {
         self.stats
     }
+}
+
+/// Fills an mmapable array of u64 with `parts` back to back, through a
+/// shared mapping: a memcpy instead of the kernel copying row by row (a
+/// batch update of a large table cost more CPU than building it).
+fn fill_mmapable(map: &impl AsFd, parts: &[&[u64]]) -> bool {
+    let len: usize = parts.iter().map(|p| p.len() * 8).sum();
+    if len == 0 {
+        return true;
+    }
+    // SAFETY: maps the array's value area (the kernel rounds it to pages);
+    // writes stay within `len` bytes, which the array holds, and the
+    // mapping is removed before returning.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_fd().as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        let mut dst = p as *mut u64;
+        for part in parts {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len());
+            dst = dst.add(part.len());
+        }
+        libc::munmap(p, len);
+    }
+    true
 }
 
 /// Writes `keys.len()` consecutive values (`values` holds them back to
