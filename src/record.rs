@@ -175,6 +175,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     // The command's program and the libraries every child maps get their
     // tables before it starts, so its first samples unwind fully.
     if let (What::Command(argv), Some(u)) = (&opts.what, unw.as_mut()) {
+        u.set_blocking(true);
         if let Some(path) = find_program(&argv[0]) {
             u.preload(&sampler, &path);
         }

@@ -145,6 +145,7 @@ pub struct Unwinder {
     waiting: HashMap<FileKey, Vec<u32>>,
     jobs: std::sync::mpsc::Sender<(FileKey, File)>,
     done: std::sync::mpsc::Receiver<Built>,
+    blocking: bool,
 }
 
 impl Unwinder {
@@ -176,7 +177,17 @@ impl Unwinder {
             free_ids: (1..MAX_TABLES).rev().collect(),
             budget,
             stats: UnwindStats::default(),
+            blocking: false,
         }
+    }
+
+    /// Builds the tables of processes seen in events on the caller's thread
+    /// before registering them, instead of in the background. For a few
+    /// followed processes (`record -- cmd`): their first samples unwind
+    /// fully, at the price of a few milliseconds per new binary in the
+    /// event loop, which a host-wide agent cannot afford.
+    pub fn set_blocking(&mut self, blocking: bool) {
+        self.blocking = blocking;
     }
 
     /// Builds and loads the table of a file ahead of time (e.g. the program
@@ -236,7 +247,11 @@ impl Unwinder {
             sym.refresh(e.pid);
             self.stats.refreshes += 1;
         }
-        self.register(sampler, sym, e.pid);
+        if self.blocking {
+            self.register_now(sampler, sym, e.pid);
+        } else {
+            self.register(sampler, sym, e.pid);
+        }
     }
 
     /// How long until the next deferred refresh is due, if one waits: the
