@@ -25,6 +25,13 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// True if `out` was built from `src` as it is now.
+fn up_to_date(out: &std::path::Path, src: &std::path::Path) -> bool {
+    out.exists()
+        && out.metadata().unwrap().modified().unwrap()
+            >= src.metadata().unwrap().modified().unwrap()
+}
+
 /// Builds fixtures/<name> (C with clang and frame pointers, or Rust with
 /// rustc) once and returns the binary's path.
 pub fn fixture(name: &str) -> PathBuf {
@@ -34,10 +41,7 @@ pub fn fixture(name: &str) -> PathBuf {
     let stem = name.split('.').next().unwrap();
     let out = dir.join(stem);
     let src = root().join("fixtures").join(name);
-    if out.exists()
-        && out.metadata().unwrap().modified().unwrap()
-            >= src.metadata().unwrap().modified().unwrap()
-    {
+    if up_to_date(&out, &src) {
         return out;
     }
     let status = if name.ends_with(".rs") {
@@ -82,10 +86,7 @@ pub fn fixture_nofp(name: &str) -> PathBuf {
     // nofp.c and nofp.rs both exist: keep the language in the name.
     let out = dir.join(name.replace('.', "-"));
     let src = root().join("fixtures").join(name);
-    if out.exists()
-        && out.metadata().unwrap().modified().unwrap()
-            >= src.metadata().unwrap().modified().unwrap()
-    {
+    if up_to_date(&out, &src) {
         return out;
     }
     let status = if name.ends_with(".rs") {
