@@ -154,6 +154,10 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     };
     let mut sampler = Sampler::start(&cfg)?;
     let mut sym = Symbolizer::new();
+    if opts.kernel {
+        // Read kallsyms while sampling, not after it.
+        sym.preload_kernel();
+    }
     let mut unw = opts
         .unwind_tables
         .then(|| Unwinder::new(opts.unwind_memory));

@@ -169,6 +169,10 @@ pub fn run(s: Settings) -> Result<()> {
     };
     let mut sampler = Sampler::start(&cfg)?;
     let mut sym = Symbolizer::new();
+    if s.raw.kernel {
+        // Read kallsyms while sampling, not after it.
+        sym.preload_kernel();
+    }
     let mut unw = s
         .unwind_tables
         .then(|| crate::unwind::Unwinder::new(s.unwind_memory));

@@ -67,6 +67,7 @@ pub struct Symbolizer {
     vdso_binary: Option<BinaryId>,
     perf_maps: HashMap<u32, Option<PerfMap>>,
     kernel: HashMap<u64, Frames>,
+    kernel_worker: Option<KernelWorker>,
     lookups: u64,
     misses: u64,
     epoch: u64,
@@ -110,6 +111,7 @@ impl Symbolizer {
             vdso_binary: None,
             perf_maps: HashMap::new(),
             kernel: HashMap::new(),
+            kernel_worker: None,
             lookups: 0,
             misses: 0,
             epoch: 0,
@@ -322,6 +324,16 @@ impl Symbolizer {
             .unwrap_or_else(|| Frames::from([]))
     }
 
+    /// Starts reading the kernel's symbols now, on a thread of their own,
+    /// so the first kernel frames need not wait for it (parsing
+    /// /proc/kallsyms takes about 0.1 s). Kernel symbolization then runs on
+    /// that thread.
+    pub fn preload_kernel(&mut self) {
+        if self.kernel_worker.is_none() {
+            self.kernel_worker = KernelWorker::spawn();
+        }
+    }
+
     /// Symbolizes kernel addresses in one batch, filling the cache.
     pub fn symbolize_kernel(&mut self, addrs: &mut Vec<u64>) {
         addrs.sort_unstable();
@@ -332,19 +344,10 @@ impl Symbolizer {
         if addrs.is_empty() {
             return;
         }
-        // kallsyms only: no vmlinux search, and no dependency on
-        // /proc/modules, which kernels without module support lack.
-        let kernel = Kernel {
-            vmlinux: MaybeDefault::None,
-            kallsyms: MaybeDefault::Default,
-            debug_syms: false,
-            ..Default::default()
+        let results = match self.kernel_worker.as_ref().and_then(|w| w.ask(addrs)) {
+            Some(r) => r,
+            None => kernel_symbolize(&self.blaze, addrs),
         };
-        let results = self.run(
-            &Source::Kernel(kernel),
-            Input::AbsAddr(&addrs[..]),
-            addrs.len(),
-        );
         for (a, f) in addrs.iter().zip(results) {
             self.kernel.insert(*a, f);
         }
@@ -413,6 +416,57 @@ impl Symbolizer {
             Ok(syms) => syms.into_iter().map(|s| to_frames(&s)).collect(),
             Err(_) => vec![Frames::from([]); n],
         }
+    }
+}
+
+/// kallsyms only: no vmlinux search, and no dependency on /proc/modules,
+/// which kernels without module support lack.
+fn kernel_source() -> Source<'static> {
+    Source::Kernel(Kernel {
+        vmlinux: MaybeDefault::None,
+        kallsyms: MaybeDefault::Default,
+        debug_syms: false,
+        ..Default::default()
+    })
+}
+
+fn kernel_symbolize(blaze: &Blaze, addrs: &[u64]) -> Vec<Frames> {
+    match blaze.symbolize(&kernel_source(), Input::AbsAddr(addrs)) {
+        Ok(syms) => syms.into_iter().map(|s| to_frames(&s)).collect(),
+        Err(_) => vec![Frames::from([]); addrs.len()],
+    }
+}
+
+/// A thread owning a kernel-only blazesym symbolizer (blazesym's is not
+/// `Send`, so it lives and answers there).
+struct KernelWorker {
+    ask: std::sync::mpsc::Sender<Vec<u64>>,
+    answers: std::sync::mpsc::Receiver<Vec<Frames>>,
+}
+
+impl KernelWorker {
+    fn spawn() -> Option<KernelWorker> {
+        let (ask, questions) = std::sync::mpsc::channel::<Vec<u64>>();
+        let (reply, answers) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ember-ksyms".into())
+            .spawn(move || {
+                let blaze = Blaze::builder().enable_demangling(false).build();
+                // Any address loads kallsyms into the symbolizer's cache.
+                let _ = blaze.symbolize(&kernel_source(), Input::AbsAddr(&[0xffff_ffff_8100_0000]));
+                for addrs in questions {
+                    if reply.send(kernel_symbolize(&blaze, &addrs)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(KernelWorker { ask, answers })
+    }
+
+    fn ask(&self, addrs: &[u64]) -> Option<Vec<Frames>> {
+        self.ask.send(addrs.to_vec()).ok()?;
+        self.answers.recv().ok()
     }
 }
 
