@@ -79,6 +79,9 @@ pub struct Shared {
 enum Known {
     /// Its final labels.
     Labels(Labels),
+    /// Read without `exe`, which happens when the read races the process's
+    /// `exec`: read once more at the window's cut.
+    Partial(Labels),
     /// Relabeling dropped it.
     Dropped,
     /// It was gone before /proc could be read.
@@ -95,6 +98,7 @@ impl Targeting {
     fn learn(&mut self, pid: u32, s: &Settings) {
         let known = match meta::read_process_meta(std::path::Path::new("/proc"), pid) {
             Ok(m) => match relabel::apply(&s.rules, &meta::discovery_labels(&m, &s.node)) {
+                Some(l) if m.exe.is_empty() => Known::Partial(l),
                 Some(l) => Known::Labels(l),
                 None => Known::Dropped,
             },
@@ -103,12 +107,31 @@ impl Targeting {
         self.labels.insert(pid, known);
     }
 
+    /// Reads a partially known process once more; a process that has no
+    /// `exe` for good (a kernel thread) or exited keeps what was read.
+    fn complete(&mut self, pid: u32, s: &Settings) {
+        if !matches!(self.labels.get(&pid), Some(Known::Partial(_))) {
+            return;
+        }
+        let Some(Known::Partial(first)) = self.labels.remove(&pid) else {
+            return;
+        };
+        self.learn(pid, s);
+        let known = match self.labels.remove(&pid) {
+            Some(Known::Partial(again)) => Known::Labels(again),
+            Some(Known::Unreadable) | None => Known::Labels(first),
+            Some(k) => k,
+        };
+        self.labels.insert(pid, known);
+    }
+
     fn labels_of(&mut self, key: &SampleKey, s: &Settings) -> Option<Labels> {
         if !self.labels.contains_key(&key.tgid) {
             self.learn(key.tgid, s);
         }
+        self.complete(key.tgid, s);
         match self.labels.get(&key.tgid)? {
-            Known::Labels(l) => Some(l.clone()),
+            Known::Labels(l) | Known::Partial(l) => Some(l.clone()),
             Known::Dropped => None,
             Known::Unreadable => {
                 // Exited before its labels could be read: label it by the
