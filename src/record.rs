@@ -125,14 +125,10 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let self_pid = std::process::id();
     let targets = match &opts.what {
         What::All => Targets::All,
-        // With unwind tables, each PID is added to the filter only once
-        // its tables are loaded, so no sample of it is cut short.
-        What::Pids(p) => Targets::Pids {
-            pids: if opts.unwind_tables {
-                vec![]
-            } else {
-                p.clone()
-            },
+        // Each PID enters the filter once it is captured and its unwind
+        // tables are loaded (below), so no sample of it is cut short.
+        What::Pids(_) => Targets::Pids {
+            pids: vec![],
             parents: vec![],
             follow: false,
         },
@@ -172,8 +168,8 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             sym.capture(p);
             if let Some(u) = unw.as_mut() {
                 u.register_now(&sampler, &sym, p);
-                sampler.add_target(p)?;
             }
+            sampler.add_target(p)?;
         }
     }
     // The command's program and the libraries every child maps get their

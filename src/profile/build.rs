@@ -105,16 +105,7 @@ pub fn build_entries(
         }
         if let Some(frames) = stacks.get(key.kernel_stack) {
             for (i, &ip) in frames.iter().enumerate() {
-                let a = adjust(ip, i);
-                let id = match b.kernel_seen.get(&a) {
-                    Some(&id) => id,
-                    None => {
-                        let id = b.kernel_location(sym, a);
-                        b.kernel_seen.insert(a, id);
-                        id
-                    }
-                };
-                locs.push(id);
+                locs.push(b.kernel_location(sym, adjust(ip, i)));
             }
         }
         if key.flags & SAMPLE_USER_LOST != 0 {
@@ -122,19 +113,7 @@ pub fn build_entries(
         }
         if let Some(frames) = stacks.get(key.user_stack) {
             for (i, &ip) in frames.iter().enumerate() {
-                // Most frames recur across samples (every caller above the
-                // leaf): one cheap lookup instead of resolving the mapping
-                // and hashing its path again.
-                let a = adjust(ip, i);
-                let id = match b.user_seen.get(&(key.tgid, a)) {
-                    Some(&id) => id,
-                    None => {
-                        let id = b.user_location(sym, key.tgid, a);
-                        b.user_seen.insert((key.tgid, a), id);
-                        id
-                    }
-                };
-                locs.push(id);
+                locs.push(b.user_location(sym, key.tgid, adjust(ip, i)));
             }
         }
         // The walk stopped before the outermost frame: say so at the root
@@ -195,16 +174,15 @@ struct Builder {
     function_ids: HashMap<Function, u32>,
     locations: Vec<Location>,
     // (kind, pid for process-private code, mapping, address) -> location
-    location_ids: HashMap<(FrameKind, u32, Option<u32>, u64), u32>,
+    location_ids: HashMap<(FrameKind, u32, Option<u32>, u64), u32, FastHash>,
     markers: HashMap<String, u32>,
     names: HashMap<[u8; 16], Arc<str>>,
     kernel_mapping: Option<u32>,
-    // (pid, address) -> location, for frames already seen in this build.
+    // (pid, address) -> location, for user frames already seen.
     user_seen: HashMap<(u32, u64), u32, FastHash>,
-    kernel_seen: HashMap<u64, u32, FastHash>,
 }
 
-/// A multiply-rotate hasher for the builder's integer-keyed caches, seeded
+/// A multiply-rotate hasher for the builder's location maps, seeded
 /// per build: SipHash dominated profile building, and the seed keeps
 /// addresses a process chooses from steering collisions.
 #[derive(Clone)]
@@ -366,6 +344,17 @@ impl Builder {
     }
 
     fn user_location(&mut self, sym: &mut Symbolizer, pid: u32, addr: u64) -> u32 {
+        // Most frames recur across samples (every caller above the leaf):
+        // one cheap lookup instead of resolving the mapping again.
+        if let Some(&id) = self.user_seen.get(&(pid, addr)) {
+            return id;
+        }
+        let id = self.resolve_user_location(sym, pid, addr);
+        self.user_seen.insert((pid, addr), id);
+        id
+    }
+
+    fn resolve_user_location(&mut self, sym: &mut Symbolizer, pid: u32, addr: u64) -> u32 {
         let resolved = match sym.process(pid) {
             Some(p) => match p.find_index(addr) {
                 Some(i) => match sym.binary_of(&p.mappings[i]) {
