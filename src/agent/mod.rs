@@ -80,8 +80,9 @@ enum Known {
     /// Its final labels.
     Labels(Labels),
     /// Read without `exe`, which happens when the read races the process's
-    /// `exec`: read once more at the window's cut.
-    Partial(Labels),
+    /// `exec`: read once more at the window's cut (relabeling may have
+    /// dropped it for lack of `exe`, hence the option).
+    Partial(Option<Labels>),
     /// Relabeling dropped it.
     Dropped,
     /// It was gone before /proc could be read.
@@ -97,11 +98,14 @@ struct Targeting {
 impl Targeting {
     fn learn(&mut self, pid: u32, s: &Settings) {
         let known = match meta::read_process_meta(std::path::Path::new("/proc"), pid) {
-            Ok(m) => match relabel::apply(&s.rules, &meta::discovery_labels(&m, &s.node)) {
-                Some(l) if m.exe.is_empty() => Known::Partial(l),
-                Some(l) => Known::Labels(l),
-                None => Known::Dropped,
-            },
+            Ok(m) => {
+                let l = relabel::apply(&s.rules, &meta::discovery_labels(&m, &s.node));
+                match l {
+                    _ if m.exe.is_empty() => Known::Partial(l),
+                    Some(l) => Known::Labels(l),
+                    None => Known::Dropped,
+                }
+            }
             Err(_) => Known::Unreadable,
         };
         self.labels.insert(pid, known);
@@ -117,11 +121,15 @@ impl Targeting {
             return;
         };
         self.learn(pid, s);
-        let known = match self.labels.remove(&pid) {
-            Some(Known::Partial(again)) => Known::Labels(again),
-            Some(Known::Unreadable) | None => Known::Labels(first),
-            Some(k) => k,
+        let last = match self.labels.remove(&pid) {
+            Some(Known::Partial(again)) => again,
+            Some(Known::Unreadable) | None => first,
+            Some(k) => {
+                self.labels.insert(pid, k);
+                return;
+            }
         };
+        let known = last.map_or(Known::Dropped, Known::Labels);
         self.labels.insert(pid, known);
     }
 
@@ -131,7 +139,8 @@ impl Targeting {
         }
         self.complete(key.tgid, s);
         match self.labels.get(&key.tgid)? {
-            Known::Labels(l) | Known::Partial(l) => Some(l.clone()),
+            Known::Labels(l) | Known::Partial(Some(l)) => Some(l.clone()),
+            Known::Partial(None) => None,
             Known::Dropped => None,
             Known::Unreadable => {
                 // Exited before its labels could be read: label it by the
@@ -511,5 +520,39 @@ fn serve_live(
         if crate::profile::pprof::write(&p, &mut out).is_ok() {
             let _ = r.reply.send(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pid: u32) -> SampleKey {
+        SampleKey {
+            tgid: pid,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_process_without_exe_is_read_once_more_then_kept() {
+        let s = config::Config::default().validate().unwrap();
+        let mut t = Targeting::default();
+        // kthreadd has no executable for good: partial first, final after
+        // the one retry, labeled all the same.
+        t.learn(2, &s);
+        assert!(matches!(t.labels.get(&2), Some(Known::Partial(Some(_)))));
+        let l = t
+            .labels_of(&key(2), &s)
+            .expect("a kernel thread is labeled");
+        assert_eq!(l.get("pid").map(String::as_str), Some("2"));
+        assert!(!l.contains_key("exe"));
+        assert!(matches!(t.labels.get(&2), Some(Known::Labels(_))));
+        // A live process with an executable is final at once.
+        let me = std::process::id();
+        let l = t.labels_of(&key(me), &s).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(l.get("exe").map(String::as_str), exe.to_str());
+        assert!(matches!(t.labels.get(&me), Some(Known::Labels(_))));
     }
 }
