@@ -15,4 +15,5 @@ pub mod record;
 pub mod sample;
 pub mod signal;
 pub mod symbolize;
+pub mod untrusted;
 pub mod unwind;

@@ -172,6 +172,8 @@ struct RecordArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One descriptor per binary symbolized: use what the hard limit allows.
+    ember::untrusted::raise_fd_limit();
     let result = match cli.command {
         Cmd::Record(args) => record_cmd(args),
         Cmd::Agent(args) => agent_cmd(args),

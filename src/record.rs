@@ -167,7 +167,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         for &p in pids {
             sym.capture(p);
             if let Some(u) = unw.as_mut() {
-                u.register_now(&sampler, &sym, p);
+                u.register_now(&sampler, &mut sym, p);
             }
             sampler.add_target(p)?;
         }
@@ -463,6 +463,18 @@ pub fn summary(r: &Recording) -> String {
         let _ = writeln!(s, "  lost: none");
     } else {
         let _ = writeln!(s, "  lost: {}", lost.join("; "));
+    }
+    let refused: Vec<String> = crate::untrusted::refusals()
+        .into_iter()
+        .filter(|&(_, _, n)| n > 0)
+        .map(|(w, r, n)| format!("{n} {} ({})", w.name(), r.name()))
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(
+            s,
+            "  refused files other users control: {}",
+            refused.join(", ")
+        );
     }
     if st.user_stacks > 0 {
         let causes: Vec<String> = st

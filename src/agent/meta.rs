@@ -66,8 +66,8 @@ pub struct CgroupInfo {
 /// without ptrace rights, and `cgroup` may be absent in odd containers.
 pub fn read_process_meta(proc_root: &Path, pid: u32) -> io::Result<ProcessMeta> {
     let dir = proc_root.join(pid.to_string());
-    let comm = std::fs::read(dir.join("comm"))?;
-    let comm = String::from_utf8_lossy(&comm);
+    let read = |name: &str| crate::untrusted::read_proc(&dir.join(name).to_string_lossy());
+    let comm = read("comm")?;
     let comm = comm.strip_suffix('\n').unwrap_or(&comm).to_string();
     let exe = match std::fs::read_link(dir.join("exe")) {
         // An executable replaced on disk (a package upgrade) reads as
@@ -78,8 +78,8 @@ pub fn read_process_meta(proc_root: &Path, pid: u32) -> io::Result<ProcessMeta> 
         }
         Err(_) => String::new(),
     };
-    let cgroup = match std::fs::read(dir.join("cgroup")) {
-        Ok(bytes) => parse_cgroup(&String::from_utf8_lossy(&bytes)),
+    let cgroup = match read("cgroup") {
+        Ok(text) => parse_cgroup(&text),
         Err(_) => CgroupInfo::default(),
     };
     Ok(ProcessMeta {

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub sym_cached: AtomicU64,
     /// Binaries held.
     pub sym_binaries: AtomicU64,
+    /// Binary files held open.
+    pub sym_open_files: AtomicU64,
     /// Processes tracked.
     pub processes: AtomicU64,
     /// Store write failures.
@@ -228,8 +230,34 @@ impl Metrics {
         line(
             "ember_symbolizer_binaries",
             "gauge",
-            "Binaries held open for symbolization.",
+            "Binaries known to the symbolizer.",
             format!(" {}", g(&self.sym_binaries)),
+        );
+        line(
+            "ember_symbolizer_open_files",
+            "gauge",
+            "Binary files held open for symbolization (bounded by a quarter of the open-file limit).",
+            format!(" {}", g(&self.sym_open_files)),
+        );
+        let refused: Vec<String> = crate::untrusted::refusals()
+            .into_iter()
+            .map(|(w, r, n)| {
+                format!(
+                    "ember_untrusted_files_refused_total{{what=\"{}\",reason=\"{}\"}} {n}",
+                    w.name(),
+                    r.name()
+                )
+            })
+            .collect();
+        line(
+            "ember_untrusted_files_refused_total",
+            "counter",
+            "Files other users control that ember refused to open or read, by kind and reason (links out of reach, FIFOs and devices, over-size files, files changed while read, descriptor budget).",
+            // `line` writes the name once; the series carry it themselves.
+            refused
+                .join("\n")
+                .trim_start_matches("ember_untrusted_files_refused_total")
+                .to_string(),
         );
         line(
             "ember_processes_tracked",

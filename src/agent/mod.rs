@@ -328,6 +328,8 @@ pub fn run(s: Settings) -> Result<()> {
             m.sym_cached
                 .store(st.cached_addresses as u64, Ordering::Relaxed);
             m.sym_binaries.store(st.binaries as u64, Ordering::Relaxed);
+            m.sym_open_files
+                .store(st.open_files as u64, Ordering::Relaxed);
             m.processes.store(st.processes as u64, Ordering::Relaxed);
             m.sym_lookups.store(st.lookups, Ordering::Relaxed);
             m.sym_misses.store(st.misses, Ordering::Relaxed);

@@ -74,16 +74,17 @@ pub fn build_entries(
 
     // Pass 1: collect what needs symbolizing, per binary and for the kernel.
     let mut per_bin: HashMap<BinaryId, Vec<u64>> = HashMap::new();
+    let mut jit: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut kernel_addrs = Vec::new();
     for (key, _) in entries {
         if let Some(frames) = stacks.get(key.user_stack) {
             let proc = sym.process(key.tgid);
             for (i, &ip) in frames.iter().enumerate() {
                 let a = adjust(ip, i);
-                if let Some(m) = proc.and_then(|p| p.find(a)) {
-                    if let Some(bin) = sym.binary_of(m) {
-                        per_bin.entry(bin).or_default().push(m.file_offset(a));
-                    }
+                match proc.and_then(|p| p.find(a)).map(|m| (m, sym.binary_of(m))) {
+                    Some((m, Some(bin))) => per_bin.entry(bin).or_default().push(m.file_offset(a)),
+                    // Anonymous or unmapped code: a JIT's, named by its perf map.
+                    _ => jit.entry(key.tgid).or_default().push(a),
                 }
             }
         }
@@ -93,6 +94,9 @@ pub fn build_entries(
     }
     for (bin, mut offsets) in per_bin {
         sym.symbolize_binary(bin, &mut offsets);
+    }
+    for (pid, mut addrs) in jit {
+        sym.symbolize_jit(pid, &mut addrs);
     }
     sym.symbolize_kernel(&mut kernel_addrs);
 

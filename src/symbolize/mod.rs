@@ -6,6 +6,17 @@
 //! sees it, and the binary's file is held open, so samples of processes that
 //! exited before the drain still symbolize. Kernel frames come from
 //! /proc/kallsyms, JIT frames from perf maps.
+//!
+//! Every file of a profiled process is opened through [`crate::untrusted`]:
+//! binaries through `/proc/PID/map_files` (checked to be the very file
+//! mapped) or inside the process's root, perf maps inside the process's
+//! root with perf's ownership rule. Open binaries are bounded by a file
+//! descriptor budget (least recently used closed first, reopened through a
+//! live process when needed); blazesym reads them under a `SIGBUS` guard,
+//! so a file truncated under it fails alone; and it reads DWARF and follows
+//! debug links (which open further files by name) only for binaries only
+//! root can change, in ember's own mount namespace. Others are named from
+//! their ELF symbol tables.
 
 pub mod perfmap;
 pub mod procmap;
@@ -16,11 +27,11 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::untrusted::{self, Policy, Refusal, Root, What};
 use blazesym::symbolize::source::{Elf, Kernel, Process as ProcSource, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
 
-pub use perfmap::PerfMap;
 pub use procmap::{FileKey, Mapping, Process};
 
 /// One function frame of a symbolized address.
@@ -47,12 +58,20 @@ pub struct Binary {
     pub build_id: Option<String>,
     /// The vDSO, symbolized through ember's own copy.
     pub vdso: bool,
+    /// Its identity on disk (None for the vDSO).
+    key: Option<FileKey>,
     file: Option<File>,
+    /// Read DWARF and follow debug links (root-controlled files only).
+    dwarf: bool,
+    /// The file changed under ember while read: never parsed again.
+    broken: bool,
     cache: HashMap<u64, Frames>,
     /// blazesym holds this binary's parsed symbols and debug info.
     parsed: bool,
     /// The last epoch (see [`Symbolizer::evict_idle`]) it was symbolized in.
     used: u64,
+    /// Last use, for closing the least recently used file.
+    touched: u64,
 }
 
 /// Binary handle.
@@ -63,9 +82,16 @@ pub struct Symbolizer {
     blaze: Blaze,
     processes: HashMap<u32, Process>,
     binaries: Vec<Binary>,
+    /// Slots of binaries forgotten, reused before the table grows.
+    free: Vec<BinaryId>,
     by_file: HashMap<FileKey, BinaryId>,
     vdso_binary: Option<BinaryId>,
-    perf_maps: HashMap<u32, Option<PerfMap>>,
+    /// JIT names by (pid, address), for the current build.
+    jit: HashMap<(u32, u64), Option<Arc<str>>>,
+    /// Binary files held open, and the most allowed.
+    open_files: usize,
+    fd_budget: usize,
+    tick: u64,
     kernel: HashMap<u64, Frames>,
     kernel_worker: Option<KernelWorker>,
     lookups: u64,
@@ -92,6 +118,8 @@ pub struct SymStats {
     pub lookups: u64,
     /// Addresses that were not cached.
     pub misses: u64,
+    /// Binary files held open.
+    pub open_files: usize,
 }
 
 impl Symbolizer {
@@ -102,14 +130,21 @@ impl Symbolizer {
             .enable_inlined_fns(true)
             // ember keeps the mangled name too, so it demangles itself.
             .enable_demangling(false)
+            // ember hands blazesym files it holds open; a file changed on
+            // disk is the same open file, not a new cache entry per change.
+            .enable_auto_reload(false)
             .build();
         Symbolizer {
             blaze,
             processes: HashMap::new(),
             binaries: Vec::new(),
+            free: Vec::new(),
             by_file: HashMap::new(),
             vdso_binary: None,
-            perf_maps: HashMap::new(),
+            jit: HashMap::new(),
+            open_files: 0,
+            fd_budget: untrusted::binary_fd_budget(),
+            tick: 0,
             kernel: HashMap::new(),
             kernel_worker: None,
             lookups: 0,
@@ -138,25 +173,33 @@ impl Symbolizer {
         let started = procmap::start_time(pid).unwrap_or(0);
         match procmap::read_mappings(pid) {
             Ok(maps) => {
+                let same_ns = procmap::same_mount_ns(pid);
                 for m in &maps {
                     if let Some(key) = m.file {
-                        self.register_binary(pid, key, m);
+                        self.register_binary(pid, key, m, same_ns == Some(true));
                     } else if m.vdso && self.vdso_binary.is_none() {
-                        self.binaries.push(Binary::new(m.path.clone(), None, true));
-                        self.vdso_binary = Some(self.binaries.len() - 1);
+                        let id = self.add_binary(Binary::new(m.path.clone(), None, None, true));
+                        self.vdso_binary = Some(id);
                     }
                 }
                 let ns_pid = procmap::ns_pid(pid);
+                let creds = untrusted::Creds::of(pid).ok();
                 let p = self.processes.entry(pid).or_default();
                 // A reused pid is another process: nothing of the old one applies.
                 if replace || p.start_time != started {
                     p.mappings.clear();
-                    self.perf_maps.remove(&pid);
                 }
                 p.start_time = started;
                 p.ns_pid = ns_pid;
                 p.exited = false;
+                if let Some(same) = same_ns {
+                    p.same_mount_ns = same;
+                }
+                if creds.is_some() {
+                    p.creds = creds;
+                }
                 p.merge(maps);
+                p.mappings.truncate(procmap::MAX_EXEC_MAPPINGS);
             }
             Err(_) => {
                 self.processes
@@ -181,7 +224,6 @@ impl Symbolizer {
     /// Forgets a process (its binaries stay cached until [`gc`](Self::gc)).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
-        self.perf_maps.remove(&pid);
     }
 
     /// Drops processes that exited, one call after they were first seen
@@ -209,58 +251,171 @@ impl Symbolizer {
             .values()
             .flat_map(|p| p.mappings.iter().filter_map(|m| m.file))
             .collect();
-        let (binaries, blaze) = (&mut self.binaries, &mut self.blaze);
-        self.by_file.retain(|key, &mut id| {
-            let keep = live.contains(key);
-            if !keep {
-                // The slot stays (ids are indexes) but holds nothing.
-                let b = &mut binaries[id];
-                if let Some(f) = b.file.take() {
-                    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
-                    let _ = blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
-                        blazesym::symbolize::evict::Elf::new(path),
-                    ));
-                }
-                b.cache = HashMap::new();
-                b.parsed = false;
-            }
-            keep
-        });
+        let dead: Vec<(FileKey, BinaryId)> = self
+            .by_file
+            .iter()
+            .filter(|(key, _)| !live.contains(key))
+            .map(|(&k, &id)| (k, id))
+            .collect();
+        for (key, id) in dead {
+            self.by_file.remove(&key);
+            self.close_file(id);
+            self.binaries[id] = Binary::new(Arc::from(""), None, None, false);
+            self.free.push(id);
+        }
         gone
     }
 
-    fn register_binary(&mut self, pid: u32, key: FileKey, m: &Mapping) {
+    fn add_binary(&mut self, b: Binary) -> BinaryId {
+        match self.free.pop() {
+            Some(id) => {
+                self.binaries[id] = b;
+                id
+            }
+            None => {
+                self.binaries.push(b);
+                self.binaries.len() - 1
+            }
+        }
+    }
+
+    /// Closes a binary's file and drops what blazesym parsed of it (its
+    /// own descriptor and mapping included).
+    fn close_file(&mut self, id: BinaryId) {
+        let b = &mut self.binaries[id];
+        if let Some(f) = b.file.take() {
+            let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
+                blazesym::symbolize::evict::Elf::new(fd_path(&f)),
+            ));
+            self.open_files -= 1;
+        }
+        b.parsed = false;
+    }
+
+    /// Makes room for one more open binary file within the budget by
+    /// closing the least recently used ones.
+    fn make_room(&mut self) {
+        while self.open_files >= self.fd_budget {
+            let lru = self
+                .binaries
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.file.is_some())
+                .min_by_key(|(_, b)| b.touched)
+                .map(|(i, _)| i);
+            match lru {
+                Some(id) => self.close_file(id),
+                None => break,
+            }
+        }
+    }
+
+    /// Opens the file a process maps at `m`: through map_files (the very
+    /// file mapped), else by its path inside the process's root; either
+    /// way it must be the file with this device and inode.
+    fn open_binary(pid: u32, key: FileKey, m: &Mapping) -> Option<File> {
+        if let Ok(f) = untrusted::open_mapped(pid, m.start, m.end, key) {
+            return Some(f);
+        }
+        let creds = untrusted::Creds::of(pid).ok()?;
+        let any = Policy {
+            no_symlinks: false,
+            owner_or_root: false,
+            max_bytes: u64::MAX,
+        };
+        let f =
+            untrusted::open_in_root(Root::Process(pid), &m.path, &creds, any, What::Binary).ok()?;
+        let meta = f.metadata().ok()?;
+        use std::os::unix::fs::MetadataExt;
+        let got = (
+            libc::major(meta.dev()) as i32,
+            libc::minor(meta.dev()) as i32,
+            meta.ino(),
+        );
+        if got != key {
+            untrusted::count(What::Binary, Refusal::Changed);
+            return None;
+        }
+        Some(f)
+    }
+
+    fn register_binary(&mut self, pid: u32, key: FileKey, m: &Mapping, same_ns: bool) {
         if self.by_file.contains_key(&key) {
             return;
         }
-        // map_files reaches the very file mapped, even if deleted or in
-        // another mount namespace; fall back to the path through the
-        // process's root, then the plain path.
-        let candidates = [
-            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
-            PathBuf::from(format!("/proc/{pid}/root{}", m.path)),
-            PathBuf::from(&*m.path),
-        ];
-        let file = candidates.iter().find_map(|p| File::open(p).ok());
+        self.make_room();
+        let file = Self::open_binary(pid, key, m);
+        let mut broken = false;
         let build_id = file.as_ref().and_then(|f| {
-            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-            blazesym::helper::read_elf_build_id(&path)
-                .ok()
-                .flatten()
-                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+            let path = PathBuf::from(fd_path(f));
+            match untrusted::guarded(|| blazesym::helper::read_elf_build_id(&path)) {
+                Ok(r) => r
+                    .ok()
+                    .flatten()
+                    .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
+                Err(why) => {
+                    untrusted::count(What::Binary, why);
+                    broken = true;
+                    None
+                }
+            }
         });
-        let mut b = Binary::new(m.path.clone(), file, false);
+        let dwarf = same_ns && file.as_ref().is_some_and(untrusted::root_controlled);
+        let file = if broken { None } else { file };
+        if file.is_some() {
+            self.open_files += 1;
+        }
+        self.tick += 1;
+        let mut b = Binary::new(m.path.clone(), Some(key), file, false);
         b.build_id = build_id;
-        self.binaries.push(b);
-        self.by_file.insert(key, self.binaries.len() - 1);
+        b.dwarf = dwarf;
+        b.broken = broken;
+        b.touched = self.tick;
+        let id = self.add_binary(b);
+        self.by_file.insert(key, id);
+    }
+
+    /// Reopens a binary closed for the descriptor budget, through a live
+    /// process that maps it.
+    fn reopen(&mut self, id: BinaryId) -> bool {
+        let b = &self.binaries[id];
+        if b.file.is_some() {
+            return true;
+        }
+        let Some(key) = b.key.filter(|_| !b.broken) else {
+            return false;
+        };
+        let found = self.processes.iter().find_map(|(&pid, p)| {
+            if p.exited {
+                return None;
+            }
+            p.mappings
+                .iter()
+                .find(|m| m.file == Some(key))
+                .map(|m| (pid, m.clone()))
+        });
+        let Some((pid, m)) = found else {
+            return false;
+        };
+        self.make_room();
+        let Some(f) = Self::open_binary(pid, key, &m) else {
+            return false;
+        };
+        self.open_files += 1;
+        self.binaries[id].file = Some(f);
+        true
     }
 
     /// The open file of a binary, for readers other than the symbolizer
     /// (the unwind table builder).
-    pub fn file_of(&self, key: FileKey) -> Option<&File> {
-        self.by_file
-            .get(&key)
-            .and_then(|&id| self.binaries[id].file.as_ref())
+    pub fn file_of(&mut self, key: FileKey) -> Option<&File> {
+        let id = *self.by_file.get(&key)?;
+        if !self.reopen(id) {
+            return None;
+        }
+        self.tick += 1;
+        self.binaries[id].touched = self.tick;
+        self.binaries[id].file.as_ref()
     }
 
     /// The process as captured.
@@ -301,15 +456,31 @@ impl Symbolizer {
                 }
                 None => vec![Frames::from([]); offsets.len()],
             }
-        } else if let Some(f) = &bin.file {
-            let src = Source::Elf(Elf::new(format!("/proc/self/fd/{}", f.as_raw_fd())));
-            self.run(&src, Input::FileOffset(&offsets[..]), offsets.len())
+        } else if self.reopen(id) {
+            let bin = &self.binaries[id];
+            let f = bin.file.as_ref().expect("reopened");
+            let mut elf = Elf::new(fd_path(f));
+            elf.debug_syms = bin.dwarf;
+            let src = Source::Elf(elf);
+            let n = offsets.len();
+            match untrusted::guarded(|| self.run(&src, Input::FileOffset(&offsets[..]), n)) {
+                Ok(r) => r,
+                Err(why) => {
+                    // Truncated under blazesym: drop everything read from it.
+                    untrusted::count(What::Binary, why);
+                    self.close_file(id);
+                    self.binaries[id].broken = true;
+                    vec![Frames::from([]); n]
+                }
+            }
         } else {
             vec![Frames::from([]); offsets.len()]
         };
+        self.tick += 1;
         let bin = &mut self.binaries[id];
         bin.used = self.epoch;
-        bin.parsed = true;
+        bin.touched = self.tick;
+        bin.parsed = bin.file.is_some();
         for (o, frames) in offsets.iter().zip(results) {
             bin.cache.insert(*o, frames);
         }
@@ -361,21 +532,71 @@ impl Symbolizer {
             .unwrap_or_else(|| Frames::from([]))
     }
 
-    /// The perf-map name of a JIT address, loading the map on first use.
-    pub fn jit_name(&mut self, pid: u32, addr: u64) -> Option<Arc<str>> {
-        let ns_pid = self.processes.get(&pid).map(|p| p.ns_pid).unwrap_or(pid);
-        let map = self.perf_maps.entry(pid).or_insert_with(|| {
-            PerfMap::load(format!("/tmp/perf-{pid}.map").as_ref()).or_else(|| {
-                PerfMap::load(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map").as_ref())
-            })
-        });
-        map.as_ref()?.find(addr).cloned()
+    /// Names a process's JIT addresses (code outside every file mapping)
+    /// from its perf map in one pass, filling the cache [`jit_name`]
+    /// reads. The map is opened inside the process's root without
+    /// following links and must belong to the process's user or root (as
+    /// perf requires); after the process exited, only if it shared
+    /// ember's root.
+    ///
+    /// [`jit_name`]: Self::jit_name
+    pub fn symbolize_jit(&mut self, pid: u32, addrs: &mut Vec<u64>) {
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs.retain(|a| !self.jit.contains_key(&(pid, *a)));
+        if addrs.is_empty() {
+            return;
+        }
+        let opened = self.open_perf_map(pid);
+        let names = match opened {
+            Some(f) => perfmap::lookup(&f, addrs),
+            None => vec![None; addrs.len()],
+        };
+        for (a, n) in addrs.iter().zip(names) {
+            self.jit.insert((pid, *a), n);
+        }
     }
 
-    /// Drops the perf maps read so far, so the next build re-reads them
-    /// (JITs append as they compile).
+    fn open_perf_map(&self, pid: u32) -> Option<File> {
+        let p = self.processes.get(&pid);
+        let ns_pid = p.map(|p| p.ns_pid).unwrap_or(pid);
+        let creds = match p.and_then(|p| p.creds.clone()) {
+            Some(c) => c,
+            None => untrusted::Creds::of(pid).ok()?,
+        };
+        let path = format!("/tmp/perf-{ns_pid}.map");
+        let policy = Policy {
+            no_symlinks: true,
+            owner_or_root: true,
+            max_bytes: untrusted::MAX_PERF_MAP_BYTES,
+        };
+        let alive = !p.is_some_and(|p| p.exited);
+        if alive {
+            match untrusted::open_in_root(Root::Process(pid), &path, &creds, policy, What::PerfMap)
+            {
+                Ok(f) => return Some(f),
+                // Refused for cause: do not try another way round.
+                Err(Refusal::Io) => {}
+                Err(_) => return None,
+            }
+        }
+        if p.is_some_and(|p| p.same_mount_ns) {
+            return untrusted::open_in_root(Root::Own, &path, &creds, policy, What::PerfMap).ok();
+        }
+        None
+    }
+
+    /// The perf-map name of a JIT address (after [`symbolize_jit`]).
+    ///
+    /// [`symbolize_jit`]: Self::symbolize_jit
+    pub fn jit_name(&self, pid: u32, addr: u64) -> Option<Arc<str>> {
+        self.jit.get(&(pid, addr)).cloned().flatten()
+    }
+
+    /// Drops the JIT names read so far, so the next build re-reads perf
+    /// maps (JITs append as they compile).
     pub fn reset_perf_maps(&mut self) {
-        self.perf_maps.clear();
+        self.jit.clear();
     }
 
     /// Starts a new epoch (an agent window) and releases blazesym's parsed
@@ -389,9 +610,8 @@ impl Symbolizer {
         for b in &mut self.binaries {
             if b.parsed && self.epoch.saturating_sub(b.used) > idle {
                 if let Some(f) = &b.file {
-                    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
                     let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
-                        blazesym::symbolize::evict::Elf::new(path),
+                        blazesym::symbolize::evict::Elf::new(fd_path(f)),
                     ));
                 }
                 b.parsed = false;
@@ -408,6 +628,7 @@ impl Symbolizer {
                 + self.binaries.iter().map(|b| b.cache.len()).sum::<usize>(),
             lookups: self.lookups,
             misses: self.misses,
+            open_files: self.open_files,
         }
     }
 
@@ -471,17 +692,26 @@ impl KernelWorker {
 }
 
 impl Binary {
-    fn new(path: Arc<str>, file: Option<File>, vdso: bool) -> Binary {
+    fn new(path: Arc<str>, key: Option<FileKey>, file: Option<File>, vdso: bool) -> Binary {
         Binary {
             path,
             build_id: None,
             vdso,
+            key,
             file,
+            dwarf: false,
+            broken: false,
             cache: HashMap::new(),
             parsed: false,
             used: 0,
+            touched: 0,
         }
     }
+}
+
+/// The path blazesym opens a held file by.
+fn fd_path(f: &File) -> String {
+    format!("/proc/self/fd/{}", f.as_raw_fd())
 }
 
 /// Converts blazesym's outermost-first result into frames innermost first.

@@ -43,6 +43,10 @@ pub struct Process {
     pub start_time: u64,
     /// Seen exited by the previous garbage collection.
     pub gone_seen: bool,
+    /// The credentials it accesses files with (for perf maps).
+    pub creds: Option<crate::untrusted::Creds>,
+    /// It lives in ember's own mount namespace.
+    pub same_mount_ns: bool,
 }
 
 impl Process {
@@ -74,43 +78,97 @@ impl Process {
     }
 }
 
-/// Reads the executable mappings of `pid`.
+/// Most executable mappings kept per process (a process with more keeps
+/// the lowest ones; real programs have tens to a few hundred).
+pub const MAX_EXEC_MAPPINGS: usize = 2048;
+/// Longest mapping path kept (longer paths are cut; they only label
+/// mappings).
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// Reads the executable mappings of `pid`, streaming `/proc/PID/maps` with
+/// bounded lines, count and paths: the file is as large as the process
+/// makes it.
 pub fn read_mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
-    let proc = procfs::process::Process::new(pid as i32).map_err(to_io)?;
-    let maps = proc.maps().map_err(to_io)?;
+    let file = std::fs::File::open(format!("/proc/{pid}/maps"))?;
+    let mut r = std::io::BufReader::with_capacity(
+        64 << 10,
+        std::io::Read::take(file, crate::untrusted::MAX_MAPS_BYTES),
+    );
     let mut out = Vec::new();
-    for m in maps {
-        if !m.perms.contains(procfs::process::MMPermissions::EXECUTE) {
+    let mut line = Vec::with_capacity(256);
+    // A line is about 80 bytes plus the path (PATH_MAX, escaped).
+    while let Some(fits) = crate::untrusted::next_line(&mut r, &mut line, 16 << 10) {
+        if !fits {
             continue;
         }
-        use procfs::process::MMapPath;
-        let (path, file, vdso): (Arc<str>, _, _) = match &m.pathname {
-            MMapPath::Path(p) if m.inode != 0 => (
-                Arc::from(p.to_string_lossy().as_ref()),
-                Some((m.dev.0, m.dev.1, m.inode)),
-                false,
-            ),
-            MMapPath::Vdso => (Arc::from("[vdso]"), None, true),
-            MMapPath::Path(p) => (Arc::from(p.to_string_lossy().as_ref()), None, false),
-            MMapPath::Other(s) => (Arc::from(format!("[{s}]").as_str()), None, false),
-            _ => (Arc::from("[anon]"), None, false),
-        };
-        out.push(Mapping {
-            start: m.address.0,
-            end: m.address.1,
-            offset: m.offset,
-            path,
-            file,
-            vdso,
-        });
+        if let Some(m) = parse_maps_line(&String::from_utf8_lossy(&line)) {
+            if out.len() < MAX_EXEC_MAPPINGS {
+                out.push(m);
+            }
+        }
     }
     out.sort_by_key(|m| m.start);
     Ok(out)
 }
 
+/// Parses one `/proc/PID/maps` line into an executable mapping (None for
+/// other mappings and malformed lines).
+pub fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let line = line.trim_end_matches('\n');
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?;
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?;
+    let inode: u64 = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start();
+    if perms.as_bytes().get(2) != Some(&b'x') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    if end <= start {
+        return None;
+    }
+    let (major, minor) = dev.split_once(':')?;
+    let major = i32::from_str_radix(major, 16).ok()?;
+    let minor = i32::from_str_radix(minor, 16).ok()?;
+    let cut = |p: &str| -> Arc<str> {
+        if p.len() <= MAX_PATH_BYTES {
+            return Arc::from(p);
+        }
+        let mut end = MAX_PATH_BYTES;
+        while !p.is_char_boundary(end) {
+            end -= 1;
+        }
+        Arc::from(&p[..end])
+    };
+    let (path, file, vdso): (Arc<str>, _, _) = if path == "[vdso]" {
+        (Arc::from("[vdso]"), None, true)
+    } else if path.starts_with('/') && inode != 0 {
+        (cut(path), Some((major, minor, inode)), false)
+    } else if path.starts_with('[') {
+        (cut(path), None, false)
+    } else if path.is_empty() {
+        (Arc::from("[anon]"), None, false)
+    } else {
+        // memfd:, anon_inode:... and paths the kernel shows otherwise.
+        (cut(&format!("[{path}]")), None, false)
+    };
+    Some(Mapping {
+        start,
+        end,
+        offset,
+        path,
+        file,
+        vdso,
+    })
+}
+
 /// The innermost pid namespace's pid of `pid` (NSpid's last field).
 pub fn ns_pid(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    crate::untrusted::read_proc(&format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -120,18 +178,55 @@ pub fn ns_pid(pid: u32) -> u32 {
         .unwrap_or(pid)
 }
 
-fn to_io(e: procfs::ProcError) -> std::io::Error {
-    match e {
-        procfs::ProcError::NotFound(_) => std::io::Error::from(std::io::ErrorKind::NotFound),
-        procfs::ProcError::Io(e, _) => e,
-        other => std::io::Error::other(other.to_string()),
-    }
+/// Whether `pid` lives in ember's own mount namespace (paths it sees are
+/// paths ember sees); None when that cannot be told (the process is gone
+/// or a zombie).
+pub fn same_mount_ns(pid: u32) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    Some(ns(&format!("/proc/{pid}/ns/mnt"))? == ns("/proc/self/ns/mnt")?)
 }
 
 /// Start time of `pid` in clock ticks since boot (field 22 of its stat).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::untrusted::read_proc(&format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself hold spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let m = parse_maps_line(
+            "7f1c2a400000-7f1c2a5a0000 r-xp 00028000 fd:01 1316 /usr/lib/x86_64-linux-gnu/libc.so.6\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.start, m.end, m.offset),
+            (0x7f1c2a400000, 0x7f1c2a5a0000, 0x28000)
+        );
+        assert_eq!(m.file, Some((0xfd, 1, 1316)));
+        assert_eq!(&*m.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let v = parse_maps_line("7ffd1000-7ffd3000 r-xp 00000000 00:00 0 [vdso]").unwrap();
+        assert!(v.vdso && v.file.is_none());
+        let anon = parse_maps_line("1000-2000 rwxp 00000000 00:00 0 ").unwrap();
+        assert_eq!(&*anon.path, "[anon]");
+        let spaced = parse_maps_line("1000-2000 r-xp 00000000 08:02 7 /tmp/a b (deleted)").unwrap();
+        assert_eq!(&*spaced.path, "/tmp/a b (deleted)");
+        assert!(parse_maps_line("1000-2000 r--p 00000000 08:02 7 /x").is_none());
+        assert!(parse_maps_line("2000-1000 r-xp 00000000 08:02 7 /x").is_none());
+        let long = format!("1000-2000 r-xp 00000000 08:02 7 /{}", "é".repeat(4000));
+        assert!(parse_maps_line(&long).unwrap().path.len() <= MAX_PATH_BYTES);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn maps_lines_never_panic(s in "\\PC{0,200}") {
+            let _ = parse_maps_line(&s);
+        }
+    }
 }

@@ -193,7 +193,9 @@ impl Unwinder {
     /// Builds and loads the table of a file ahead of time (e.g. the program
     /// `ember record -- cmd` is about to run), so its first samples unwind.
     pub fn preload(&mut self, sampler: &Sampler, path: &std::path::Path) {
-        let Ok(file) = File::open(path) else { return };
+        let Ok(file) = crate::untrusted::open_regular(path) else {
+            return;
+        };
         let Ok(meta) = file.metadata() else { return };
         let dev = meta.dev();
         let key: FileKey = (libc::major(dev) as i32, libc::minor(dev) as i32, meta.ino());
@@ -305,7 +307,7 @@ impl Unwinder {
     /// it: for a process already running when profiling starts (`--pid`),
     /// so its first samples unwind fully instead of waiting for the
     /// background builder.
-    pub fn register_now(&mut self, sampler: &Sampler, sym: &Symbolizer, pid: u32) {
+    pub fn register_now(&mut self, sampler: &Sampler, sym: &mut Symbolizer, pid: u32) {
         let Some(proc) = sym.process(pid) else { return };
         let keys: Vec<FileKey> = proc
             .mappings
@@ -315,8 +317,8 @@ impl Unwinder {
             .filter_map(|m| m.file)
             .collect();
         for key in keys {
-            if let Some(f) = sym.file_of(key) {
-                self.ensure_now(sampler, key, f);
+            if let Some(f) = sym.file_of(key).and_then(|f| f.try_clone().ok()) {
+                self.ensure_now(sampler, key, &f);
             }
         }
         self.register(sampler, sym, pid);
@@ -324,15 +326,16 @@ impl Unwinder {
 
     /// Writes a process's mappings (as the symbolizer captured them) and
     /// their tables into the kernel, building tables not yet built.
-    pub fn register(&mut self, sampler: &Sampler, sym: &Symbolizer, pid: u32) {
+    pub fn register(&mut self, sampler: &Sampler, sym: &mut Symbolizer, pid: u32) {
         let Some(proc) = sym.process(pid) else { return };
         if proc.exited {
             return;
         }
+        let proc = proc.clone();
         let same = self
             .procs
             .get(&pid)
-            .is_some_and(|r| r.starts == mapping_starts(proc));
+            .is_some_and(|r| r.starts == mapping_starts(&proc));
         let wait = match self.refreshed.get(&pid) {
             Some((_, w)) if same => (*w * 2).min(MAX_REFRESH_INTERVAL),
             _ => REFRESH_INTERVAL,
@@ -348,10 +351,9 @@ impl Unwinder {
                 let loaded = if m.vdso {
                     self.ensure_vdso(sampler)
                 } else {
-                    match sym.file_of(key) {
-                        Some(f) => self.ensure_async(key, f, pid),
-                        None => false,
-                    }
+                    self.ensure_async(key, pid, || {
+                        sym.file_of(key).and_then(|f| f.try_clone().ok())
+                    })
                 };
                 if loaded {
                     let slot = &self.slots[&key];
@@ -397,7 +399,7 @@ impl Unwinder {
             .proc_unwind_map()
             .update(&pid.to_ne_bytes(), &value, MapFlags::ANY);
         let reg = Registered {
-            starts: mapping_starts(proc),
+            starts: mapping_starts(&proc),
             keys,
             first,
             count: count.max(1),
@@ -521,7 +523,12 @@ impl Unwinder {
 
     /// True if the binary's table is loaded; otherwise queues its build
     /// (once) and notes that `pid` waits for it.
-    fn ensure_async(&mut self, key: FileKey, file: &File, pid: u32) -> bool {
+    fn ensure_async(
+        &mut self,
+        key: FileKey,
+        pid: u32,
+        file: impl FnOnce() -> Option<File>,
+    ) -> bool {
         let slot = self.slots.entry(key).or_insert_with(Slot::empty);
         if slot.id != 0 {
             return true;
@@ -530,7 +537,7 @@ impl Unwinder {
             return false;
         }
         if !slot.building {
-            let Ok(f) = file.try_clone() else {
+            let Some(f) = file() else {
                 return false;
             };
             if self.jobs.send((key, f)).is_err() {
@@ -750,8 +757,7 @@ pub fn survey(pids: &[u32]) -> Vec<SurveyEntry> {
             if !seen.insert(key) {
                 continue;
             }
-            let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-            let Ok(file) = File::open(&path).or_else(|_| File::open(&*m.path)) else {
+            let Ok(file) = crate::untrusted::open_mapped(pid, m.start, m.end, key) else {
                 continue;
             };
             let t0 = Instant::now();

@@ -15,7 +15,10 @@ use gimli::{
     RegisterRule, UnwindContext, UnwindSection,
 };
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
-use object::{Object, ObjectSection, ReadCache};
+use object::{Object, ObjectSection, ReadCache, ReadRef};
+
+use crate::untrusted::{Refusal, What, MAX_CFI_BYTES, MAX_TABLE_READ_BYTES};
+use std::cell::Cell;
 
 /// Tables larger than this are refused: the BPF binary search runs 22 steps.
 pub const MAX_ROWS: usize = 1 << 22;
@@ -188,9 +191,26 @@ pub struct Table {
 
 impl Table {
     /// Reads and reduces the CFI of an ELF file (x86-64 only).
+    ///
+    /// The file belongs to whoever can write it, so reads are bounded: a
+    /// CFI section over [`MAX_CFI_BYTES`] or more than
+    /// [`MAX_TABLE_READ_BYTES`] read in all fails the build (counted as a
+    /// refusal) before anything that large is allocated.
     pub fn build(file: &File) -> Result<Table> {
-        let cache = ReadCache::new(file);
-        Table::build_from(&cache)
+        let cache = Bounded {
+            cache: ReadCache::new(file),
+            used: Cell::new(0),
+            refused: Cell::new(false),
+        };
+        let built = Table::build_from(&cache);
+        if cache.refused.get() {
+            crate::untrusted::count(What::Binary, Refusal::TooLarge);
+            bail!(
+                "its unwind information is larger than ember's limit ({} MiB)",
+                MAX_CFI_BYTES >> 20
+            );
+        }
+        built
     }
 
     /// [`build`](Self::build) from an ELF image in memory (the vDSO).
@@ -412,6 +432,39 @@ impl Table {
     }
 }
 
+/// A file read through object's cache, refusing any single read over
+/// [`MAX_CFI_BYTES`] and more than [`MAX_TABLE_READ_BYTES`] in all.
+struct Bounded<'f> {
+    cache: ReadCache<&'f File>,
+    used: Cell<u64>,
+    refused: Cell<bool>,
+}
+
+impl<'a, 'f> ReadRef<'a> for &'a Bounded<'f> {
+    fn len(self) -> std::result::Result<u64, ()> {
+        (&self.cache).len()
+    }
+
+    fn read_bytes_at(self, offset: u64, size: u64) -> std::result::Result<&'a [u8], ()> {
+        let used = self.used.get().saturating_add(size);
+        if size > MAX_CFI_BYTES || used > MAX_TABLE_READ_BYTES {
+            self.refused.set(true);
+            return Err(());
+        }
+        self.used.set(used);
+        (&self.cache).read_bytes_at(offset, size)
+    }
+
+    fn read_bytes_at_until(
+        self,
+        range: std::ops::Range<u64>,
+        delimiter: u8,
+    ) -> std::result::Result<&'a [u8], ()> {
+        // object caps strings at 4 KiB itself.
+        (&self.cache).read_bytes_at_until(range, delimiter)
+    }
+}
+
 struct Fde {
     start: u64,
     end: u64,
@@ -424,6 +477,7 @@ where
 {
     let mut ctx = Box::new(UnwindContext::new());
     let mut entries = section.entries(bases);
+    let mut rows = 0usize;
     loop {
         let entry = match entries.next() {
             Ok(Some(e)) => e,
@@ -456,6 +510,10 @@ where
                 decode(row, section)
             };
             f.rows.push((row.start_address(), rule));
+        }
+        rows += f.rows.len();
+        if rows > MAX_ROWS {
+            bail!("more than the {MAX_ROWS} unwind rows ember supports per binary");
         }
         out.push(f);
     }
