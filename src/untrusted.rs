@@ -40,6 +40,13 @@ pub const MAX_PERF_MAP_LINE: usize = 4096;
 pub const MAX_CFI_BYTES: u64 = 32 << 20;
 /// Most bytes the unwind table builder reads from one file in all.
 pub const MAX_TABLE_READ_BYTES: u64 = 48 << 20;
+/// Most bytes of perf maps one profile build reads in all (a host of
+/// processes with huge perf maps cannot make every window read gigabytes).
+pub const PERF_MAP_BUDGET_BYTES: u64 = 256 << 20;
+/// Largest symbol or string table ember lets blazesym index in a binary
+/// that users other than root can change (its index costs memory per
+/// symbol).
+pub const MAX_SYMTAB_BYTES: u64 = 32 << 20;
 /// Largest `/proc` text file ember reads whole (status, stat, cgroup...).
 pub const MAX_PROC_FILE_BYTES: u64 = 1 << 20;
 /// Largest `/proc/PID/maps` ember reads (65530 mappings fit in about 8 MiB).
@@ -92,12 +99,14 @@ pub enum Refusal {
     Changed,
     /// ember's file-descriptor budget is spent.
     FdBudget,
+    /// ember's read budget for this kind of file is spent for now.
+    ReadBudget,
     /// Any other error opening or reading it (not found, permission).
     Io,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 10] = [
         Refusal::Symlink,
         Refusal::OutsideRoot,
         Refusal::NotRegular,
@@ -106,6 +115,7 @@ impl Refusal {
         Refusal::NotReadable,
         Refusal::Changed,
         Refusal::FdBudget,
+        Refusal::ReadBudget,
         Refusal::Io,
     ];
 
@@ -120,6 +130,7 @@ impl Refusal {
             Refusal::NotReadable => "not_readable_by_owner",
             Refusal::Changed => "changed",
             Refusal::FdBudget => "fd_budget",
+            Refusal::ReadBudget => "read_budget",
             Refusal::Io => "io_error",
         }
     }
@@ -142,6 +153,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotReadable => "the process's own user cannot read it",
             Refusal::Changed => "it changed while ember read it",
             Refusal::FdBudget => "ember's file descriptor budget is spent",
+            Refusal::ReadBudget => "ember's read budget for such files is spent for now",
             Refusal::Io => "it could not be opened",
         })
     }
@@ -594,6 +606,44 @@ pub fn binary_fd_budget() -> usize {
         }
     };
     ((soft / 4) as usize).clamp(64, 4096)
+}
+
+/// Checks, before blazesym indexes a binary others can change, that its
+/// symbol and string tables are within [`MAX_SYMTAB_BYTES`] each: read
+/// from the section headers with `pread`, nothing mapped. Files that are
+/// not 64-bit ELF pass (blazesym rejects them cheaply).
+pub fn elf_tables_within_limits(file: &File) -> Result<(), Refusal> {
+    use std::os::unix::fs::FileExt;
+    let mut eh = [0u8; 64];
+    if file.read_exact_at(&mut eh, 0).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 {
+        return Ok(());
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let shoff = u64_at(&eh, 0x28);
+    let shentsize = u16_at(&eh, 0x3a);
+    let shnum = u16_at(&eh, 0x3c);
+    if shentsize < 64 || shnum == 0 {
+        return Ok(());
+    }
+    let mut table = vec![0u8; (shnum * shentsize) as usize];
+    if file.read_exact_at(&mut table, shoff).is_err() {
+        return Ok(());
+    }
+    let mut total = 0u64;
+    for i in 0..shnum as usize {
+        let sh = &table[i * shentsize as usize..];
+        // SHT_SYMTAB, SHT_STRTAB, SHT_DYNSYM
+        if matches!(u32_at(sh, 4), 2 | 3 | 11) {
+            let size = u64_at(sh, 0x20);
+            total = total.saturating_add(size);
+            if size > MAX_SYMTAB_BYTES || total > 4 * MAX_SYMTAB_BYTES {
+                return Err(Refusal::TooLarge);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether only root can change this file: owned by root and writable by

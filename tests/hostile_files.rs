@@ -3,7 +3,8 @@
 //! that are symlinks to a root-only file, FIFOs, 2 GiB sparse files and
 //! 55 MiB of entries; files mapped executable that are truncated whenever
 //! opened or in a tight loop while ember reads them, touched every 200 ms,
-//! or claim a 2 GiB `.eh_frame`; and 1100 distinct mapped files. ember must finish on time, name nothing from the
+//! or claim a 2 GiB `.eh_frame` or symbol table; and 1100 distinct mapped
+//! files. ember must finish on time, name nothing from the
 //! secret file, keep its memory and descriptors bounded, keep cutting
 //! windows, and count every refusal. Root only (CI is).
 
@@ -82,9 +83,9 @@ fn secret_file(name: &str) -> PathBuf {
     f
 }
 
-/// A copy of `src` owned by nobody whose `.eh_frame` section header claims
-/// 2 GiB, in a sparse file large enough to hold it.
-fn sparse_eh_frame(src: &Path, out: &Path) {
+/// A copy of `src` owned by nobody whose `section` header claims 2 GiB, in
+/// a sparse file large enough to hold it.
+fn inflate_section(src: &Path, out: &Path, section: &str) {
     let mut b = std::fs::read(src).unwrap();
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
     let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
@@ -98,12 +99,12 @@ fn sparse_eh_frame(src: &Path, out: &Path) {
         let sh = shoff + i * shentsize;
         let name = u32::from_le_bytes(b[sh..sh + 4].try_into().unwrap()) as usize;
         let n = &b[strtab + name..];
-        if n.starts_with(b".eh_frame\0") {
+        if n.starts_with(format!("{section}\0").as_bytes()) {
             b[sh + 0x20..sh + 0x28].copy_from_slice(&(2u64 << 30).to_le_bytes());
             patched = true;
         }
     }
-    assert!(patched, "no .eh_frame in {}", src.display());
+    assert!(patched, "no {section} in {}", src.display());
     std::fs::write(out, &b).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(out).unwrap();
     f.set_len(3 << 30).unwrap();
@@ -168,8 +169,13 @@ fn launch(name: &str, secs: u32) -> Attack {
     chown_nobody(&touched);
     children.push(as_nobody(&[b, "touch", &s, touched.to_str().unwrap()]));
     let sparse = dir.join("sparse-eh");
-    sparse_eh_frame(&bin, &sparse);
+    inflate_section(&bin, &sparse, ".eh_frame");
     children.push(as_nobody(&[b, "map", &s, sparse.to_str().unwrap()]));
+    // A library that runs (so its code is symbolized) and claims a 2 GiB
+    // symbol table.
+    let fat = dir.join("libfatsym.so");
+    inflate_section(&lib, &fat, ".symtab");
+    children.push(as_nobody(&[b, "touch", &s, fat.to_str().unwrap()]));
     let many = dir.join("many");
     std::fs::create_dir_all(&many).unwrap();
     chown_nobody(&many);

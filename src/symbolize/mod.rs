@@ -88,6 +88,8 @@ pub struct Symbolizer {
     vdso_binary: Option<BinaryId>,
     /// JIT names by (pid, address), for the current build.
     jit: HashMap<(u32, u64), Option<Arc<str>>>,
+    /// Perf-map bytes read in the current build.
+    perf_map_bytes: u64,
     /// Binary files held open, and the most allowed.
     open_files: usize,
     fd_budget: usize,
@@ -142,6 +144,7 @@ impl Symbolizer {
             by_file: HashMap::new(),
             vdso_binary: None,
             jit: HashMap::new(),
+            perf_map_bytes: 0,
             open_files: 0,
             fd_budget: untrusted::binary_fd_budget(),
             tick: 0,
@@ -375,6 +378,26 @@ impl Symbolizer {
         self.by_file.insert(key, id);
     }
 
+    /// Whether blazesym may index the binary: root-controlled files
+    /// always; others only while their symbol tables are within bounds
+    /// (checked just before each first parse).
+    fn indexable(&mut self, id: BinaryId) -> bool {
+        let b = &self.binaries[id];
+        if b.dwarf || b.parsed {
+            return true;
+        }
+        let Some(f) = &b.file else { return false };
+        match untrusted::elf_tables_within_limits(f) {
+            Ok(()) => true,
+            Err(why) => {
+                untrusted::count(What::Binary, why);
+                self.close_file(id);
+                self.binaries[id].broken = true;
+                false
+            }
+        }
+    }
+
     /// Reopens a binary closed for the descriptor budget, through a live
     /// process that maps it.
     fn reopen(&mut self, id: BinaryId) -> bool {
@@ -456,7 +479,7 @@ impl Symbolizer {
                 }
                 None => vec![Frames::from([]); offsets.len()],
             }
-        } else if self.reopen(id) {
+        } else if self.reopen(id) && self.indexable(id) {
             let bin = &self.binaries[id];
             let f = bin.file.as_ref().expect("reopened");
             let mut elf = Elf::new(fd_path(f));
@@ -547,9 +570,17 @@ impl Symbolizer {
         if addrs.is_empty() {
             return;
         }
-        let opened = self.open_perf_map(pid);
-        let names = match opened {
-            Some(f) => perfmap::lookup(&f, addrs),
+        let budget = untrusted::PERF_MAP_BUDGET_BYTES.saturating_sub(self.perf_map_bytes);
+        let names = match self.open_perf_map(pid) {
+            Some(_) if budget == 0 => {
+                untrusted::count(What::PerfMap, Refusal::ReadBudget);
+                vec![None; addrs.len()]
+            }
+            Some(f) => {
+                let (names, read) = perfmap::lookup(&f, addrs, budget);
+                self.perf_map_bytes += read;
+                names
+            }
             None => vec![None; addrs.len()],
         };
         for (a, n) in addrs.iter().zip(names) {
@@ -597,6 +628,7 @@ impl Symbolizer {
     /// maps (JITs append as they compile).
     pub fn reset_perf_maps(&mut self) {
         self.jit.clear();
+        self.perf_map_bytes = 0;
     }
 
     /// Starts a new epoch (an agent window) and releases blazesym's parsed

@@ -37,10 +37,12 @@ pub fn parse_line(line: &str) -> Option<(u64, u64, &str)> {
 /// each address takes the entry with the greatest start at or below it
 /// (the last such line when several share a start: a JIT reuses freed
 /// addresses), if that entry covers it. Reads at most
-/// [`MAX_PERF_MAP_BYTES`]; returns `None` for each address not named.
-pub fn lookup(src: impl Read, addrs: &[u64]) -> Vec<Option<Arc<str>>> {
+/// `limit` bytes (at most [`MAX_PERF_MAP_BYTES`]); returns the name of
+/// each address (`None` where none covers it) and the bytes read.
+pub fn lookup(src: impl Read, addrs: &[u64], limit: u64) -> (Vec<Option<Arc<str>>>, u64) {
     let mut runs = Runs::new(addrs.len());
-    let mut r = std::io::BufReader::with_capacity(64 << 10, src.take(MAX_PERF_MAP_BYTES));
+    let mut r =
+        std::io::BufReader::with_capacity(64 << 10, src.take(limit.min(MAX_PERF_MAP_BYTES)));
     let mut line = Vec::with_capacity(256);
     while let Some(fits) = next_line(&mut r, &mut line, MAX_PERF_MAP_LINE) {
         if !fits {
@@ -54,7 +56,8 @@ pub fn lookup(src: impl Read, addrs: &[u64]) -> Vec<Option<Arc<str>>> {
         };
         runs.offer(addrs, start, size, name);
     }
-    runs.finish(addrs)
+    let read = limit.min(MAX_PERF_MAP_BYTES) - r.into_inner().limit();
+    (runs.finish(addrs), read)
 }
 
 /// For every address, the entry with the greatest start at or below it,
@@ -144,7 +147,8 @@ mod tests {
     use super::*;
 
     fn names(text: &str, addrs: &[u64]) -> Vec<Option<String>> {
-        lookup(text.as_bytes(), addrs)
+        lookup(text.as_bytes(), addrs, u64::MAX)
+            .0
             .into_iter()
             .map(|n| n.map(|s| s.to_string()))
             .collect()
@@ -204,7 +208,13 @@ mod tests {
     fn endless_input_stops_at_the_limit() {
         // /dev/zero-like input: no newline, ever.
         let zeros = std::io::repeat(0).take(MAX_PERF_MAP_BYTES * 4);
-        assert_eq!(lookup(zeros, &[1, 2]), vec![None, None]);
+        assert_eq!(
+            lookup(zeros, &[1, 2], u64::MAX),
+            (vec![None, None], MAX_PERF_MAP_BYTES)
+        );
+        // A smaller budget stops earlier.
+        let zeros = std::io::repeat(0).take(1000);
+        assert_eq!(lookup(zeros, &[1], 10).1, 10);
     }
 
     proptest::proptest! {
@@ -225,7 +235,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
-            let _ = lookup(&bytes[..], &[0, 1, 0x1000, u64::MAX]);
+            let _ = lookup(&bytes[..], &[0, 1, 0x1000, u64::MAX], u64::MAX);
         }
     }
 }

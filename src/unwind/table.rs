@@ -14,8 +14,8 @@ use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, Register,
     RegisterRule, UnwindContext, UnwindSection,
 };
-use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
-use object::{Object, ObjectSection, ReadCache, ReadRef};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
+use object::{ReadCache, ReadRef};
 
 use crate::untrusted::{Refusal, What, MAX_CFI_BYTES, MAX_TABLE_READ_BYTES};
 use std::cell::Cell;
@@ -219,14 +219,16 @@ impl Table {
     }
 
     fn build_from<'d, R: object::ReadRef<'d>>(data: R) -> Result<Table> {
-        let elf =
-            ElfFile64::<object::LittleEndian, R>::parse(data).context("not a 64-bit ELF file")?;
-        if elf.architecture() != object::Architecture::X86_64 {
+        // The file and section headers only: object's ElfFile would also
+        // read the symbol and string tables, which the tables do not need.
+        let header = object::elf::FileHeader64::<object::LittleEndian>::parse(data)
+            .context("not a 64-bit ELF file")?;
+        let endian = header.endian()?;
+        if header.e_machine(endian) != object::elf::EM_X86_64 {
             bail!("unwind tables are built for x86-64 only");
         }
-        let endian = elf.endian();
         let mut segments = Vec::new();
-        for ph in elf.elf_header().program_headers(endian, data)? {
+        for ph in header.program_headers(endian, data)? {
             if ph.p_type(endian) == object::elf::PT_LOAD
                 && ph.p_flags(endian) & object::elf::PF_X != 0
             {
@@ -237,28 +239,31 @@ impl Table {
                 });
             }
         }
-        let addr = |name: &str| elf.section_by_name(name).map(|s| s.address()).unwrap_or(0);
+        let sections = header.sections(endian, data)?;
+        let section = |name: &str| {
+            sections
+                .section_by_name(endian, name.as_bytes())
+                .map(|s| s.1)
+        };
+        let addr = |name: &str| section(name).map(|s| s.sh_addr(endian)).unwrap_or(0);
         let bases = BaseAddresses::default()
             .set_eh_frame_hdr(addr(".eh_frame_hdr"))
             .set_eh_frame(addr(".eh_frame"))
             .set_text(addr(".text"))
             .set_got(addr(".got"));
+        let data_of = |name: &str| {
+            section(name)
+                .and_then(|s| s.data(endian, data).ok())
+                .filter(|d| !d.is_empty())
+        };
 
         let mut fdes = Vec::new();
-        let source = if let Some(data) = elf
-            .section_by_name(".eh_frame")
-            .and_then(|s| s.data().ok())
-            .filter(|d| !d.is_empty())
-        {
+        let source = if let Some(data) = data_of(".eh_frame") {
             let mut sec = EhFrame::new(data, LittleEndian);
             sec.set_address_size(8);
             read_fdes(&sec, &bases, &mut fdes)?;
             Source::EhFrame
-        } else if let Some(data) = elf
-            .section_by_name(".debug_frame")
-            .and_then(|s| s.data().ok())
-            .filter(|d| !d.is_empty())
-        {
+        } else if let Some(data) = data_of(".debug_frame") {
             let mut sec = DebugFrame::new(data, LittleEndian);
             sec.set_address_size(8);
             read_fdes(&sec, &bases, &mut fdes)?;
