@@ -16,3 +16,4 @@ pub mod sample;
 pub mod signal;
 pub mod symbolize;
 pub mod unwind;
+pub mod util;
