@@ -66,7 +66,7 @@ pub struct CgroupInfo {
 /// without ptrace rights, and `cgroup` may be absent in odd containers.
 pub fn read_process_meta(proc_root: &Path, pid: u32) -> io::Result<ProcessMeta> {
     let dir = proc_root.join(pid.to_string());
-    let comm = std::fs::read(dir.join("comm"))?;
+    let comm = read_bounded(&dir.join("comm"), 64)?;
     let comm = String::from_utf8_lossy(&comm);
     let comm = comm.strip_suffix('\n').unwrap_or(&comm).to_string();
     let exe = match std::fs::read_link(dir.join("exe")) {
@@ -78,7 +78,7 @@ pub fn read_process_meta(proc_root: &Path, pid: u32) -> io::Result<ProcessMeta> 
         }
         Err(_) => String::new(),
     };
-    let cgroup = match std::fs::read(dir.join("cgroup")) {
+    let cgroup = match read_bounded(&dir.join("cgroup"), 64 << 10) {
         Ok(bytes) => parse_cgroup(&String::from_utf8_lossy(&bytes)),
         Err(_) => CgroupInfo::default(),
     };
@@ -91,6 +91,15 @@ pub fn read_process_meta(proc_root: &Path, pid: u32) -> io::Result<ProcessMeta> 
         systemd_unit: cgroup.systemd_unit,
         pod_uid: cgroup.pod_uid,
     })
+}
+
+/// At most `max` bytes of a file (the kernel bounds these files; the bound
+/// also holds for a `proc_root` that is not the kernel's).
+fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Parses the text of /proc/PID/cgroup (v1 and v2 forms).

@@ -131,6 +131,11 @@ fn to_io(e: procfs::ProcError) -> std::io::Error {
 /// Start time of `pid` in clock ticks since boot (field 22 of its stat).
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_start_time(&stat)
+}
+
+/// Field 22 (starttime) of the text of a `/proc/PID/stat`.
+pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
     // Fields after the command name, which may itself hold spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
