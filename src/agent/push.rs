@@ -461,6 +461,9 @@ fn origin_of(u: &hyper::Uri) -> (String, String) {
 /// URL, a scheme-relative `//host/path`, an absolute path or a path
 /// relative to `base`'s directory.
 fn resolve_location(base: &hyper::Uri, loc: &str) -> Option<hyper::Uri> {
+    if loc.is_empty() {
+        return None;
+    }
     let scheme = base.scheme_str()?;
     let authority = base.authority()?.as_str();
     let target = if loc.contains("://") {
@@ -480,6 +483,41 @@ fn resolve_location(base: &hyper::Uri, loc: &str) -> Option<hyper::Uri> {
         && uri.host().is_some()
         && !uri.authority()?.as_str().contains('@');
     ok.then_some(uri)
+}
+
+/// Where a redirect answered to a request for `target` leads, if ember
+/// follows it: only 307 and 308 (which keep the method and body), at most
+/// [`MAX_REDIRECTS`] in a row, to an http(s) URL, never from https to plain
+/// http. The error is the sentence logged.
+fn next_hop(
+    target: &hyper::Uri,
+    status: StatusCode,
+    loc: &str,
+    followed: u64,
+) -> std::result::Result<hyper::Uri, String> {
+    let shown = crate::util::redact_url(loc);
+    if !matches!(
+        status,
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return Err(format!(
+            "HTTP {status} to {shown:?} is not followed (only 307 and 308 keep a POST and its body); set url to where the server lives"
+        ));
+    }
+    if followed >= MAX_REDIRECTS {
+        return Err(format!(
+            "HTTP {status} to {shown:?}: more than {MAX_REDIRECTS} redirects in a row"
+        ));
+    }
+    match resolve_location(target, loc) {
+        None => Err(format!(
+            "HTTP {status} to {shown:?}: not an http(s) URL ember can follow"
+        )),
+        Some(u) if target.scheme_str() == Some("https") && u.scheme_str() != Some("https") => Err(
+            format!("HTTP {status} to {shown:?} is refused: it would leave https for plain http"),
+        ),
+        Some(u) => Ok(u),
+    }
 }
 
 /// The response body, at most [`MAX_RESPONSE_BYTES`] of it (the rest is
@@ -594,34 +632,7 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, 
                 .get(hyper::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let shown = crate::util::redact_url(loc);
-            let next = if !matches!(
-                status,
-                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
-            ) {
-                Err(format!(
-                    "HTTP {status} to {shown:?} is not followed (only 307 and 308 keep a POST and its body); set url to where the server lives"
-                ))
-            } else if hops.followed >= MAX_REDIRECTS {
-                Err(format!(
-                    "HTTP {status} to {shown:?}: more than {MAX_REDIRECTS} redirects in a row"
-                ))
-            } else {
-                match resolve_location(&target, loc) {
-                    None => Err(format!(
-                        "HTTP {status} to {shown:?}: not an http(s) URL ember can follow"
-                    )),
-                    Some(u)
-                        if target.scheme_str() == Some("https")
-                            && u.scheme_str() != Some("https") =>
-                    {
-                        Err(format!(
-                        "HTTP {status} to {shown:?} is refused: it would leave https for plain http"
-                    ))
-                    }
-                    Some(u) => Ok(u),
-                }
-            };
+            let next = next_hop(&target, status, loc, hops.followed);
             match next {
                 Ok(u) => {
                     hops.followed += 1;
@@ -937,5 +948,37 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert_eq!(urlencode("a{b=c}"), "a%7Bb%3Dc%7D");
+    }
+
+    #[test]
+    fn redirects() {
+        let base: hyper::Uri = "https://pyro:4040/a/push.v1.PusherService/Push"
+            .parse()
+            .unwrap();
+        let go = |status: u16, loc: &str, n: u64| {
+            next_hop(&base, StatusCode::from_u16(status).unwrap(), loc, n).map(|u| u.to_string())
+        };
+        assert_eq!(go(307, "/b/x", 0).unwrap(), "https://pyro:4040/b/x");
+        assert_eq!(go(308, "y?z=1", 0).unwrap(), "https://pyro:4040/a/y?z=1");
+        assert_eq!(go(307, "//other/p", 0).unwrap(), "https://other/p");
+        assert_eq!(
+            go(307, "https://other:1/p", 2).unwrap(),
+            "https://other:1/p"
+        );
+        // Not followed: a downgrade, a loop past the bound, a POST-changing
+        // status, something that is not an http(s) URL, userinfo.
+        assert!(go(307, "http://pyro:4040/x", 0)
+            .unwrap_err()
+            .contains("plain http"));
+        assert!(go(307, "/x", 3).unwrap_err().contains("more than 3"));
+        assert!(go(302, "/x", 0).unwrap_err().contains("only 307 and 308"));
+        assert!(go(307, "ftp://x/y", 0).is_err());
+        assert!(go(307, "", 0).is_err());
+        let e = go(307, "https://u:secret@h/x", 0).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        let plain: hyper::Uri = "http://h/p".parse().unwrap();
+        let up = next_hop(&plain, StatusCode::TEMPORARY_REDIRECT, "https://h/p", 0).unwrap();
+        assert_eq!(up.scheme_str(), Some("https"));
+        assert_ne!(origin_of(&up), origin_of(&plain));
     }
 }
