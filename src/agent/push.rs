@@ -959,7 +959,10 @@ mod tests {
             next_hop(&base, StatusCode::from_u16(status).unwrap(), loc, n).map(|u| u.to_string())
         };
         assert_eq!(go(307, "/b/x", 0).unwrap(), "https://pyro:4040/b/x");
-        assert_eq!(go(308, "y?z=1", 0).unwrap(), "https://pyro:4040/a/y?z=1");
+        assert_eq!(
+            go(308, "y?z=1", 0).unwrap(),
+            "https://pyro:4040/a/push.v1.PusherService/y?z=1"
+        );
         assert_eq!(go(307, "//other/p", 0).unwrap(), "https://other/p");
         assert_eq!(
             go(307, "https://other:1/p", 2).unwrap(),
