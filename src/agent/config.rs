@@ -276,7 +276,12 @@ impl std::fmt::Debug for Secret {
 /// Reads a regular file of at most `max` bytes as UTF-8.
 fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Option<String>> {
     use std::io::Read;
-    let f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so a FIFO named here is refused instead of waited on.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -404,8 +409,8 @@ impl PushConfig {
                 "push #{n}: url = {shown} has a user name or password in it; put the user in basic_auth_user and the password in a file named by basic_auth_password_file"
             );
         }
-        if uri.query().is_some() {
-            bail!("push #{n}: url = {shown} has a query; give the server's base URL such as http://pyroscope:4040");
+        if uri.query().is_some() || self.url.contains('#') {
+            bail!("push #{n}: url = {shown} has a query or fragment; give the server's base URL such as http://pyroscope:4040");
         }
         if self.basic_auth_password_file.is_some() && self.basic_auth_user.is_none() {
             bail!("push #{n}: basic_auth_password_file is set but basic_auth_user is not");
@@ -612,5 +617,63 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("queue.max_size"));
+    }
+
+    fn push_err(extra: &str) -> String {
+        let c = parse(&format!(
+            "[[push]]\nkind = \"pyroscope\"\nurl = \"http://h:4040\"\n{extra}"
+        ))
+        .unwrap();
+        match c.validate() {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn push_values_are_checked() {
+        assert_eq!(push_err(""), "");
+        assert_eq!(
+            push_err("tenant = \"team-a\"\nheaders = { \"x-key\" = \"v\" }"),
+            ""
+        );
+        let e = push_err("tenant = \"a\\nb\"");
+        assert!(e.contains("tenant"), "{e}");
+        let e = push_err("headers = { \"host\" = \"evil\" }");
+        assert!(e.contains("may not set \"host\""), "{e}");
+        let e = push_err("headers = { \"bad name\" = \"v\" }");
+        assert!(e.contains("not a valid HTTP header name"), "{e}");
+        let e = push_err("headers = { \"x-key\" = \"secret\\u0000\" }");
+        assert!(e.contains("x-key") && !e.contains("secret"), "{e}");
+        let e = push_err("headers = { \"Authorization\" = \"x\" }\nbasic_auth_user = \"u\"");
+        assert!(e.contains("keep one"), "{e}");
+        let e = push_err("basic_auth_user = \"a:b\"");
+        assert!(e.contains("basic_auth_user"), "{e}");
+        let e = push_err("bearer_token_file = \"/no/such/token\"");
+        assert!(
+            e.contains("cannot read bearer_token_file /no/such/token"),
+            "{e}"
+        );
+        let e = push_err("bearer_token_file = \"/proc\"");
+        assert!(e.contains("bearer_token_file /proc"), "{e}");
+        let fifo = std::env::temp_dir().join(format!("ember-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = push_err(&format!("bearer_token_file = \"{}\"", fifo.display()));
+        let _ = std::fs::remove_file(&fifo);
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = push_err("ca_file = \"/dev/zero\"");
+        assert!(e.contains("at most 1 MiB"), "{e}");
+        for (url, want) in [
+            ("http://u:pw@h/", "basic_auth_password_file"),
+            ("http://h/?token=pw", "has a query"),
+            ("http://h/#pw", "has a query or fragment"),
+        ] {
+            let c = parse(&format!("[[push]]\nkind = \"parca\"\nurl = \"{url}\"")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want) && !e.contains("pw"), "{url}: {e}");
+        }
     }
 }
