@@ -274,15 +274,22 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Reads a regular file of at most `max` bytes as UTF-8.
-fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Option<String>> {
+fn read_bounded(
+    path: &std::path::Path,
+    max: u64,
+    regular_only: bool,
+) -> std::io::Result<Option<String>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking, so a FIFO named here is refused instead of waited on.
+    // Credentials must be regular files: opened non-blocking, so a FIFO
+    // named there is refused instead of waited on. The config file may be
+    // a pipe (`--config <(...)`); it is read up to the bound all the same.
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(if regular_only { libc::O_NONBLOCK } else { 0 })
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let kind = f.metadata()?.file_type();
+    if kind.is_dir() || (regular_only && !kind.is_file()) {
         return Err(std::io::Error::other("not a regular file"));
     }
     let mut buf = Vec::new();
@@ -297,7 +304,7 @@ fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Option<Stri
 
 /// Reads a TOML config file.
 pub fn load(path: &std::path::Path) -> Result<Config> {
-    let text = read_bounded(path, MAX_CONFIG_BYTES)
+    let text = read_bounded(path, MAX_CONFIG_BYTES, false)
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot read the config file {} ({})",
@@ -353,7 +360,7 @@ fn header_safe(v: &str) -> bool {
 /// One line of a token or password file: surrounding blanks and the final
 /// newline trimmed, nothing that cannot go in a header.
 fn read_secret(n: usize, key: &str, path: &std::path::Path, token: bool) -> Result<String> {
-    let text = read_bounded(path, MAX_SECRET_BYTES)
+    let text = read_bounded(path, MAX_SECRET_BYTES, true)
         .map_err(|e| {
             anyhow::anyhow!(
                 "push #{n}: cannot read {key} {} ({})",
