@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -29,10 +30,22 @@ fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// The fork/exec storm measures how many of 200 short processes the agent
+/// names, which another test's CPU burner on the same two cores starves
+/// (it failed so on main when run beside agent_windows_query_and_endpoint).
+/// Agents of other tests share this lock; the storm's agent holds it alone.
+static CPU: RwLock<()> = RwLock::new(());
+
+enum CpuGuard {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
 struct Agent {
     child: Child,
     http: SocketAddr,
     log: PathBuf,
+    _cpu: CpuGuard,
 }
 
 impl Agent {
@@ -40,9 +53,20 @@ impl Agent {
         Agent::start_in(dir, extra, None)
     }
 
+    /// With no other test's agent (or CPU burner) running meanwhile.
+    fn start_alone(dir: &Path, extra: &[&str]) -> Agent {
+        let g = CPU.write().unwrap_or_else(|e| e.into_inner());
+        Agent::launch(dir, extra, None, CpuGuard::Alone(g))
+    }
+
     /// Started inside `cgroup` (its pid written to cgroup.procs before
     /// ember is exec'd, so every allocation is charged there).
     fn start_in(dir: &Path, extra: &[&str], cgroup: Option<&MemCgroup>) -> Agent {
+        let g = CPU.read().unwrap_or_else(|e| e.into_inner());
+        Agent::launch(dir, extra, cgroup, CpuGuard::Shared(g))
+    }
+
+    fn launch(dir: &Path, extra: &[&str], cgroup: Option<&MemCgroup>, cpu: CpuGuard) -> Agent {
         let http = free_addr();
         let store = dir.join("store");
         let log = dir.join("agent.log");
@@ -70,7 +94,12 @@ impl Agent {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let a = Agent { child, http, log };
+        let a = Agent {
+            child,
+            http,
+            log,
+            _cpu: cpu,
+        };
         // Ready once the endpoint answers.
         let t0 = Instant::now();
         while get(a.http, "/healthz").0 != 200 {
@@ -685,7 +714,7 @@ fn push_rejections_are_not_retried() {
 fn fork_exec_storm_keeps_caches_bounded() {
     let tiny = fixture("tiny.c");
     let dir = scratch("agent_storm");
-    let agent = Agent::start(&dir, &["--window", "1s", "-F", "499"]);
+    let agent = Agent::start_alone(&dir, &["--window", "1s", "-F", "499"]);
     let script = format!("for i in $(seq 200); do {}; done", tiny.display());
     let st = Command::new("sh").args(["-c", &script]).status().unwrap();
     assert!(st.success());
