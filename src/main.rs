@@ -214,9 +214,19 @@ fn clap_error(e: clap::Error) -> ExitCode {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
+    // clap's tips ("a similar subcommand exists: 'record'") stay, inline.
+    let tips: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .collect();
+    let tips = if tips.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", ember::util::printable(&tips.join("; "), 300))
+    };
     eprintln!(
-        "ember: {}; see --help",
-        ember::util::printable(first, 300).trim_end_matches('.')
+        "ember: {}{tips}; see --help",
+        ember::util::printable(first, 300).trim_end_matches('.'),
     );
     ExitCode::from(2)
 }
