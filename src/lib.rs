@@ -17,3 +17,4 @@ pub mod signal;
 pub mod symbolize;
 pub mod untrusted;
 pub mod unwind;
+pub mod util;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ember::export::Format;
 use ember::record::{self, RecordOptions, What};
 use ember::sample::Event;
+use ember::util::{self, limits};
 
 #[derive(Parser)]
 #[command(
@@ -171,7 +172,10 @@ struct RecordArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
     // One descriptor per binary symbolized: use what the hard limit allows.
     ember::untrusted::raise_fd_limit();
     let result = match cli.command {
@@ -187,6 +191,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one
+/// line, like every other ember error.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // clap's tips ("a similar subcommand exists: 'record'") stay, inline.
+    let tips: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .collect();
+    let tips = if tips.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", ember::util::printable(&tips.join("; "), 300))
+    };
+    eprintln!(
+        "ember: {}{tips}; see --help",
+        ember::util::printable(first, 300).trim_end_matches('.'),
+    );
+    ExitCode::from(2)
 }
 
 /// The error and its causes as one sentence.
@@ -263,12 +307,26 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("choose one of --pid, --all or a command after --, not several"),
     };
     let outputs = outputs(&a.outputs, &a.formats)?;
+    let (lo, hi) = (limits::UNWIND_MEMORY.0 >> 20, limits::UNWIND_MEMORY.1 >> 20);
+    if !(lo..=hi).contains(&a.unwind_memory) {
+        anyhow::bail!(
+            "--unwind-memory {} is out of range; use {lo} to {hi} (MiB)",
+            a.unwind_memory
+        );
+    }
     let opts = RecordOptions {
         what,
         duration: a
             .duration
             .as_deref()
-            .map(record::parse_duration)
+            .map(|d| {
+                util::duration_in(
+                    &format!("--duration {}", util::quote(d)),
+                    d,
+                    limits::RECORD_DURATION.0,
+                    limits::RECORD_DURATION.1,
+                )
+            })
             .transpose()?,
         frequency: a.frequency,
         event: if a.event == "cycles" {
@@ -279,13 +337,21 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         outputs,
         kernel: !a.no_kernel,
         threads: a.threads,
-        count_map_entries: a.count_map_size.max(64),
-        stack_map_entries: a.stack_map_size.max(64),
+        count_map_entries: a.count_map_size,
+        stack_map_entries: a.stack_map_size,
         drain_interval: Duration::from_secs(2),
         progress: !a.quiet,
         unwind_tables: !a.frame_pointers,
         unwind_memory: a.unwind_memory << 20,
     };
+    for (flag, v, (lo, hi)) in [
+        ("--count-map-size", a.count_map_size, limits::COUNT_MAP),
+        ("--stack-map-size", a.stack_map_size, limits::STACK_MAP),
+    ] {
+        if !(lo..=hi).contains(&v) {
+            anyhow::bail!("{flag} {v} is out of range; use {lo} to {hi}");
+        }
+    }
     let rec = record::run(&opts)?;
     eprint!("{}", record::summary(&rec));
     Ok(())
@@ -370,7 +436,8 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
         .extend(a.push_parca.into_iter().map(|u| push("parca", u)));
     let settings = c.validate()?;
     if a.check_config {
-        print!("{}", toml::to_string_pretty(&settings.raw)?);
+        // Header values may be credentials: never printed.
+        print!("{}", toml::to_string_pretty(&settings.raw.redacted())?);
         eprintln!("ember: the configuration is valid");
         return Ok(());
     }
@@ -391,7 +458,12 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let since = record::parse_duration(&a.since)?;
+    let since = util::duration_in(
+        &format!("--since {}", util::quote(&a.since)),
+        &a.since,
+        Duration::from_millis(1),
+        limits::RETENTION.1,
+    )?;
     let mut labels = Vec::new();
     for l in &a.labels {
         let (k, v) = l
@@ -409,7 +481,7 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
         })?,
         (None, None) => Format::Svg,
     };
-    let store = Store::open(&dir, Duration::from_secs(u64::MAX / 4), u64::MAX)?;
+    let store = Store::open(&dir, util::MAX_DURATION, u64::MAX)?;
     let filter = Filter {
         since_ns: ember::agent::store::now_ns().saturating_sub(since.as_nanos() as u64),
         service: a.service,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::aggregate::{Aggregate, Drainer};
 use crate::export::{self, ExportOptions, Format};
@@ -387,7 +387,7 @@ fn find_program(program: &str) -> Option<PathBuf> {
 
 fn describe(what: &What) -> String {
     match what {
-        What::All => format!("all processes on {}", hostname()),
+        What::All => format!("all processes on {}", crate::util::hostname()),
         What::Pids(pids) => {
             let names: Vec<String> = pids
                 .iter()
@@ -406,13 +406,6 @@ fn describe(what: &What) -> String {
         }
         What::Command(argv) => format!("`{}`", argv.join(" ")),
     }
-}
-
-/// This host's name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// The end-of-run summary shown to the user.
@@ -553,41 +546,6 @@ pub fn summary(r: &Recording) -> String {
     s
 }
 
-/// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len()),
-    );
-    let v: f64 = num
-        .parse()
-        .with_context(|| format!("invalid duration {s:?}; use e.g. 30s, 2m, 1h or 500ms"))?;
-    let secs = match unit {
-        "" | "s" | "sec" | "secs" => v,
-        "ms" => v / 1000.0,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => bail!("invalid duration {s:?}; use e.g. 30s, 2m, 1h or 500ms"),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        bail!("invalid duration {s:?}: it must be greater than zero");
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("10y").is_err());
-    }
-}
+/// Kept for callers not yet moved to [`crate::util::parse_duration`]
+/// (the HTTP endpoint's `since`); new code uses `util` directly.
+pub use crate::util::parse_duration;

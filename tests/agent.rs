@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -29,14 +30,43 @@ fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// The fork/exec storm measures how many of 200 short processes the agent
+/// names, which another test's CPU burner on the same two cores starves
+/// (it failed so on main when run beside agent_windows_query_and_endpoint).
+/// Agents of other tests share this lock; the storm's agent holds it alone.
+static CPU: RwLock<()> = RwLock::new(());
+
+enum CpuGuard {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
 struct Agent {
     child: Child,
     http: SocketAddr,
     log: PathBuf,
+    _cpu: CpuGuard,
 }
 
 impl Agent {
     fn start(dir: &Path, extra: &[&str]) -> Agent {
+        Agent::start_in(dir, extra, None)
+    }
+
+    /// With no other test's agent (or CPU burner) running meanwhile.
+    fn start_alone(dir: &Path, extra: &[&str]) -> Agent {
+        let g = CPU.write().unwrap_or_else(|e| e.into_inner());
+        Agent::launch(dir, extra, None, CpuGuard::Alone(g))
+    }
+
+    /// Started inside `cgroup` (its pid written to cgroup.procs before
+    /// ember is exec'd, so every allocation is charged there).
+    fn start_in(dir: &Path, extra: &[&str], cgroup: Option<&MemCgroup>) -> Agent {
+        let g = CPU.read().unwrap_or_else(|e| e.into_inner());
+        Agent::launch(dir, extra, cgroup, CpuGuard::Shared(g))
+    }
+
+    fn launch(dir: &Path, extra: &[&str], cgroup: Option<&MemCgroup>, cpu: CpuGuard) -> Agent {
         let http = free_addr();
         let store = dir.join("store");
         let log = dir.join("agent.log");
@@ -48,13 +78,28 @@ impl Agent {
             http.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(EMBER)
+        let mut cmd = match cgroup {
+            None => Command::new(EMBER),
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(cg.path.join("cgroup.procs"))
+                    .arg(EMBER);
+                c
+            }
+        };
+        let child = cmd
             .args(&args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let a = Agent { child, http, log };
+        let a = Agent {
+            child,
+            http,
+            log,
+            _cpu: cpu,
+        };
         // Ready once the endpoint answers.
         let t0 = Instant::now();
         while get(a.http, "/healthz").0 != 200 {
@@ -100,6 +145,85 @@ impl Agent {
             .filter(|l| l.split([' ', '{']).next() == Some(name))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum()
+    }
+}
+
+/// A memory cgroup (v1, or v2 where v1 is absent) with a hard limit,
+/// removed (its processes killed first: only the agent this test started
+/// is ever put in it) when dropped.
+struct MemCgroup {
+    path: PathBuf,
+    v2: bool,
+}
+
+impl MemCgroup {
+    fn new(name: &str, limit: u64) -> MemCgroup {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (root, v2) = if v1.is_dir() {
+            (v1.to_path_buf(), false)
+        } else {
+            (PathBuf::from("/sys/fs/cgroup"), true)
+        };
+        let path = root.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot create the memory cgroup {} ({e}); this test needs root and the memory controller",
+                path.display()
+            )
+        });
+        let cg = MemCgroup { path, v2 };
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(cg.path.join(file), limit.to_string()).unwrap();
+        if v2 {
+            let _ = std::fs::write(cg.path.join("memory.swap.max"), "0");
+        } else if cg.path.join("memory.memsw.limit_in_bytes").exists() {
+            std::fs::write(
+                cg.path.join("memory.memsw.limit_in_bytes"),
+                limit.to_string(),
+            )
+            .unwrap();
+        }
+        cg
+    }
+
+    /// Peak memory charged to the group.
+    fn peak(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.path.join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            // SAFETY: kill(2); only the agent this test started is in here.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let t0 = Instant::now();
+        while std::fs::remove_dir(&self.path).is_err() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -590,7 +714,7 @@ fn push_rejections_are_not_retried() {
 fn fork_exec_storm_keeps_caches_bounded() {
     let tiny = fixture("tiny.c");
     let dir = scratch("agent_storm");
-    let agent = Agent::start(&dir, &["--window", "1s", "-F", "499"]);
+    let agent = Agent::start_alone(&dir, &["--window", "1s", "-F", "499"]);
     let script = format!("for i in $(seq 200); do {}; done", tiny.display());
     let st = Command::new("sh").args(["-c", &script]).status().unwrap();
     assert!(st.success());
@@ -752,4 +876,297 @@ fn push_over_tls_with_a_private_ca() {
     assert!(got.iter().any(|r| r.backend == Backend::Pyroscope), "{log}");
     assert!(got.iter().any(|r| r.backend == Backend::Parca), "{log}");
     assert_eq!(got.len(), rx.received().len());
+}
+
+/// A backend answering every push with a 512 MiB body (streamed): the agent
+/// reads at most 64 KiB of it, so inside a 384 MiB memory cgroup (reading
+/// a body whole took it past 1 GB) it stays small, alive, and keeps pushing
+/// window after window.
+#[test]
+fn push_reads_at_most_64k_of_a_response() {
+    let bin = fixture("split.c");
+    let dir = scratch("agent_huge_body");
+    let rx = Receiver::start();
+    rx.set_huge_body(Some(512 << 20));
+    let limit: u64 = 384 << 20;
+    let cg = MemCgroup::new("ember-push-body", limit);
+    let agent = Agent::start_in(
+        &dir,
+        &["--window", "1s", "-F", "99", "--push-pyroscope", &rx.url()],
+        Some(&cg),
+    );
+    let mut split = Command::new(&bin)
+        .arg("4")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The agent's anonymous memory (its heap, which a body read whole
+    // would grow; file pages of the binaries it symbolizes are
+    // reclaimable), sampled while it pushes.
+    let anon_kib = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut max_anon = 0;
+    let t0 = Instant::now();
+    while split.try_wait().unwrap().is_none() || t0.elapsed() < Duration::from_millis(5500) {
+        max_anon = max_anon.max(anon_kib());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let successes = agent.metric("ember_push_successes_total");
+    let oversized = agent.metric("ember_push_oversized_responses_total");
+    let peak = cg.peak();
+    let log = agent.stop();
+    assert!(
+        successes >= 3.0,
+        "{successes} pushes succeeded while every answer was 512 MiB\n{log}"
+    );
+    assert!(
+        oversized >= successes,
+        "{oversized} oversized answers counted\n{log}"
+    );
+    assert!(
+        max_anon < 160 << 10,
+        "agent anonymous memory reached {max_anon} KiB (cgroup peak {peak} of {limit})"
+    );
+    assert!(rx.accepted().len() as f64 >= successes, "{log}");
+}
+
+/// A 307 to another path on the same server is followed with the same
+/// method, body and credentials, and counted; a 307 to another host gets
+/// the profile but not the credentials or configured headers.
+#[test]
+fn push_follows_307_and_keeps_credentials_home() {
+    let bin = fixture("split.c");
+    let dir = scratch("agent_redirect");
+    let rx = Receiver::start();
+    rx.set_redirect(Some(("", "/moved")));
+    let other = Receiver::start();
+    let port = other.addr.port();
+    let base = format!("http://localhost:{port}");
+    other.set_redirect(Some((base.as_str(), "/elsewhere")));
+    let pw = write_secret(&dir, "pw", "s3cret");
+    let cfg = format!(
+        r#"
+frequency = 99
+window = "1s"
+[[push]]
+kind = "pyroscope"
+url = "{u}"
+basic_auth_user = "user"
+basic_auth_password_file = "{pw}"
+headers = {{ "x-api-key" = "key-123" }}
+[[push]]
+kind = "pyroscope"
+url = "{o}"
+basic_auth_user = "user"
+basic_auth_password_file = "{pw}"
+headers = {{ "x-api-key" = "key-123" }}
+"#,
+        u = rx.url(),
+        o = other.url(),
+        pw = pw.display(),
+    );
+    std::fs::write(dir.join("agent.toml"), cfg).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &["--config", dir.join("agent.toml").to_str().unwrap()],
+    );
+    let mut split = Command::new(&bin)
+        .arg("2")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    split.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let followed = agent.metric("ember_push_redirects_total");
+    let rejected = agent.metric("ember_push_rejected_total");
+    let log = agent.stop();
+    let home = rx.accepted();
+    assert!(!home.is_empty() && rx.redirected() >= 1, "{log}");
+    assert_eq!(
+        home.len() as u64,
+        rx.redirected(),
+        "every redirected push arrived"
+    );
+    for r in &home {
+        let h = |k: &str| r.headers.iter().any(|(n, _)| n == k);
+        assert!(h("authorization") && h("x-api-key"), "{:?}", r.headers);
+    }
+    let away = other.accepted();
+    assert!(!away.is_empty(), "{log}");
+    for r in &away {
+        let h = |k: &str| r.headers.iter().any(|(n, _)| n == k);
+        assert!(
+            !h("authorization") && !h("x-api-key"),
+            "credentials followed a redirect to another host: {:?}",
+            r.headers
+        );
+    }
+    // Read before the final flush: at least one, at most what was answered.
+    let answered = rx.redirected() + other.redirected();
+    assert!(
+        followed >= 1.0 && followed <= answered as f64,
+        "{followed} redirects counted, {answered} answered\n{log}"
+    );
+    assert_eq!(rejected, 0.0, "{log}");
+}
+
+/// A backend's error text reaches the log without its escape sequences,
+/// line breaks or bells, and cut short.
+#[test]
+fn push_logs_sanitized_backend_text() {
+    let bin = fixture("split.c");
+    let dir = scratch("agent_evil_body");
+    let rx = Receiver::start();
+    rx.set_forced_status(Some(400));
+    let mut body =
+        b"\x1b[31mEVIL\x1b[0m\nINJECTED: ember agent: fake line\r\n\x07\x1b]0;title\x07".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 5000));
+    rx.set_forced_body(Some(&body));
+    let agent = Agent::start(
+        &dir,
+        &["--window", "1s", "-F", "99", "--push-pyroscope", &rx.url()],
+    );
+    let mut split = Command::new(&bin)
+        .arg("2")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    split.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let log = agent.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rejected a profile (400)"))
+        .unwrap_or_else(|| panic!("no rejection logged: {log}"));
+    assert!(
+        line.contains("EVIL INJECTED: ember agent: fake line"),
+        "{line}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "{log:?}");
+    assert!(!log.lines().any(|l| l.starts_with("INJECTED")), "{log}");
+    assert!(
+        line.chars().count() < 400,
+        "{} chars logged",
+        line.chars().count()
+    );
+}
+
+/// Credentials: a URL with user information is refused at start without
+/// echoing it; --check-config never prints header values; a token file
+/// with a line break inside fails validation in one sentence naming the key
+/// and the file.
+#[test]
+fn push_credentials_are_checked_and_never_shown() {
+    let dir = scratch("agent_secrets");
+    for args in [
+        &[
+            "agent",
+            "--check-config",
+            "--push-pyroscope",
+            "http://user:hunter2@127.0.0.1:4040",
+        ][..],
+        &["agent", "--push-parca", "https://user:hunter2@parca:7070"][..],
+    ] {
+        let out = ember(args, &dir);
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("basic_auth_user") && err.contains("basic_auth_password_file"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    let token = write_secret(&dir, "token", "tok-SECRET-5a7c");
+    let cfg = format!(
+        "[[push]]\nkind = \"parca\"\nurl = \"http://127.0.0.1:7070\"\nbearer_token_file = \"{}\"\nheaders = {{ \"x-api-key\" = \"HEADER-SECRET-91f2\" }}\n",
+        token.display()
+    );
+    std::fs::write(dir.join("ok.toml"), &cfg).unwrap();
+    let out = ember(
+        &[
+            "agent",
+            "--config",
+            dir.join("ok.toml").to_str().unwrap(),
+            "--check-config",
+        ],
+        &dir,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("x-api-key") && stdout.contains("<redacted>"),
+        "{stdout}"
+    );
+    for secret in ["HEADER-SECRET-91f2", "tok-SECRET-5a7c"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}{stderr}"
+        );
+    }
+
+    for (name, content, want) in [
+        ("nl-token", "tok-abc\ndef\n", "line break"),
+        ("nul-token", "tok\0abc", "control character"),
+        ("space-token", "tok abc", "printable ASCII"),
+        ("empty-token", "\n", "is empty"),
+    ] {
+        let f = dir.join(name);
+        std::fs::write(&f, content).unwrap();
+        std::fs::write(
+            dir.join("bad.toml"),
+            cfg.replace(&token.display().to_string(), &f.display().to_string()),
+        )
+        .unwrap();
+        let out = ember(
+            &[
+                "agent",
+                "--config",
+                dir.join("bad.toml").to_str().unwrap(),
+                "--check-config",
+            ],
+            &dir,
+        );
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert!(!out.status.success(), "{name} was accepted");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("bearer_token_file")
+                && err.contains(&f.display().to_string())
+                && err.contains(want),
+            "{err}"
+        );
+        assert!(!err.contains("abc"), "the token leaked: {err}");
+    }
+    // A header value with a line break is refused without being echoed.
+    std::fs::write(
+        dir.join("bad.toml"),
+        cfg.replace("HEADER-SECRET-91f2", "HEADER-SECRET\\r\\nx-evil: 1"),
+    )
+    .unwrap();
+    let out = ember(
+        &[
+            "agent",
+            "--config",
+            dir.join("bad.toml").to_str().unwrap(),
+            "--check-config",
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("x-api-key") && !err.contains("HEADER-SECRET"),
+        "{err}"
+    );
 }

@@ -137,8 +137,47 @@ fn out_of_range_arguments() {
             &["record", "--all", "-d", "0s"][..],
             "must be greater than zero",
         ),
-        (&["record", "--all", "-d", "soon"][..], "invalid duration"),
-        (&["record", "--all", "-d", "30d"][..], "invalid duration"),
+        (
+            &["record", "--all", "-d", "soon"][..],
+            "--duration \"soon\" is not a valid duration",
+        ),
+        (
+            &["record", "--all", "-d", "30d"][..],
+            "--duration \"30d\" is out of range; use 1ms to 7d",
+        ),
+        (
+            &["record", "--all", "-d", "99999999999999999h"][..],
+            "--duration \"99999999999999999h\" is out of range; use 1ms to 7d",
+        ),
+        (
+            &["record", "--all", "-d", "1e309"][..],
+            "not a valid duration",
+        ),
+        (
+            &["record", "--all", "-F", "18446744073709551615"][..],
+            "--frequency 18446744073709551615 is out of range",
+        ),
+        (
+            &["record", "--all", "-F", "18446744073709551616"][..],
+            "number too large",
+        ),
+        (&["record", "--all", "-F", "-1"][..], "-1"),
+        (
+            &["record", "--all", "--unwind-memory", "18446744073709551615"][..],
+            "--unwind-memory 18446744073709551615 is out of range; use 1 to 65536",
+        ),
+        (
+            &["record", "--all", "--unwind-memory", "0"][..],
+            "--unwind-memory 0 is out of range",
+        ),
+        (
+            &["record", "--all", "--count-map-size", "4294967295"][..],
+            "--count-map-size 4294967295 is out of range; use 64 to 1048576",
+        ),
+        (
+            &["record", "--all", "--stack-map-size", "4294967296"][..],
+            "'4294967296' for '--stack-map-size",
+        ),
         (&["record", "-d", "1s"][..], "say what to profile"),
         (&["record", "--all", "--", "true"][..], "not several"),
     ] {
@@ -152,4 +191,102 @@ fn command_that_cannot_run() {
     let dir = scratch("err_cmd");
     let err = one_error(&ember(&["record", "--", "/no/such/program"], &dir));
     assert!(err.contains("cannot run `/no/such/program`"), "{err}");
+}
+
+/// Durations and sizes at the extremes, from flags and the agent's config:
+/// one sentence naming the flag or key and the accepted range, never a
+/// panic (exit 101).
+#[test]
+fn extreme_durations_and_sizes() {
+    let dir = scratch("err_extremes");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let store = store.to_str().unwrap();
+    for (args, want) in [
+        (
+            &[
+                "query",
+                "--store-dir",
+                store,
+                "--since",
+                "99999999999999999h",
+            ][..],
+            "--since \"99999999999999999h\" is out of range; use 1ms to 3650d",
+        ),
+        (
+            &["query", "--store-dir", store, "--since=-5m"][..],
+            "--since \"-5m\" is not a valid duration",
+        ),
+        (
+            &[
+                "agent",
+                "--check-config",
+                "--retention",
+                "99999999999999999h",
+            ][..],
+            "store.retention = \"99999999999999999h\" is out of range; use 1m to 3650d",
+        ),
+        (
+            &["agent", "--check-config", "--window", "0.0000000001s"][..],
+            "window = \"0.0000000001s\" must be greater than zero; use 1s to 1h",
+        ),
+        (
+            &[
+                "agent",
+                "--check-config",
+                "--store-max-size",
+                "99999999999999999999999GiB",
+            ][..],
+            "store.max_size = \"99999999999999999999999GiB\" is out of range; use 1MiB to 16TiB",
+        ),
+        (
+            &["agent", "--check-config", "-F", "18446744073709551615"][..],
+            "frequency = 18446744073709551615 is out of range",
+        ),
+    ] {
+        let out = ember(args, &dir);
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked");
+        let err = one_error(&out);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    for (cfg, want) in [
+        (
+            "[store]\nretention = \"1000000y\"\n",
+            "store.retention = \"1000000y\" is not a valid duration",
+        ),
+        (
+            "[store]\nretention = \"1000000d\"\n",
+            "store.retention = \"1000000d\" is out of range; use 1m to 3650d",
+        ),
+        (
+            "[queue]\nmax_size = \"1B\"\n",
+            "queue.max_size = \"1B\" is out of range; use 1KiB to 4GiB",
+        ),
+        (
+            "[sampler]\nunwind_memory = \"18446744073709551616\"\n",
+            "sampler.unwind_memory = \"18446744073709551616\" is out of range",
+        ),
+        (
+            "[sampler]\nstack_map_size = 4000000000\n",
+            "sampler.stack_map_size = 4000000000 is out of range; use 64 to 262144",
+        ),
+        (
+            "[[push]]\nkind = \"pyroscope\"\nurl = \"http://x\"\ntimeout = \"100000000000d\"\n",
+            "push #1 timeout = \"100000000000d\" is out of range; use 100ms to 10m",
+        ),
+    ] {
+        std::fs::write(dir.join("c.toml"), cfg).unwrap();
+        let out = ember(
+            &[
+                "agent",
+                "--config",
+                dir.join("c.toml").to_str().unwrap(),
+                "--check-config",
+            ],
+            &dir,
+        );
+        assert_ne!(out.status.code(), Some(101), "{cfg} panicked");
+        let err = one_error(&out);
+        assert!(err.contains(want), "{cfg}: {err}");
+    }
 }

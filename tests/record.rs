@@ -569,3 +569,125 @@ fn overflowing_maps_are_counted_not_hidden() {
         .expect("a lost count in the summary");
     assert_eq!(n, lost, "{stderr}");
 }
+
+/// Outputs in a world-writable sticky directory where symlinks to root-only
+/// files were planted, at the output names and at the temporary names
+/// ember once used: the root files are untouched, the outputs are new
+/// regular files, and the links are gone (replaced, never followed). The
+/// same for `ember query -o`.
+#[test]
+fn outputs_never_write_through_planted_symlinks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = scratch("symlink_out");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let secrets: Vec<_> = (0..4)
+        .map(|i| {
+            let p = dir.join(format!("secret{i}"));
+            std::fs::write(&p, format!("root only {i}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        })
+        .collect();
+    // x.svg as root; the rest as nobody, as an unprivileged user would.
+    let plant = |target: &std::path::Path, link: &str, as_nobody: bool| {
+        let link = shared.join(link);
+        if as_nobody {
+            let st = Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "ln",
+                    "-s",
+                ])
+                .arg(target)
+                .arg(&link)
+                .status()
+                .expect("setpriv (util-linux) is installed");
+            assert!(st.success(), "planting {} as nobody", link.display());
+        } else {
+            std::os::unix::fs::symlink(target, &link).unwrap();
+        }
+    };
+    plant(&secrets[0], "x.svg", false);
+    plant(&secrets[1], ".x.svg.ember-tmp", true);
+    plant(&secrets[2], "y.folded", true);
+    plant(&secrets[3], ".y.folded.ember-tmp", true);
+
+    let x = shared.join("x.svg");
+    let y = shared.join("y.folded");
+    ember_ok(
+        &[
+            "record",
+            "-q",
+            "-o",
+            x.to_str().unwrap(),
+            "-o",
+            y.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ],
+        &dir,
+    );
+    let untouched = |i: usize| {
+        let m = std::fs::metadata(&secrets[i]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&secrets[i]).unwrap(),
+            format!("root only {i}\n"),
+            "secret{i} was written through a symlink"
+        );
+        assert_eq!(m.mode() & 0o7777, 0o600, "secret{i} mode changed");
+    };
+    (0..4).for_each(untouched);
+    for (p, head) in [(&x, "<?xml"), (&y, "")] {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        assert!(
+            m.file_type().is_file(),
+            "{} is not a regular file",
+            p.display()
+        );
+        assert_eq!(m.uid(), 0);
+        assert!(std::fs::read_to_string(p).unwrap().starts_with(head));
+    }
+    // The old temporary names are left alone (ember no longer uses them).
+    assert!(std::fs::symlink_metadata(shared.join(".x.svg.ember-tmp"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&shared)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.ends_with(".ember-tmp")
+                && !n.starts_with(".x.svg.ember")
+                && !n.starts_with(".y.folded.ember")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // ember query -o: the same, from an (empty) store.
+    let store = dir.join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::remove_file(&x).unwrap();
+    plant(&secrets[0], "x.svg", true);
+    ember_ok(
+        &[
+            "query",
+            "--store-dir",
+            store.to_str().unwrap(),
+            "-o",
+            x.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    untouched(0);
+    let m = std::fs::symlink_metadata(&x).unwrap();
+    assert!(m.file_type().is_file());
+    assert!(std::fs::read_to_string(&x).unwrap().starts_with("<?xml"));
+}

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::relabel::RuleConfig;
+use crate::util::limits;
 
 /// Everything `ember agent` reads from its config file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -81,8 +82,8 @@ pub struct SamplerConfig {
     pub unwind_memory: String,
 }
 
-/// One `[[push]]` backend.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One `[[push]]` backend. `Debug` shows header values as `<redacted>`.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// `pyroscope` (Connect Push), `pyroscope-ingest` (/ingest), `parca` (gRPC WriteRaw over h2c or TLS)
@@ -115,6 +116,30 @@ pub struct PushConfig {
     /// Gzip request bodies where the protocol allows it.
     #[serde(default = "yes")]
     pub gzip: bool,
+}
+
+impl std::fmt::Debug for PushConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("kind", &self.kind)
+            .field("url", &crate::util::redact_url(&self.url))
+            .field("tenant", &self.tenant)
+            .field("basic_auth_user", &self.basic_auth_user)
+            .field("basic_auth_password_file", &self.basic_auth_password_file)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .keys()
+                    .map(|k| (k, "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .finish()
+    }
 }
 
 fn default_timeout() -> String {
@@ -199,31 +224,266 @@ pub struct Settings {
     pub rules: Vec<super::relabel::Rule>,
     /// Per-backend request timeouts.
     pub push_timeouts: Vec<Duration>,
+    /// Per-backend `Authorization` header values (read from the files at
+    /// validation, so what was checked is what is sent).
+    pub push_auth: Vec<Option<Secret>>,
     /// Walk user stacks with unwind tables.
     pub unwind_tables: bool,
     /// Unwind table memory bound in bytes.
     pub unwind_memory: u64,
 }
 
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest token or password file read.
+const MAX_SECRET_BYTES: u64 = 64 << 10;
+/// Largest `ca_file` accepted.
+const MAX_CA_BYTES: u64 = 1 << 20;
+
+/// Request headers ember sets itself or that would change the request's
+/// framing; `headers` may not set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// A credential: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the request header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Reads a regular file of at most `max` bytes as UTF-8.
+fn read_bounded(
+    path: &std::path::Path,
+    max: u64,
+    regular_only: bool,
+) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Credentials must be regular files: opened non-blocking, so a FIFO
+    // named there is refused instead of waited on. The config file may be
+    // a pipe (`--config <(...)`); it is read up to the bound all the same.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(if regular_only { libc::O_NONBLOCK } else { 0 })
+        .open(path)?;
+    let kind = f.metadata()?.file_type();
+    if kind.is_dir() || (regular_only && !kind.is_file()) {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Ok(None);
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| std::io::Error::other("not UTF-8 text"))
+}
+
 /// Reads a TOML config file.
 pub fn load(path: &std::path::Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let text = read_bounded(path, MAX_CONFIG_BYTES, false)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the config file {} ({})",
+                path.display(),
+                crate::export::plain_io(&e)
+            )
+        })?
+        .ok_or_else(|| {
+            anyhow::anyhow!("the config file {} is larger than 1 MiB", path.display())
+        })?;
     parse(&text).with_context(|| format!("config file {}", path.display()))
 }
 
 /// Parses TOML text; errors are one line naming the key.
 pub fn parse(text: &str) -> Result<Config> {
     toml::from_str(text).map_err(|e| {
-        let msg = e.message().replace('\n', " ");
+        let msg = crate::util::printable(e.message(), 300);
         match e.span() {
             Some(span) => {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let upto = text.get(..span.start.min(text.len())).unwrap_or(text);
+                let line = upto.matches('\n').count() + 1;
                 anyhow::anyhow!("line {line}: {msg}")
             }
             None => anyhow::anyhow!("{msg}"),
         }
     })
+}
+
+fn duration_key(key: &str, v: &str, range: (Duration, Duration)) -> Result<Duration> {
+    crate::util::duration_in(
+        &format!("{key} = {}", crate::util::quote(v)),
+        v,
+        range.0,
+        range.1,
+    )
+}
+
+fn size_key(key: &str, v: &str, range: (u64, u64)) -> Result<u64> {
+    crate::util::size_in(
+        &format!("{key} = {}", crate::util::quote(v)),
+        v,
+        range.0,
+        range.1,
+    )
+}
+
+/// True if `v` can go in a header as written: no control characters (CR,
+/// LF, NUL, tab...) and only bytes HTTP allows.
+fn header_safe(v: &str) -> bool {
+    !v.chars().any(char::is_control) && hyper::header::HeaderValue::from_str(v).is_ok()
+}
+
+/// One line of a token or password file: surrounding blanks and the final
+/// newline trimmed, nothing that cannot go in a header.
+fn read_secret(n: usize, key: &str, path: &std::path::Path, token: bool) -> Result<String> {
+    let text = read_bounded(path, MAX_SECRET_BYTES, true)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "push #{n}: cannot read {key} {} ({})",
+                path.display(),
+                crate::export::plain_io(&e)
+            )
+        })?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "push #{n}: {key} {} is larger than 64 KiB; it must hold one line",
+                path.display()
+            )
+        })?;
+    let v = text.trim();
+    if v.is_empty() {
+        bail!("push #{n}: {key} {} is empty", path.display());
+    }
+    if v.chars().any(char::is_control) {
+        bail!(
+            "push #{n}: {key} {} has a line break or control character inside the value; it must hold one line (a trailing newline is fine)",
+            path.display()
+        );
+    }
+    if token && !v.chars().all(|c| c.is_ascii_graphic()) {
+        bail!(
+            "push #{n}: {key} {} must hold printable ASCII without spaces",
+            path.display()
+        );
+    }
+    Ok(v.to_string())
+}
+
+impl PushConfig {
+    /// Checks one backend and returns the `Authorization` value it sends.
+    fn validate(&self, n: usize) -> Result<Option<Secret>> {
+        use base64::Engine as _;
+        if !["pyroscope", "pyroscope-ingest", "parca", "parca-json"].contains(&self.kind.as_str()) {
+            bail!(
+                "push #{n}: kind = {} is unknown; use pyroscope, pyroscope-ingest, parca or parca-json",
+                crate::util::quote(&self.kind)
+            );
+        }
+        let shown = crate::util::quote(&crate::util::redact_url(&self.url));
+        let uri: hyper::Uri = self
+            .url
+            .parse()
+            .map_err(|_| anyhow::anyhow!("push #{n}: url = {shown} is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
+            bail!("push #{n}: url = {shown} must start with http:// or https:// and name a host");
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            bail!(
+                "push #{n}: url = {shown} has a user name or password in it; put the user in basic_auth_user and the password in a file named by basic_auth_password_file"
+            );
+        }
+        if uri.query().is_some() || self.url.contains('#') {
+            bail!("push #{n}: url = {shown} has a query or fragment; give the server's base URL such as http://pyroscope:4040");
+        }
+        if self.basic_auth_password_file.is_some() && self.basic_auth_user.is_none() {
+            bail!("push #{n}: basic_auth_password_file is set but basic_auth_user is not");
+        }
+        if self.bearer_token_file.is_some() && self.basic_auth_user.is_some() {
+            bail!("push #{n}: set either bearer_token_file or basic_auth_user, not both");
+        }
+        if let Some(t) = &self.tenant {
+            if t.is_empty() || !header_safe(t) {
+                bail!("push #{n}: tenant must be non-empty and hold no control characters or bytes HTTP headers cannot carry");
+            }
+        }
+        for (k, v) in &self.headers {
+            let name = crate::util::quote(k);
+            if hyper::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                bail!("push #{n}: headers has {name}, which is not a valid HTTP header name");
+            }
+            if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                bail!("push #{n}: headers may not set {name}; ember sets it itself");
+            }
+            if k.eq_ignore_ascii_case("authorization")
+                && (self.bearer_token_file.is_some() || self.basic_auth_user.is_some())
+            {
+                bail!("push #{n}: headers sets authorization as well as bearer_token_file or basic_auth_user; keep one");
+            }
+            if !header_safe(v) {
+                bail!("push #{n}: the value of headers {name} has a line break, control character or byte HTTP headers cannot carry");
+            }
+        }
+        if let Some(f) = &self.ca_file {
+            let ok = std::fs::metadata(f).map_err(|e| {
+                anyhow::anyhow!(
+                    "push #{n}: cannot read ca_file {} ({})",
+                    f.display(),
+                    crate::export::plain_io(&e)
+                )
+            })?;
+            if !ok.is_file() || ok.len() > MAX_CA_BYTES {
+                bail!(
+                    "push #{n}: ca_file {} must be a PEM file of at most 1 MiB",
+                    f.display()
+                );
+            }
+        }
+        let auth = if let Some(f) = &self.bearer_token_file {
+            Some(format!(
+                "Bearer {}",
+                read_secret(n, "bearer_token_file", f, true)?
+            ))
+        } else if let Some(user) = &self.basic_auth_user {
+            if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+                bail!("push #{n}: basic_auth_user must be non-empty, without ':' or control characters");
+            }
+            let pw = match &self.basic_auth_password_file {
+                Some(f) => read_secret(n, "basic_auth_password_file", f, false)?,
+                None => String::new(),
+            };
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+            ))
+        } else {
+            None
+        };
+        Ok(auth.map(Secret))
+    }
 }
 
 impl Config {
@@ -232,69 +492,60 @@ impl Config {
         if !(1..=1000).contains(&self.frequency) {
             bail!("frequency = {} is out of range; use 1 to 1000 Hz (19 is the default for the agent)", self.frequency);
         }
-        let window = parse_duration_key("window", &self.window)?;
-        if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
-            bail!("window = {:?} is out of range; use 1s to 1h", self.window);
-        }
-        let retention = parse_duration_key("store.retention", &self.store.retention)?;
-        let store_max_bytes = parse_size("store.max_size", &self.store.max_size)?;
-        let queue_max_bytes = parse_size("queue.max_size", &self.queue.max_size)?;
+        let window = duration_key("window", &self.window, limits::WINDOW)?;
+        let retention = duration_key("store.retention", &self.store.retention, limits::RETENTION)?;
+        let store_max_bytes = size_key("store.max_size", &self.store.max_size, limits::STORE_SIZE)?;
+        let queue_max_bytes = size_key("queue.max_size", &self.queue.max_size, limits::QUEUE_SIZE)?;
         let listen = if self.http.listen.is_empty() {
             None
         } else {
             Some(self.http.listen.parse().map_err(|_| {
                 anyhow::anyhow!(
-                    "http.listen = {:?} is not an address; use e.g. \"127.0.0.1:6060\"",
-                    self.http.listen
+                    "http.listen = {} is not an address; use e.g. \"127.0.0.1:6060\"",
+                    crate::util::quote(&self.http.listen)
                 )
             })?)
         };
-        if self.sampler.count_map_size < 64 || self.sampler.stack_map_size < 64 {
-            bail!("sampler.count_map_size and sampler.stack_map_size must be at least 64");
+        for (key, v, (lo, hi)) in [
+            (
+                "sampler.count_map_size",
+                self.sampler.count_map_size,
+                limits::COUNT_MAP,
+            ),
+            (
+                "sampler.stack_map_size",
+                self.sampler.stack_map_size,
+                limits::STACK_MAP,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                bail!("{key} = {v} is out of range; use {lo} to {hi}");
+            }
         }
         let unwind_tables = match self.sampler.unwind.as_str() {
             "tables" => true,
             "frame-pointers" => false,
-            other => {
-                bail!("sampler.unwind = {other:?} is unknown; use \"tables\" or \"frame-pointers\"")
+            _ => {
+                bail!(
+                    "sampler.unwind = {} is unknown; use \"tables\" or \"frame-pointers\"",
+                    crate::util::quote(&self.sampler.unwind)
+                )
             }
         };
-        let unwind_memory = parse_size("sampler.unwind_memory", &self.sampler.unwind_memory)?;
+        let unwind_memory = size_key(
+            "sampler.unwind_memory",
+            &self.sampler.unwind_memory,
+            limits::UNWIND_MEMORY,
+        )?;
         let mut push_timeouts = Vec::new();
+        let mut push_auth = Vec::new();
         for (i, p) in self.push.iter().enumerate() {
             let n = i + 1;
-            if !["pyroscope", "pyroscope-ingest", "parca", "parca-json"].contains(&p.kind.as_str())
-            {
-                bail!("push #{n}: kind = {:?} is unknown; use pyroscope, pyroscope-ingest, parca or parca-json", p.kind);
-            }
-            let uri: hyper::Uri = p
-                .url
-                .parse()
-                .map_err(|_| anyhow::anyhow!("push #{n}: url = {:?} is not a URL", p.url))?;
-            if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none() {
-                bail!(
-                    "push #{n}: url = {:?} must start with http:// or https:// and name a host",
-                    p.url
-                );
-            }
-            if p.basic_auth_password_file.is_some() && p.basic_auth_user.is_none() {
-                bail!("push #{n}: basic_auth_password_file is set but basic_auth_user is not");
-            }
-            for f in [
-                &p.basic_auth_password_file,
-                &p.bearer_token_file,
-                &p.ca_file,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if std::fs::metadata(f).is_err() {
-                    bail!("push #{n}: cannot read {}", f.display());
-                }
-            }
-            push_timeouts.push(parse_duration_key(
+            push_auth.push(p.validate(n)?);
+            push_timeouts.push(duration_key(
                 &format!("push #{n} timeout"),
                 &p.timeout,
+                limits::PUSH_TIMEOUT,
             )?);
         }
         let rules = self
@@ -303,7 +554,7 @@ impl Config {
             .enumerate()
             .map(|(i, r)| super::relabel::Rule::compile(r, i + 1).map_err(|e| anyhow::anyhow!(e)))
             .collect::<Result<Vec<_>>>()?;
-        let node = self.node.clone().unwrap_or_else(crate::record::hostname);
+        let node = self.node.clone().unwrap_or_else(crate::util::hostname);
         Ok(Settings {
             raw: self.clone(),
             window,
@@ -314,42 +565,25 @@ impl Config {
             node,
             rules,
             push_timeouts,
+            push_auth,
             unwind_tables,
             unwind_memory,
         })
     }
-}
 
-fn parse_duration_key(key: &str, v: &str) -> Result<Duration> {
-    crate::record::parse_duration(v)
-        .map_err(|_| anyhow::anyhow!("{key} = {v:?} is not a duration; use e.g. 15s, 10m, 24h"))
-}
-
-/// Parses `64MiB`, `1GiB`, `500MB`, `1048576`.
-pub fn parse_size(key: &str, v: &str) -> Result<u64> {
-    let t = v.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{key} = {v:?} is not a size; use e.g. 64MiB or 1GiB"))?;
-    let mult: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "KiB" | "K" | "k" => 1024.0,
-        "MiB" | "M" => 1048576.0,
-        "GiB" | "G" => 1073741824.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        _ => bail!("{key} = {v:?} has an unknown unit; use B, KiB, MiB or GiB"),
-    };
-    let bytes = (n * mult) as u64;
-    if bytes == 0 {
-        bail!("{key} = {v:?} must be greater than zero");
+    /// The config with every secret that is written inline (header
+    /// values) replaced by `<redacted>` and URLs shown without user
+    /// information: what `--check-config` prints.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for p in &mut c.push {
+            p.url = crate::util::redact_url(&p.url);
+            for v in p.headers.values_mut() {
+                *v = "<redacted>".into();
+            }
+        }
+        c
     }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -390,6 +624,63 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("queue.max_size"));
-        assert_eq!(parse_size("k", "64MiB").unwrap(), 64 << 20);
+    }
+
+    fn push_err(extra: &str) -> String {
+        let c = parse(&format!(
+            "[[push]]\nkind = \"pyroscope\"\nurl = \"http://h:4040\"\n{extra}"
+        ))
+        .unwrap();
+        match c.validate() {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn push_values_are_checked() {
+        assert_eq!(push_err(""), "");
+        assert_eq!(
+            push_err("tenant = \"team-a\"\nheaders = { \"x-key\" = \"v\" }"),
+            ""
+        );
+        let e = push_err("tenant = \"a\\nb\"");
+        assert!(e.contains("tenant"), "{e}");
+        let e = push_err("headers = { \"host\" = \"evil\" }");
+        assert!(e.contains("may not set \"host\""), "{e}");
+        let e = push_err("headers = { \"bad name\" = \"v\" }");
+        assert!(e.contains("not a valid HTTP header name"), "{e}");
+        let e = push_err("headers = { \"x-key\" = \"secret\\u0000\" }");
+        assert!(e.contains("x-key") && !e.contains("secret"), "{e}");
+        let e = push_err("headers = { \"Authorization\" = \"x\" }\nbasic_auth_user = \"u\"");
+        assert!(e.contains("keep one"), "{e}");
+        let e = push_err("basic_auth_user = \"a:b\"");
+        assert!(e.contains("basic_auth_user"), "{e}");
+        let e = push_err("bearer_token_file = \"/no/such/token\"");
+        assert!(
+            e.contains("cannot read bearer_token_file /no/such/token"),
+            "{e}"
+        );
+        let e = push_err("bearer_token_file = \"/proc\"");
+        assert!(e.contains("bearer_token_file /proc"), "{e}");
+        let fifo = std::env::temp_dir().join(format!("ember-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = push_err(&format!("bearer_token_file = \"{}\"", fifo.display()));
+        let _ = std::fs::remove_file(&fifo);
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = push_err("ca_file = \"/dev/zero\"");
+        assert!(e.contains("at most 1 MiB"), "{e}");
+        for (url, want) in [
+            ("http://u:pw@h/", "basic_auth_password_file"),
+            ("http://h/?token=pw", "has a query"),
+            ("http://h/#pw", "has a query or fragment"),
+        ] {
+            let c = parse(&format!("[[push]]\nkind = \"parca\"\nurl = \"{url}\"")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want) && !e.contains("pw"), "{url}: {e}");
+        }
     }
 }

@@ -92,6 +92,28 @@ pub struct PushMetrics {
     pub queued_bytes: u64,
     /// Items waiting.
     pub queued_items: u64,
+    /// 307/308 redirects followed.
+    pub redirects_followed: u64,
+    /// Redirects not followed (another 3xx, too many, https to http, not a
+    /// URL); the profile is dropped and counted as rejected.
+    pub redirects_refused: u64,
+    /// Responses whose body passed the read cap (the rest was not read).
+    pub oversized_responses: u64,
+}
+
+/// A Prometheus label value: backslash, quote and line breaks escaped.
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Metrics {
@@ -299,7 +321,7 @@ impl Metrics {
         let push = self.push.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let series = |field: &dyn Fn(&PushMetrics) -> u64| {
             push.iter()
-                .map(|p| format!("{{backend=\"{}\"}} {}", p.name.replace('"', "'"), field(p)))
+                .map(|p| format!("{{backend=\"{}\"}} {}", label_value(&p.name), field(p)))
                 .collect::<Vec<_>>()
         };
         for (name, kind, help, f) in [
@@ -340,6 +362,12 @@ impl Metrics {
                 &|p: &PushMetrics| p.dropped_expired,
             ),
             (
+                "ember_push_oversized_responses_total",
+                "counter",
+                "Responses whose body was larger than the 64 KiB read cap (the rest was not read).",
+                &|p: &PushMetrics| p.oversized_responses,
+            ),
+            (
                 "ember_push_queued_bytes",
                 "gauge",
                 "Bytes waiting to be pushed.",
@@ -356,6 +384,19 @@ impl Metrics {
             for v in series(f) {
                 let _ = writeln!(s, "{name}{v}");
             }
+        }
+        let name = "ember_push_redirects_total";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Redirects answered to push requests: 307/308 followed, or refused (the profile is dropped).\n# TYPE {name} counter"
+        );
+        for p in &push {
+            let b = label_value(&p.name);
+            let _ = writeln!(
+                s,
+                "{name}{{backend=\"{b}\",outcome=\"followed\"}} {}\n{name}{{backend=\"{b}\",outcome=\"refused\"}} {}",
+                p.redirects_followed, p.redirects_refused
+            );
         }
         s
     }

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
-use super::config::{PushConfig, Settings};
+use super::config::{PushConfig, Secret, Settings};
 use super::metrics::PushMetrics;
 use super::Shared;
 use crate::profile::pprof::{self, proto};
@@ -105,6 +105,13 @@ const MAX_LABELS: usize = 30;
 const MAX_LABEL_VALUE: usize = 2048;
 /// Pyroscope rejects profiles older than 1 h; leave margin for the trip.
 const MAX_AGE: Duration = Duration::from_secs(50 * 60);
+/// Bytes of any response body read; the servers' real answers are a few
+/// hundred bytes, and a larger body is never read further.
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
+/// 307/308 redirects followed for one request.
+const MAX_REDIRECTS: u64 = 3;
+/// Characters of backend text (bodies, messages, errors) in one log line.
+const LOGGED_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -123,8 +130,12 @@ struct Item {
 struct Backend {
     kind: Kind,
     cfg: PushConfig,
+    /// `kind url` with the URL redacted: what logs and metrics show.
+    name: String,
+    /// Scheme and authority of the configured URL: credentials go only there.
+    origin: (String, String),
     timeout: Duration,
-    auth: Option<String>,
+    auth: Option<Secret>,
     queue: Mutex<VecDeque<Item>>,
     queued_bytes: Mutex<u64>,
     notify: tokio::sync::Notify,
@@ -154,35 +165,23 @@ impl Pusher {
                 "parca" => Kind::Parca,
                 _ => Kind::ParcaJson,
             };
-            let read = |p: &std::path::Path| -> Result<String> {
-                Ok(std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?
-                    .trim()
-                    .to_string())
-            };
-            let auth = if let Some(f) = &cfg.bearer_token_file {
-                Some(format!("Bearer {}", read(f)?))
-            } else if let Some(user) = &cfg.basic_auth_user {
-                let pw = cfg
-                    .basic_auth_password_file
-                    .as_deref()
-                    .map(read)
-                    .transpose()?
-                    .unwrap_or_default();
-                Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
-                ))
-            } else {
-                None
-            };
+            // Validated (and the credential files read) by Config::validate.
+            let auth = s.push_auth.get(i).cloned().flatten();
+            let uri: hyper::Uri = cfg
+                .url
+                .parse()
+                .with_context(|| format!("push #{}: url is not a URL", i + 1))?;
+            let origin = origin_of(&uri);
+            let name = format!("{} {}", cfg.kind, crate::util::redact_url(&cfg.url));
             metrics.push(PushMetrics {
-                name: format!("{} {}", cfg.kind, cfg.url),
+                name: name.clone(),
                 ..Default::default()
             });
             backends.push(Arc::new(Backend {
                 kind,
                 cfg: cfg.clone(),
+                name,
+                origin,
                 timeout: s.push_timeouts[i],
                 auth,
                 queue: Mutex::new(VecDeque::new()),
@@ -277,8 +276,9 @@ impl Pusher {
             (Ok(a), Ok(h)) => (a, h),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!(
-                    "ember agent: {} {}: {e:#}; not pushing there",
-                    b.cfg.kind, b.cfg.url
+                    "ember agent: {}: {}; not pushing there",
+                    b.name,
+                    crate::util::printable(&format!("{e:#}"), 300)
                 );
                 return;
             }
@@ -313,14 +313,26 @@ impl Pusher {
             }
             self.shared.metrics.with_push(b.index, |m| m.attempts += 1);
             let c = if b.kind == Kind::Parca { &h2 } else { &client };
-            match send(c, &b, &uri, body).await {
+            let (outcome, hops) = send(c, &b, &uri, body).await;
+            if hops.followed + hops.refused + hops.oversized > 0 {
+                self.shared.metrics.with_push(b.index, |m| {
+                    m.redirects_followed += hops.followed;
+                    m.redirects_refused += hops.refused;
+                    m.oversized_responses += hops.oversized;
+                });
+            }
+            match outcome {
                 Outcome::Ok => {
                     backoff = Duration::from_millis(500);
                     self.pop(&b, |m| m.successes += 1);
                 }
                 Outcome::Reject(status, msg) => {
                     if seen_status.insert(status) {
-                        eprintln!("ember agent: {} {} rejected a profile ({status}): {msg}; dropping it (not retried)", b.cfg.kind, b.cfg.url);
+                        eprintln!(
+                            "ember agent: {} rejected a profile ({status}): {}; dropping it (not retried)",
+                            b.name,
+                            crate::util::printable(&msg, LOGGED_CHARS)
+                        );
                     }
                     self.pop(&b, |m| {
                         m.failures += 1;
@@ -332,7 +344,12 @@ impl Pusher {
                     if self.closed.load(Ordering::SeqCst)
                         && flush_deadline.is_some_and(|d| Instant::now() + backoff > d)
                     {
-                        eprintln!("ember agent: {} {} is unreachable ({why}); {} profiles were not pushed", b.cfg.kind, b.cfg.url, b.queue.lock().map(|q| q.len()).unwrap_or(0));
+                        eprintln!(
+                            "ember agent: {} is unreachable ({}); {} profiles were not pushed",
+                            b.name,
+                            crate::util::printable(&why, LOGGED_CHARS),
+                            b.queue.lock().map(|q| q.len()).unwrap_or(0)
+                        );
                         return;
                     }
                     // Full jitter: a fleet that lost its backend does not
@@ -422,9 +439,121 @@ fn http_client(h2_only: bool, ca_file: Option<&std::path::Path>) -> Result<HttpC
     Ok(c.build(conn))
 }
 
-async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
-    let mut req =
-        Request::post(uri).header("user-agent", concat!("ember/", env!("CARGO_PKG_VERSION")));
+/// Redirects and oversized replies seen while sending one profile.
+#[derive(Default)]
+struct Hops {
+    followed: u64,
+    refused: u64,
+    oversized: u64,
+}
+
+/// `(scheme, authority)`, lower-case.
+fn origin_of(u: &hyper::Uri) -> (String, String) {
+    (
+        u.scheme_str().unwrap_or("").to_ascii_lowercase(),
+        u.authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .unwrap_or_default(),
+    )
+}
+
+/// Where a `Location` sends a request made to `base`: an absolute http(s)
+/// URL, a scheme-relative `//host/path`, an absolute path or a path
+/// relative to `base`'s directory.
+fn resolve_location(base: &hyper::Uri, loc: &str) -> Option<hyper::Uri> {
+    if loc.is_empty() {
+        return None;
+    }
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    let target = if loc.contains("://") {
+        loc.to_string()
+    } else if let Some(rest) = loc.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if loc.starts_with('/') {
+        format!("{scheme}://{authority}{loc}")
+    } else {
+        let path = base.path();
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        let dir = if dir.is_empty() { "/" } else { dir };
+        format!("{scheme}://{authority}{dir}{loc}")
+    };
+    let uri: hyper::Uri = target.parse().ok()?;
+    let ok = matches!(uri.scheme_str(), Some("http") | Some("https"))
+        && uri.host().is_some()
+        && !uri.authority()?.as_str().contains('@');
+    ok.then_some(uri)
+}
+
+/// Where a redirect answered to a request for `target` leads, if ember
+/// follows it: only 307 and 308 (which keep the method and body), at most
+/// [`MAX_REDIRECTS`] in a row, to an http(s) URL, never from https to plain
+/// http. The error is the sentence logged.
+fn next_hop(
+    target: &hyper::Uri,
+    status: StatusCode,
+    loc: &str,
+    followed: u64,
+) -> std::result::Result<hyper::Uri, String> {
+    let shown = crate::util::redact_url(loc);
+    if !matches!(
+        status,
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return Err(format!(
+            "HTTP {status} to {shown:?} is not followed (only 307 and 308 keep a POST and its body); set url to where the server lives"
+        ));
+    }
+    if followed >= MAX_REDIRECTS {
+        return Err(format!(
+            "HTTP {status} to {shown:?}: more than {MAX_REDIRECTS} redirects in a row"
+        ));
+    }
+    match resolve_location(target, loc) {
+        None => Err(format!(
+            "HTTP {status} to {shown:?}: not an http(s) URL ember can follow"
+        )),
+        Some(u) if target.scheme_str() == Some("https") && u.scheme_str() != Some("https") => Err(
+            format!("HTTP {status} to {shown:?} is refused: it would leave https for plain http"),
+        ),
+        Some(u) => Ok(u),
+    }
+}
+
+/// The response body, at most [`MAX_RESPONSE_BYTES`] of it (the rest is
+/// never read: dropping the body closes or resets the stream), its
+/// trailers if they came within the cap, and whether it was cut.
+async fn read_capped(
+    mut body: hyper::body::Incoming,
+) -> std::result::Result<(Vec<u8>, Option<hyper::HeaderMap>, bool), hyper::Error> {
+    let mut buf = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => {
+                let room = MAX_RESPONSE_BYTES - buf.len();
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+                if data.len() > room {
+                    return Ok((buf, trailers, true));
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Ok((buf, trailers, false))
+}
+
+fn build_request(
+    b: &Backend,
+    uri: &hyper::Uri,
+    body: Bytes,
+) -> std::result::Result<Request<Full<Bytes>>, hyper::http::Error> {
+    let mut req = Request::post(uri.clone())
+        .header("user-agent", concat!("ember/", env!("CARGO_PKG_VERSION")));
     match b.kind {
         Kind::Pyroscope => {
             req = req
@@ -445,61 +574,117 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> Outcome {
     if let Some(t) = &b.cfg.tenant {
         req = req.header("x-scope-orgid", t);
     }
-    if let Some(a) = &b.auth {
-        req = req.header("authorization", a);
+    // Credentials (and the configured headers, which may be credentials)
+    // go only to the configured scheme and host, never after a redirect
+    // elsewhere.
+    if origin_of(uri) == b.origin {
+        if let Some(a) = &b.auth {
+            let mut v = hyper::header::HeaderValue::from_str(a.expose())?;
+            v.set_sensitive(true);
+            req = req.header("authorization", v);
+        }
+        for (k, v) in &b.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
     }
-    for (k, v) in &b.cfg.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let req = match req.body(Full::new(body)) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Reject(0, format!("cannot build the request: {e}")),
+    req.body(Full::new(body))
+}
+
+async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, Hops) {
+    let mut hops = Hops::default();
+    let mut target: hyper::Uri = match uri.parse() {
+        Ok(u) => u,
+        Err(e) => return (Outcome::Reject(0, format!("bad request URL: {e}")), hops),
     };
-    let resp = match tokio::time::timeout(b.timeout, c.request(req)).await {
-        Err(_) => return Outcome::Retry("timed out".into()),
-        Ok(Err(e)) => return Outcome::Retry(error_chain(&e)),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let collected = match tokio::time::timeout(b.timeout, resp.into_body().collect()).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Outcome::Retry(format!("{e}")),
-        Err(_) => return Outcome::Retry("timed out reading the response".into()),
-    };
-    if b.kind == Kind::Parca && status == StatusCode::OK {
-        // gRPC reports errors in the trailers (or the headers, for a
-        // trailers-only response).
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        let get = |k: &str| {
-            trailers
-                .get(k)
-                .or_else(|| headers.get(k))
+    loop {
+        let req = match build_request(b, &target, body.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Outcome::Reject(0, format!("cannot build the request: {e}")),
+                    hops,
+                )
+            }
+        };
+        let resp = match tokio::time::timeout(b.timeout, c.request(req)).await {
+            Err(_) => return (Outcome::Retry("timed out".into()), hops),
+            Ok(Err(e)) => return (Outcome::Retry(error_chain(&e)), hops),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let (bytes, trailers, cut) =
+            match tokio::time::timeout(b.timeout, read_capped(resp.into_body())).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => return (Outcome::Retry(error_chain(&e)), hops),
+                Err(_) => {
+                    return (
+                        Outcome::Retry("timed out reading the response".into()),
+                        hops,
+                    )
+                }
+            };
+        if cut {
+            hops.oversized += 1;
+        }
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            let loc = headers
+                .get(hyper::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .unwrap_or("");
+            let next = next_hop(&target, status, loc, hops.followed);
+            match next {
+                Ok(u) => {
+                    hops.followed += 1;
+                    target = u;
+                    continue;
+                }
+                Err(msg) => {
+                    hops.refused += 1;
+                    return (Outcome::Reject(status.as_u16(), msg), hops);
+                }
+            }
+        }
+        if b.kind == Kind::Parca && status == StatusCode::OK {
+            // gRPC reports errors in the trailers (or the headers, for a
+            // trailers-only response).
+            let trailers = trailers.unwrap_or_default();
+            let get = |k: &str| {
+                trailers
+                    .get(k)
+                    .or_else(|| headers.get(k))
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            let code: u32 = get("grpc-status")
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            let msg =
+                crate::util::printable(&get("grpc-message").unwrap_or_default(), LOGGED_CHARS);
+            let outcome = match code {
+                0 => Outcome::Ok,
+                // UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+                2 | 4 | 8 | 10 | 13 | 14 | 15 => {
+                    Outcome::Retry(format!("grpc-status {code}: {msg}"))
+                }
+                _ => Outcome::Reject(
+                    u16::try_from(code).unwrap_or(u16::MAX),
+                    format!("grpc-status {code}: {msg}"),
+                ),
+            };
+            return (outcome, hops);
+        }
+        let text = crate::util::printable(&String::from_utf8_lossy(&bytes), LOGGED_CHARS);
+        let outcome = if status.is_success() {
+            Outcome::Ok
+        } else if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status.is_server_error()
+        {
+            Outcome::Retry(format!("HTTP {status}: {text}"))
+        } else {
+            Outcome::Reject(status.as_u16(), format!("HTTP {status}: {text}"))
         };
-        let code: u32 = get("grpc-status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let msg = get("grpc-message").unwrap_or_default();
-        return match code {
-            0 => Outcome::Ok,
-            // UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE, DATA_LOSS
-            2 | 4 | 8 | 10 | 13 | 14 | 15 => Outcome::Retry(format!("grpc-status {code}: {msg}")),
-            _ => Outcome::Reject(code as u16, format!("grpc-status {code}: {msg}")),
-        };
-    }
-    let text = String::from_utf8_lossy(&collected.to_bytes())
-        .chars()
-        .take(300)
-        .collect::<String>();
-    if status.is_success() {
-        Outcome::Ok
-    } else if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
-        Outcome::Retry(format!("HTTP {status}: {text}"))
-    } else {
-        Outcome::Reject(status.as_u16(), format!("HTTP {status}: {text}"))
+        return (outcome, hops);
     }
 }
 
@@ -763,5 +948,40 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert_eq!(urlencode("a{b=c}"), "a%7Bb%3Dc%7D");
+    }
+
+    #[test]
+    fn redirects() {
+        let base: hyper::Uri = "https://pyro:4040/a/push.v1.PusherService/Push"
+            .parse()
+            .unwrap();
+        let go = |status: u16, loc: &str, n: u64| {
+            next_hop(&base, StatusCode::from_u16(status).unwrap(), loc, n).map(|u| u.to_string())
+        };
+        assert_eq!(go(307, "/b/x", 0).unwrap(), "https://pyro:4040/b/x");
+        assert_eq!(
+            go(308, "y?z=1", 0).unwrap(),
+            "https://pyro:4040/a/push.v1.PusherService/y?z=1"
+        );
+        assert_eq!(go(307, "//other/p", 0).unwrap(), "https://other/p");
+        assert_eq!(
+            go(307, "https://other:1/p", 2).unwrap(),
+            "https://other:1/p"
+        );
+        // Not followed: a downgrade, a loop past the bound, a POST-changing
+        // status, something that is not an http(s) URL, userinfo.
+        assert!(go(307, "http://pyro:4040/x", 0)
+            .unwrap_err()
+            .contains("plain http"));
+        assert!(go(307, "/x", 3).unwrap_err().contains("more than 3"));
+        assert!(go(302, "/x", 0).unwrap_err().contains("only 307 and 308"));
+        assert!(go(307, "ftp://x/y", 0).is_err());
+        assert!(go(307, "", 0).is_err());
+        let e = go(307, "https://u:secret@h/x", 0).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        let plain: hyper::Uri = "http://h/p".parse().unwrap();
+        let up = next_hop(&plain, StatusCode::TEMPORARY_REDIRECT, "https://h/p", 0).unwrap();
+        assert_eq!(up.scheme_str(), Some("https"));
+        assert_ne!(origin_of(&up), origin_of(&plain));
     }
 }

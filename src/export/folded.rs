@@ -40,7 +40,8 @@ pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
                 buf.push_str(suffix);
             }
         }
-        *out.entry(buf.clone()).or_default() += s.count;
+        let n = out.entry(buf.clone()).or_default();
+        *n = n.saturating_add(s.count);
     }
     out
 }

@@ -3,11 +3,10 @@
 pub mod folded;
 pub mod svg;
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::profile::{pprof, Profile};
 
@@ -57,24 +56,74 @@ pub struct ExportOptions {
     pub threads: bool,
 }
 
-/// Writes `p` to `path` atomically (temporary file, then rename), so a
-/// failed write never leaves a half file behind.
+/// Writes `p` to `path` atomically: into a new file with an unpredictable
+/// name in the same directory (created with `O_CREAT|O_EXCL|O_NOFOLLOW`, mode
+/// 0600, so nothing planted there can be written through), then renamed over
+/// `path`. A failed write never leaves a half file behind, and a symlink at
+/// `path` is replaced, not followed.
 pub fn write_file(p: &Profile, format: Format, path: &Path, opts: ExportOptions) -> Result<()> {
-    let tmp = tmp_path(path);
-    let result = (|| -> Result<()> {
-        let f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        let mut w = BufWriter::new(f);
+    let mut tmp = temp_in(path)?;
+    {
+        let mut w = BufWriter::new(tmp.as_file_mut());
         write_to(p, format, &mut w, opts)?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        w.flush()
+            .map_err(|e| anyhow::anyhow!("cannot write {} ({})", path.display(), plain_io(&e)))?;
     }
-    result
+    // The file was created 0600; outputs are as readable as a plain
+    // create would make them (0644 less the umask).
+    let mode = 0o666 & !umask();
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot write {} ({})", path.display(), plain_io(&e)))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {} ({})", path.display(), plain_io(&e.error)))?;
+    Ok(())
+}
+
+/// A new temporary file beside `path` (removed when dropped).
+fn temp_in(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The prefix is only for a human looking at the directory mid-write;
+    // the random suffix is what makes the name unguessable.
+    let prefix: String = format!(".{name}").chars().take(48).collect();
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".ember-tmp")
+        .rand_bytes(12)
+        .tempfile_in(dir)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write {} ({}); choose an output path in a writable directory (checked {})",
+                path.display(),
+                plain_io(&e),
+                dir.display()
+            )
+        })
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The process's umask, read without changing it (umask(2) would change
+/// it for every thread for a moment); 022 if the kernel does not say.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(v.trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
+        & 0o777
 }
 
 /// Writes `p` in `format` to any writer.
@@ -92,7 +141,10 @@ pub fn write_to(
     Ok(())
 }
 
-/// Fails early, before sampling, if `path` cannot be written.
+/// Fails early, before sampling, if `path` cannot be written: it is not a
+/// directory, and a file can be created beside it (the same way
+/// [`write_file`] will: an unpredictable name, never following a link; it is
+/// removed at once). Nothing at `path` itself is opened or changed.
 pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         bail!(
@@ -101,33 +153,7 @@ pub fn check_writable(path: &Path) -> Result<()> {
             path.display()
         );
     }
-    let tmp = tmp_path(path);
-    match File::create(&tmp) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&tmp);
-            Ok(())
-        }
-        Err(e) => {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            bail!(
-                "cannot write {} ({}); choose an output path in a writable directory (checked {})",
-                path.display(),
-                plain_io(&e),
-                dir.display()
-            )
-        }
-    }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.ember-tmp"))
+    temp_in(path).map(drop)
 }
 
 /// An io error without the "(os error N)" noise.

@@ -8,12 +8,24 @@ use inferno::flamegraph::{self, Options};
 use super::{folded, ExportOptions};
 use crate::profile::Profile;
 
+/// Largest sample total handed to inferno.
+const MAX_SVG_TOTAL: u128 = 1 << 48;
+
 /// Writes an interactive flamegraph whose title names what was profiled,
 /// when, at what frequency and for how long.
 pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Result<()> {
-    let lines: Vec<String> = folded::lines(p, opts)
+    let stacks = folded::lines(p, opts);
+    // inferno adds the counts up in a usize without overflow checks; a
+    // merged profile's counts come from files, so an absurd total is
+    // scaled down (widths stay proportional) rather than overflowing.
+    let total: u128 = stacks.values().map(|&n| u128::from(n)).sum();
+    let div = total.div_ceil(MAX_SVG_TOTAL).max(1);
+    let lines: Vec<String> = stacks
         .into_iter()
-        .map(|(s, n)| format!("{s} {n}"))
+        .filter_map(|(s, n)| {
+            let n = u128::from(n) / div;
+            (n > 0).then(|| format!("{s} {n}"))
+        })
         .collect();
     let mut o = Options::default();
     o.title = format!("ember: {}", p.target);

@@ -58,7 +58,9 @@ impl Merger {
         };
         let start = p.time_nanos.max(0) as u64;
         self.first = Some(self.first.map_or(start, |f| f.min(start)));
-        self.last = self.last.max(start + p.duration_nanos.max(0) as u64);
+        self.last = self
+            .last
+            .max(start.saturating_add(p.duration_nanos.max(0) as u64));
         if self.out.frequency == 0 && p.period > 0 {
             self.out.frequency = (1_000_000_000 / p.period as u64).max(1);
         }
@@ -207,7 +209,10 @@ impl Merger {
             );
             let count = smp.value.first().copied().unwrap_or(0).max(0) as u64;
             match self.sample_ids.get(&key) {
-                Some(&i) => self.out.samples[i].count += count,
+                Some(&i) => {
+                    let c = &mut self.out.samples[i].count;
+                    *c = c.saturating_add(count);
+                }
                 None => {
                     self.sample_ids.insert(key.clone(), self.out.samples.len());
                     self.out.samples.push(Sample {

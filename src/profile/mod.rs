@@ -130,7 +130,9 @@ impl Profile {
 
     /// Total samples.
     pub fn total(&self) -> u64 {
-        self.samples.iter().map(|s| s.count).sum()
+        self.samples
+            .iter()
+            .fold(0u64, |t, s| t.saturating_add(s.count))
     }
 
     /// Display name of a location's frame `i` (0 = innermost).
@@ -141,7 +143,11 @@ impl Profile {
         match loc.mapping.map(|m| &self.mappings[m as usize]) {
             Some(m) if loc.kind == FrameKind::User => {
                 let base = m.file.rsplit('/').next().unwrap_or(&m.file);
-                format!("{base}+0x{:x}", loc.address - m.start + m.offset)
+                // Wrapping: a merged profile's addresses come from files.
+                format!(
+                    "{base}+0x{:x}",
+                    loc.address.wrapping_sub(m.start).wrapping_add(m.offset)
+                )
             }
             _ => "[unknown]".to_string(),
         }
@@ -153,8 +159,10 @@ impl Profile {
         for s in &self.samples {
             if let Some(&leaf) = s.locations.first() {
                 let loc = &self.locations[leaf as usize];
-                *by.entry(self.frame_name(loc, loc.lines.first()))
-                    .or_default() += s.count;
+                let n = by
+                    .entry(self.frame_name(loc, loc.lines.first()))
+                    .or_default();
+                *n = n.saturating_add(s.count);
             }
         }
         let mut v: Vec<_> = by.into_iter().collect();

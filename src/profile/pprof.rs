@@ -242,7 +242,11 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
         .iter()
         .map(|s| proto::Sample {
             location_id: s.locations.iter().map(|&l| l as u64 + 1).collect(),
-            value: vec![s.count as i64, s.count as i64 * period],
+            value: {
+                // Saturating: a merged profile's counts come from files.
+                let n = i64::try_from(s.count).unwrap_or(i64::MAX);
+                vec![n, n.saturating_mul(period)]
+            },
             label: vec![
                 proto::Label {
                     key: k_pid,
@@ -314,15 +318,131 @@ pub fn write(p: &Profile, out: impl Write) -> std::io::Result<()> {
     gz.finish()?.flush()
 }
 
-/// Reads a pprof profile, gzip-compressed or not.
+/// Largest pprof ember decodes, after decompression. ember's own windows
+/// are far smaller; the bound keeps a gzip bomb from taking the host's
+/// memory.
+pub const MAX_DECODED_BYTES: usize = 128 << 20;
+
+/// Largest memory the decoded messages may take, estimated before decoding
+/// (see [`decoded_size`]): protobuf lets 2 bytes declare a whole message,
+/// so a small input can otherwise become a large allocation.
+pub const MAX_DECODED_MEMORY: u64 = 512 << 20;
+
+/// Reads a pprof profile, gzip-compressed or not. Inputs past
+/// [`MAX_DECODED_BYTES`] (uncompressed) or [`MAX_DECODED_MEMORY`] (decoded)
+/// are errors; nothing is allocated for them beyond the bound.
 pub fn read(bytes: &[u8]) -> anyhow::Result<proto::Profile> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut raw)?;
-        Ok(proto::Profile::decode(&raw[..])?)
+    let mut raw = Vec::new();
+    let data: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                flate2::read::GzDecoder::new(bytes),
+                MAX_DECODED_BYTES as u64 + 1,
+            ),
+            &mut raw,
+        )?;
+        &raw
     } else {
-        Ok(proto::Profile::decode(bytes)?)
+        bytes
+    };
+    if data.len() > MAX_DECODED_BYTES {
+        anyhow::bail!(
+            "the profile is larger than {} MiB uncompressed",
+            MAX_DECODED_BYTES >> 20
+        );
     }
+    match decoded_size(data) {
+        None => anyhow::bail!("not a pprof profile (malformed protobuf)"),
+        Some(n) if n > MAX_DECODED_MEMORY => anyhow::bail!(
+            "the profile would take more than {} MiB decoded",
+            MAX_DECODED_MEMORY >> 20
+        ),
+        Some(_) => Ok(proto::Profile::decode(data)?),
+    }
+}
+
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Which message a byte range holds, for [`decoded_size`].
+#[derive(Clone, Copy, PartialEq)]
+enum Msg {
+    Profile,
+    Sample,
+    Location,
+}
+
+/// An upper estimate of the memory `proto::Profile::decode` allocates for
+/// `buf` (element structs, strings, repeated numbers; vectors may hold up to
+/// twice that while growing), walking the wire format without allocating;
+/// `None` if the wire format is malformed. Other messages' fields are
+/// fixed-size and allocate nothing.
+pub fn decoded_size(buf: &[u8]) -> Option<u64> {
+    scan(buf, Msg::Profile)
+}
+
+fn scan(mut buf: &[u8], msg: Msg) -> Option<u64> {
+    use std::mem::size_of;
+    let mut total: u64 = 0;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (field, wire) = (key >> 3, key & 7);
+        let cost: u64 = match wire {
+            0 => {
+                varint(&mut buf)?;
+                // An unpacked repeated number is one more element.
+                match (msg, field) {
+                    (Msg::Profile, 13) | (Msg::Sample, 1 | 2) => 8,
+                    _ => 0,
+                }
+            }
+            1 => {
+                buf = buf.get(8..)?;
+                0
+            }
+            5 => {
+                buf = buf.get(4..)?;
+                0
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let body = buf.get(..len)?;
+                buf = &buf[len..];
+                let len = len as u64;
+                let sized = |n: usize| n as u64;
+                match (msg, field) {
+                    (Msg::Profile, 1) => sized(size_of::<proto::ValueType>()),
+                    (Msg::Profile, 2) => {
+                        sized(size_of::<proto::Sample>()) + scan(body, Msg::Sample)?
+                    }
+                    (Msg::Profile, 3) => sized(size_of::<proto::Mapping>()),
+                    (Msg::Profile, 4) => {
+                        sized(size_of::<proto::Location>()) + scan(body, Msg::Location)?
+                    }
+                    (Msg::Profile, 5) => sized(size_of::<proto::Function>()),
+                    (Msg::Profile, 6) => sized(size_of::<String>()) + len,
+                    // Packed numbers: at least one byte each.
+                    (Msg::Profile, 13) | (Msg::Sample, 1 | 2) => 8 * len,
+                    (Msg::Sample, 3) => sized(size_of::<proto::Label>()),
+                    (Msg::Location, 4) => sized(size_of::<proto::Line>()),
+                    _ => 0,
+                }
+            }
+            _ => return None,
+        };
+        total = total.saturating_add(cost);
+    }
+    Some(total)
 }
 
 /// Splits a profile into parts of at most `max_samples` samples and (if

@@ -190,6 +190,11 @@ pub fn same_mount_ns(pid: u32) -> Option<bool> {
 /// Start time of `pid` in clock ticks since boot (field 22 of its stat).
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = crate::untrusted::read_proc(&format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_start_time(&stat)
+}
+
+/// Field 22 (starttime) of the text of a `/proc/PID/stat`.
+pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
     // Fields after the command name, which may itself hold spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()

@@ -54,7 +54,49 @@ pub struct Received {
 struct State {
     received: Mutex<Vec<Received>>,
     forced: Mutex<Option<u16>>,
+    /// Raw body sent with the forced status instead of the API's error.
+    forced_body: Mutex<Option<Bytes>>,
     tenant: Mutex<Option<String>>,
+    /// Every answer carries a body of this many bytes, streamed.
+    huge_body: Mutex<Option<u64>>,
+    /// (Location base, path prefix): requests outside the prefix get a 307
+    /// to base + prefix + path.
+    redirect: Mutex<Option<(String, String)>>,
+    /// Redirects answered.
+    redirected: Mutex<u64>,
+}
+
+/// A response body of `left` zero bytes, produced 64 KiB at a time (never
+/// held whole).
+struct Zeros {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl hyper::body::Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        let data = self.chunk.slice(..n);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// A running stand-in server.
@@ -170,6 +212,29 @@ impl Receiver {
         *self.state.forced.lock().unwrap() = status;
     }
 
+    /// With a forced status, answer with this raw body (text/plain).
+    pub fn set_forced_body(&self, body: Option<&[u8]>) {
+        *self.state.forced_body.lock().unwrap() = body.map(Bytes::copy_from_slice);
+    }
+
+    /// Answer every request (after recording it) with a body of `n` bytes,
+    /// streamed in 64 KiB chunks.
+    pub fn set_huge_body(&self, n: Option<u64>) {
+        *self.state.huge_body.lock().unwrap() = n;
+    }
+
+    /// Answer requests whose path is outside `prefix` with a 307 to
+    /// `base + prefix + path` (`base` empty: a path-only Location); requests
+    /// under `prefix` are served as if it were not there.
+    pub fn set_redirect(&self, r: Option<(&str, &str)>) {
+        *self.state.redirect.lock().unwrap() = r.map(|(b, p)| (b.to_string(), p.to_string()));
+    }
+
+    /// Redirects answered so far.
+    pub fn redirected(&self) -> u64 {
+        *self.state.redirected.lock().unwrap()
+    }
+
     /// Require this `X-Scope-OrgID`, as a multi-tenant Pyroscope does.
     pub fn require_tenant(&self, tenant: Option<String>) {
         *self.state.tenant.lock().unwrap() = tenant;
@@ -246,7 +311,41 @@ fn grpc(code: u32, msg: &str) -> Response<Body> {
 }
 
 async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_string();
+    let mut resp = handle_api(req, st.clone()).await?;
+    if let Some(n) = *st.huge_body.lock().unwrap() {
+        resp.headers_mut().remove("content-length");
+        let (parts, _) = resp.into_parts();
+        let body = Zeros {
+            left: n,
+            chunk: Bytes::from(vec![0u8; 64 << 10]),
+        };
+        resp = Response::from_parts(parts, body.boxed());
+    }
+    Ok(resp)
+}
+
+async fn handle_api(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let mut path = req.uri().path().to_string();
+    let redirect = st.redirect.lock().unwrap().clone();
+    if let Some((base, prefix)) = redirect {
+        match path.strip_prefix(prefix.as_str()) {
+            Some(rest) => path = rest.to_string(),
+            None => {
+                let q = req
+                    .uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                let _ = req.into_body().collect().await;
+                *st.redirected.lock().unwrap() += 1;
+                return Ok(Response::builder()
+                    .status(307)
+                    .header("location", format!("{base}{prefix}{path}{q}"))
+                    .body(Full::new(Bytes::new()).boxed())
+                    .unwrap());
+            }
+        }
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
     let headers: Vec<(String, String)> = req
@@ -424,6 +523,11 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         Backend::ParcaJson => full(200, "application/json", "{}"),
         Backend::Pyroscope if status == 200 => full(200, "application/proto", Bytes::new()),
         _ if status == 200 => full(200, "text/plain", Bytes::new()),
+        _ if forced.is_some() && st.forced_body.lock().unwrap().is_some() => full(
+            status,
+            "text/plain",
+            st.forced_body.lock().unwrap().clone().unwrap(),
+        ),
         _ => {
             let code = match status {
                 401 => "unauthenticated",
