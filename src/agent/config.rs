@@ -55,6 +55,14 @@ pub struct StoreConfig {
 pub struct HttpConfig {
     /// Listen address; empty disables the endpoint.
     pub listen: String,
+    /// Besides root, uids that may read profiles and windows over loopback.
+    pub allow_uids: Vec<u32>,
+    /// Groups whose members may (resolved at start).
+    pub allow_groups: Vec<String>,
+    /// File holding a bearer token that grants access from any client
+    /// (read at start, never logged); required for a non-loopback listen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// `[queue]`
@@ -155,6 +163,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:6060".into(),
+            allow_uids: Vec::new(),
+            allow_groups: Vec::new(),
+            bearer_token_file: None,
         }
     }
 }
@@ -193,6 +204,8 @@ pub struct Settings {
     pub queue_max_bytes: u64,
     /// HTTP listen address.
     pub listen: Option<SocketAddr>,
+    /// Who may read profiles and windows over HTTP.
+    pub http_access: super::http::Access,
     /// Node label.
     pub node: String,
     /// Compiled relabel rules.
@@ -249,6 +262,7 @@ impl Config {
                 )
             })?)
         };
+        let http_access = super::http::Access::from_config(&self.http, listen)?;
         if self.sampler.count_map_size < 64 || self.sampler.stack_map_size < 64 {
             bail!("sampler.count_map_size and sampler.stack_map_size must be at least 64");
         }
@@ -311,6 +325,7 @@ impl Config {
             store_max_bytes,
             queue_max_bytes,
             listen,
+            http_access,
             node,
             rules,
             push_timeouts,
