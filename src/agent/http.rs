@@ -810,7 +810,7 @@ async fn handle(
                     return Ok(reply(
                         StatusCode::BAD_REQUEST,
                         text,
-                        "seconds must be 1 to 600\n",
+                        "seconds must be a whole number from 1 to 600, such as seconds=30\n",
                     ))
                 }
             };
@@ -821,7 +821,7 @@ async fn handle(
                     return Ok(reply(
                         StatusCode::BAD_REQUEST,
                         text,
-                        "pid must be a number\n",
+                        "pid must be a process id (a decimal number), such as pid=1234\n",
                     ))
                 }
             };
