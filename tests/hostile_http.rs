@@ -844,6 +844,11 @@ fn hostile_store_contents() {
     let t0 = Instant::now();
     while old_window.exists() {
         assert!(
+            agent.alive(),
+            "the agent died (killed in its memory cgroup?): {}",
+            agent.log_text()
+        );
+        assert!(
             t0.elapsed() < Duration::from_secs(30),
             "ember's expired window was not deleted: {}",
             agent.log_text()

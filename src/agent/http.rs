@@ -42,9 +42,11 @@ use super::push::Pusher;
 use super::{LiveRequest, Settings, Shared};
 use crate::aggregate::Aggregate;
 
-/// Most connections open at once. Past it the oldest connection with no
-/// request in progress is closed to make room; if every one is busy, the
-/// new connection gets 503 and is closed.
+/// Most connections open at once (fewer if a quarter of the descriptor
+/// limit is less: connections must not take the descriptors the store and
+/// the symbolizer need). Past it the oldest connection with no request in
+/// progress is closed to make room; if every one is busy, the new
+/// connection gets 503 and is closed.
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// A client must send a request's whole header within this time, on a new
@@ -518,6 +520,17 @@ fn raise_nofile_limit() {
     }
 }
 
+/// [`MAX_CONNECTIONS`], or a quarter of the descriptor limit if lower.
+fn connection_cap() -> usize {
+    // SAFETY: a zeroed rlimit is a valid out-parameter.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return MAX_CONNECTIONS;
+    }
+    let quarter = usize::try_from(r.rlim_cur / 4).unwrap_or(usize::MAX);
+    MAX_CONNECTIONS.min(quarter).max(8)
+}
+
 /// One open connection.
 struct Conn {
     /// Requests being handled.
@@ -540,7 +553,7 @@ struct Registry {
 
 /// What a connection past the cap gets when no connection is idle.
 fn busy_response() -> Vec<u8> {
-    let body = format!("the agent has {MAX_CONNECTIONS} connections busy; retry in a moment.\n");
+    let body = "the agent has all the connections it accepts busy; retry in a moment.\n";
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -556,6 +569,7 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, access: A
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true);
+    let max_connections = connection_cap();
     let mut backoff: Option<Duration> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -587,9 +601,10 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, access: A
             peer,
             uid: tokio::sync::OnceCell::new(),
         });
+        let mut evicted = false;
         let id = {
             let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
-            if reg.open.len() >= MAX_CONNECTIONS {
+            if reg.open.len() >= max_connections {
                 let idle = reg
                     .open
                     .iter()
@@ -598,6 +613,7 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, access: A
                 match idle.and_then(|id| reg.open.remove(&id)) {
                     Some(old) => {
                         old.kill.notify_one();
+                        evicted = true;
                         shared
                             .http
                             .connections_evicted
@@ -628,6 +644,11 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, access: A
             registry.clone(),
             builder.clone(),
         );
+        if evicted {
+            // Let the evicted connection's task close its socket before the
+            // next accept needs a descriptor.
+            tokio::task::yield_now().await;
+        }
         tokio::spawn(async move {
             let c = conn.clone();
             let sh = shared.clone();
