@@ -67,6 +67,12 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// a socket not found within them is not identified (refused).
 pub const MAX_PROC_NET_TCP_BYTES: u64 = 32 << 20;
 
+/// Most `/proc/net/tcp` scans running at once (each on a blocking thread):
+/// clients can ask for them, so they are bounded.
+const MAX_PEER_LOOKUPS: usize = 4;
+
+static PEER_LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PEER_LOOKUPS);
+
 /// Most windows one `/windows` answer lists (the newest).
 pub const MAX_WINDOWS_LISTED: usize = 10_000;
 
@@ -738,6 +744,7 @@ async fn authorize(req: &Request<Incoming>, conn: &Conn, access: &Access) -> Res
         .uid
         .get_or_init(|| async {
             let (local, peer) = (conn.local, conn.peer);
+            let _permit = PEER_LOOKUPS.acquire().await.ok()?;
             tokio::task::spawn_blocking(move || peer_uid(local, peer))
                 .await
                 .ok()

@@ -486,11 +486,17 @@ impl Store {
         let key =
             parse_name(name).ok_or_else(|| skip(SkipReason::Foreign, "not named like a window"))?;
         let (f, st) = self.open_file(name)?;
-        let raw = inflate(f.take(MAX_WINDOW_FILE_BYTES))?;
+        let raw = inflate((&f).take(MAX_WINDOW_FILE_BYTES))?;
         let p = pprof::proto::Profile::decode(&raw[..])
             .map_err(|e| skip(SkipReason::Unreadable, format!("not a pprof profile ({e})")))?;
         drop(raw);
         check_marker(&p, key)?;
+        if self.require_owner && st.st_mode & 0o077 != 0 {
+            // A window of an older ember, written with the umask's mode:
+            // the store holds every process's stacks, so root only.
+            // SAFETY: f is open; fchmod of the agent's own file.
+            unsafe { libc::fchmod(f.as_raw_fd(), 0o600) };
+        }
         Ok((key, p, st))
     }
 
@@ -947,6 +953,12 @@ mod tests {
             .write(&profile(&[("service_name", "b")], old))
             .unwrap();
 
+        // A window of an older ember, readable by all, and a foreign file.
+        for f in [&path, &dir.join(&forged)] {
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        }
+
         // A fresh agent on the same directory.
         let store = Store::open(&dir, Duration::from_secs(3600), 1 << 30).unwrap();
         assert_eq!(store.enforce_retention(), 0, "nothing before the index");
@@ -972,6 +984,17 @@ mod tests {
             );
         }
         assert_eq!(store.list(0, 100).len(), 1);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        let forged_meta = std::fs::metadata(dir.join(&forged)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&forged_meta.permissions()) & 0o777,
+            0o644,
+            "a foreign file was changed"
+        );
 
         let q = Store::open_read(&dir).unwrap();
         let mut warnings = Vec::new();
