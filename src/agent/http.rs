@@ -44,9 +44,9 @@ use crate::aggregate::Aggregate;
 
 /// Most connections open at once (fewer if a quarter of the descriptor
 /// limit is less: connections must not take the descriptors the store and
-/// the symbolizer need). Past it the oldest connection with no request in
-/// progress is closed to make room; if every one is busy, the new
-/// connection gets 503 and is closed.
+/// the symbolizer need). Past it the oldest connection not serving an
+/// authorized request is closed to make room; if every one is busy, the
+/// new connection gets 503 and is closed.
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// A client must send a request's whole header within this time, on a new
@@ -744,11 +744,16 @@ async fn authorize(req: &Request<Incoming>, conn: &Conn, access: &Access) -> Res
         .uid
         .get_or_init(|| async {
             let (local, peer) = (conn.local, conn.peer);
-            let _permit = PEER_LOOKUPS.acquire().await.ok()?;
-            tokio::task::spawn_blocking(move || peer_uid(local, peer))
-                .await
-                .ok()
-                .flatten()
+            let permit = PEER_LOOKUPS.acquire().await.ok()?;
+            // The permit goes with the scan: it runs to its end even if
+            // this connection is dropped meanwhile.
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                peer_uid(local, peer)
+            })
+            .await
+            .ok()
+            .flatten()
         })
         .await;
     match uid {
@@ -758,8 +763,8 @@ async fn authorize(req: &Request<Incoming>, conn: &Conn, access: &Access) -> Res
     }
 }
 
-/// Marks a connection busy while a request is handled (busy connections
-/// are not evicted).
+/// Marks a connection busy while an authorized request is handled (busy
+/// connections are not evicted).
 struct BusyGuard(Arc<Conn>);
 
 impl Drop for BusyGuard {
@@ -799,8 +804,6 @@ async fn handle(
     conn: Arc<Conn>,
     access: Arc<Access>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    conn.busy.fetch_add(1, Ordering::SeqCst);
-    let _busy = BusyGuard(conn.clone());
     let path = req.uri().path().to_string();
     let text = "text/plain; charset=utf-8";
     match path.as_str() {
@@ -828,6 +831,10 @@ async fn handle(
         shared.http.refused[r.index()].fetch_add(1, Ordering::Relaxed);
         return Ok(reply(StatusCode::FORBIDDEN, text, r.sentence()));
     }
+    // Only authorized work keeps a connection from being evicted: a client
+    // still being identified (or refused) can be closed to make room.
+    conn.busy.fetch_add(1, Ordering::SeqCst);
+    let _busy = BusyGuard(conn.clone());
     let q = query(&req);
     let resp = match path.as_str() {
         "/debug/pprof/profile" => {
