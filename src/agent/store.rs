@@ -622,7 +622,7 @@ impl Store {
             for (&k, e) in &idx.entries {
                 let expired = k.0.saturating_add(k.1) < oldest || total > self.max_bytes;
                 if !expired {
-                    break;
+                    continue;
                 }
                 total -= e.bytes;
                 v.push((k, e.clone()));
