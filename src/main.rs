@@ -481,7 +481,7 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
         })?,
         (None, None) => Format::Svg,
     };
-    let store = Store::open(&dir, util::MAX_DURATION, u64::MAX)?;
+    let store = Store::open_read(&dir)?;
     let filter = Filter {
         since_ns: ember::agent::store::now_ns().saturating_sub(since.as_nanos() as u64),
         service: a.service,

@@ -56,6 +56,14 @@ pub struct StoreConfig {
 pub struct HttpConfig {
     /// Listen address; empty disables the endpoint.
     pub listen: String,
+    /// Besides root, uids that may read profiles and windows over loopback.
+    pub allow_uids: Vec<u32>,
+    /// Groups whose members may (resolved at start).
+    pub allow_groups: Vec<String>,
+    /// File holding a bearer token that grants access from any client
+    /// (read at start, never logged); required for a non-loopback listen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// `[queue]`
@@ -180,6 +188,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:6060".into(),
+            allow_uids: Vec::new(),
+            allow_groups: Vec::new(),
+            bearer_token_file: None,
         }
     }
 }
@@ -218,6 +229,8 @@ pub struct Settings {
     pub queue_max_bytes: u64,
     /// HTTP listen address.
     pub listen: Option<SocketAddr>,
+    /// Who may read profiles and windows over HTTP.
+    pub http_access: super::http::Access,
     /// Node label.
     pub node: String,
     /// Compiled relabel rules.
@@ -506,6 +519,7 @@ impl Config {
                 )
             })?)
         };
+        let http_access = super::http::Access::from_config(&self.http, listen)?;
         for (key, v, (lo, hi)) in [
             (
                 "sampler.count_map_size",
@@ -562,6 +576,7 @@ impl Config {
             store_max_bytes,
             queue_max_bytes,
             listen,
+            http_access,
             node,
             rules,
             push_timeouts,

@@ -321,7 +321,13 @@ impl Metrics {
         let push = self.push.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let series = |field: &dyn Fn(&PushMetrics) -> u64| {
             push.iter()
-                .map(|p| format!("{{backend=\"{}\"}} {}", label_value(&p.name), field(p)))
+                .map(|p| {
+                    format!(
+                        "{{backend=\"{}\"}} {}",
+                        label_value(&backend_label(&p.name)),
+                        field(p)
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         for (name, kind, help, f) in [
@@ -410,6 +416,23 @@ impl Metrics {
     }
 }
 
+/// A backend's name as a label value: `/metrics` is open to every local
+/// user, so a URL's credentials (`user:pass@`) and query are left out.
+fn backend_label(name: &str) -> String {
+    let mut s = name.to_string();
+    if let Some(i) = s.find("://") {
+        let rest = &s[i + 3..];
+        let end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            s = format!("{}{}", &s[..i + 3], &rest[at + 1..]);
+        }
+    }
+    if let Some(q) = s.find(['?', '#']) {
+        s.truncate(q);
+    }
+    s.replace(['"', '\\', '\n'], "'")
+}
+
 /// (resident bytes, CPU seconds) of this process.
 pub fn self_usage() -> (u64, f64) {
     let page = 4096u64;
@@ -429,4 +452,19 @@ pub fn self_usage() -> (u64, f64) {
         })
         .unwrap_or(0.0);
     (rss, cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backend_labels_carry_no_credentials() {
+        assert_eq!(
+            super::backend_label("pyroscope https://u:secret@host:4040/x?token=t"),
+            "pyroscope https://host:4040/x"
+        );
+        assert_eq!(
+            super::backend_label("parca http://parca:7070"),
+            "parca http://parca:7070"
+        );
+    }
 }

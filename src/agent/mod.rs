@@ -69,6 +69,8 @@ pub struct Shared {
     pub store: Option<store::Store>,
     /// Pending live requests.
     pub live: Mutex<Vec<LiveRequest>>,
+    /// The HTTP endpoint's counters.
+    pub http: http::HttpMetrics,
     /// Set on SIGINT/SIGTERM.
     pub stop: AtomicBool,
     /// Wakes the I/O thread when the sampler thread is done.
@@ -184,9 +186,22 @@ pub fn run(s: Settings) -> Result<()> {
         metrics: Metrics::default(),
         store,
         live: Mutex::new(Vec::new()),
+        http: http::HttpMetrics::default(),
         stop: AtomicBool::new(false),
         stopped: tokio::sync::Notify::new(),
     });
+    if shared.store.is_some() {
+        // Index the windows already stored (once; it may take a while on a
+        // big store, and retention waits for it).
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("ember-index".into())
+            .spawn(move || {
+                if let Some(st) = &sh.store {
+                    st.rebuild_index(&mut |w| eprintln!("ember agent: {w}"));
+                }
+            })?;
+    }
     let pusher = push::Pusher::new(&s, shared.clone())?;
     let io_thread = http::spawn(&s, shared.clone(), pusher.clone())?;
 
@@ -477,6 +492,8 @@ fn serve_live(
     all_due: bool,
 ) {
     let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+    // Requests whose client went away get no more samples.
+    live.retain(|r| !r.reply.is_closed());
     if live.is_empty() {
         return;
     }
