@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod capture;
 pub mod export;
 pub mod preflight;
 pub mod profile;

@@ -57,12 +57,5 @@ pub fn check_pid(pid: u32) -> Result<()> {
 
 /// True while `pid` runs: exists and is not a zombie waiting to be reaped.
 pub fn is_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which may itself hold ')'.
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|st| st != "Z" && st != "X"),
-        Err(_) => false,
-    }
+    crate::symbolize::procmap::is_live(pid, None)
 }

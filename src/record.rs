@@ -9,13 +9,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 
-use crate::aggregate::{Aggregate, Drainer};
+use crate::aggregate::Aggregate;
+use crate::capture::{Capture, CaptureConfig};
 use crate::export::{self, ExportOptions, Format};
 use crate::preflight;
 use crate::profile::{self, BuildOptions, Profile};
-use crate::sample::{self, Event, KernelStats, Sampler, Targets};
-use crate::symbolize::Symbolizer;
-use crate::unwind::Unwinder;
+use crate::sample::{self, Event, KernelStats, Targets};
 
 /// What to profile.
 #[derive(Debug, Clone)]
@@ -122,66 +121,30 @@ pub fn preflight(opts: &RecordOptions) -> Result<()> {
 pub fn run(opts: &RecordOptions) -> Result<Recording> {
     preflight(opts)?;
     crate::signal::install();
-    let self_pid = std::process::id();
-    let targets = match &opts.what {
-        What::All => Targets::All,
-        // Each PID enters the filter once it is captured and its unwind
-        // tables are loaded (below), so no sample of it is cut short.
-        What::Pids(_) => Targets::Pids {
-            pids: vec![],
-            parents: vec![],
-            follow: false,
+    let mut cap = Capture::start(&CaptureConfig {
+        sample: sample::Config {
+            frequency: opts.frequency,
+            event: opts.event,
+            targets: targets(&opts.what),
+            kernel_stacks: opts.kernel,
+            count_map_entries: opts.count_map_entries,
+            stack_map_entries: opts.stack_map_entries,
+            unwind_tables: opts.unwind_tables,
         },
-        // ember itself is followed, not profiled: the command it forks next is.
-        What::Command(_) => Targets::Pids {
-            pids: vec![],
-            parents: vec![self_pid],
-            follow: true,
-        },
-    };
-    let cfg = sample::Config {
-        frequency: opts.frequency,
-        event: opts.event,
-        targets,
-        kernel_stacks: opts.kernel,
-        count_map_entries: opts.count_map_entries,
-        stack_map_entries: opts.stack_map_entries,
-        unwind_tables: opts.unwind_tables,
-    };
-    let mut sampler = Sampler::start(&cfg)?;
-    let mut sym = Symbolizer::new();
-    if opts.kernel {
-        // Read kallsyms while sampling, not after it.
-        sym.preload_kernel();
-    }
-    let mut unw = opts
-        .unwind_tables
-        .then(|| Unwinder::new(opts.unwind_memory));
+        unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
+    })?;
     let mut agg = Aggregate::default();
-    let mut drainer = Drainer::default();
-
-    let events = sampler.process_events()?;
-
-    // Capture the targets' maps now, so even their first samples resolve.
-    if let What::Pids(pids) = &opts.what {
-        for &p in pids {
-            sym.capture(p);
-            if let Some(u) = unw.as_mut() {
-                u.register_now(&sampler, &mut sym, p);
+    let mut alive: Vec<u32> = Vec::new();
+    match &opts.what {
+        What::Pids(pids) => {
+            for &p in pids {
+                cap.watch(p)?;
             }
-            sampler.add_target(p)?;
+            alive = pids.clone();
         }
+        What::Command(argv) => cap.preload(find_program(&argv[0]).as_deref()),
+        What::All => {}
     }
-    // The command's program and the libraries every child maps get their
-    // tables before it starts, so its first samples unwind fully.
-    if let (What::Command(argv), Some(u)) = (&opts.what, unw.as_mut()) {
-        u.set_blocking(true);
-        if let Some(path) = find_program(&argv[0]) {
-            u.preload(&sampler, &path);
-        }
-        u.preload_own_libraries(&sampler);
-    }
-
     let start_wall = SystemTime::now();
     let start = Instant::now();
     let mut child: Option<Child> =
@@ -192,37 +155,18 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             _ => None,
         };
     if let Some(c) = &child {
-        sym.capture(c.id());
+        cap.adopt(c.id());
     }
-    let mut last_gc = Instant::now();
-
     let progress = opts.progress && std::io::stderr().is_terminal();
     let mut notes = Vec::new();
-    let mut alive: Vec<u32> = match &opts.what {
-        What::Pids(p) => p.clone(),
-        _ => vec![],
-    };
-    let mut last_drain = Instant::now();
-    let mut last_full = 0;
-    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    let (mut last_gc, mut last_progress) = (Instant::now(), None::<Instant>);
     loop {
-        let wait = unw
-            .as_ref()
-            .and_then(|u| u.next_due())
-            .map_or(Duration::from_millis(50), |d| {
-                d.clamp(Duration::from_millis(1), Duration::from_millis(50))
-            });
-        events.poll(wait);
-        capture(&mut sym, unw.as_mut(), &sampler, &events);
-        if let Some(u) = unw.as_mut() {
-            u.tick(&sampler, &mut sym);
-            if last_gc.elapsed() >= Duration::from_secs(5) {
-                last_gc = Instant::now();
-                // The symbolizer keeps exited processes until the end (their
-                // samples still need names); their tables can go.
-                u.prune_exited(&sampler);
-                u.gc(&sampler);
-            }
+        cap.wait(POLL, &mut |_| {});
+        if last_gc.elapsed() >= GC_EVERY {
+            last_gc = Instant::now();
+            // Exited processes keep their symbols until the one build at
+            // the end; their unwind tables can go.
+            cap.gc(false);
         }
         let elapsed = start.elapsed();
         if crate::signal::stop_requested() {
@@ -235,15 +179,13 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         if opts.duration.is_some_and(|d| elapsed >= d) {
             break;
         }
-        if let Some(c) = child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                notes.push(format!(
-                    "the command exited after {:.1} s ({status})",
-                    elapsed.as_secs_f64()
-                ));
-                child = None;
-                break;
-            }
+        if let Some(status) = child.as_mut().map(|c| c.try_wait()).transpose()?.flatten() {
+            notes.push(format!(
+                "the command exited after {:.1} s ({status})",
+                elapsed.as_secs_f64()
+            ));
+            child = None;
+            break;
         }
         alive.retain(|&p| {
             let up = preflight::is_running(p);
@@ -258,33 +200,14 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         if matches!(opts.what, What::Pids(_)) && alive.is_empty() {
             break;
         }
-        // Drain early when a map overflowed: the sooner the maps are empty,
-        // the fewer samples lose their stacks.
-        let overflowing = last_drain.elapsed() >= Duration::from_millis(200) && {
-            let st = sampler.stats().unwrap_or_default();
-            let full = st.lost_stack_map_full + st.lost_count_map_full;
-            let grew = full > last_full;
-            last_full = full;
-            grew
-        };
-        if overflowing || last_drain.elapsed() >= opts.drain_interval {
-            drainer.drain(&mut sampler, &mut agg)?;
-            last_drain = Instant::now();
-        }
-        if progress && last_progress.elapsed() >= Duration::from_millis(500) {
-            last_progress = Instant::now();
-            let samples = sampler.stats().map(|s| s.samples).unwrap_or(0);
-            let remaining = opts
-                .duration
-                .map(|d| format!(" / {:.0}s", d.as_secs_f64()))
-                .unwrap_or_else(|| " (Ctrl-C to stop)".into());
-            eprint!(
-                "\r\x1b[2Kember: recording {:.0}s{} · {} samples",
-                elapsed.as_secs_f64(),
-                remaining,
-                samples
+        cap.drain_if_due(&mut agg, opts.drain_interval)?;
+        if progress && last_progress.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            last_progress = Some(Instant::now());
+            show_progress(
+                elapsed,
+                opts.duration,
+                cap.stats().map(|s| s.samples).unwrap_or(0),
             );
-            let _ = std::io::stderr().flush();
         }
     }
     let duration = start.elapsed();
@@ -292,28 +215,23 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     if progress {
         eprint!("\r\x1b[2K");
     }
-    // Stop sampling, take the last events, then the last drain: nothing
-    // counted is left behind and the counters match the profile exactly.
-    sampler.stop();
-    events.consume();
-    capture(&mut sym, None, &sampler, &events);
-    drainer.drain(&mut sampler, &mut agg)?;
-    let stats = sampler.stats()?;
-    let event = sampler.event();
-    let cpus = sampler.cpus();
-    let map_bytes = sampler.map_memory_bytes();
-    let bpf_cost = sampler.bpf_cost();
-    let unwind = unw.as_ref().map(|u| u.stats());
-    drop(unw);
-    drop(events);
-    drop(sampler);
+    cap.finish(&mut agg, &mut |_| {})?;
+    let stats = cap.stats()?;
+    let sampler = cap.sampler();
+    let (event, cpus, map_bytes, bpf_cost) = (
+        sampler.event(),
+        sampler.cpus(),
+        sampler.map_memory_bytes(),
+        sampler.bpf_cost(),
+    );
+    let unwind = cap.unwind_stats();
+    let mut sym = cap.into_symbolizer();
 
-    let target = describe(&opts.what);
     let build = BuildOptions {
         start: start_wall,
         duration,
         frequency: opts.frequency,
-        target,
+        target: describe(&opts.what),
     };
     let profile = profile::build(&agg, &mut sym, &build);
     let eo = ExportOptions {
@@ -352,25 +270,43 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     })
 }
 
-fn capture(
-    sym: &mut Symbolizer,
-    unw: Option<&mut Unwinder>,
-    sampler: &Sampler,
-    events: &sample::ProcessEvents,
-) {
-    let events = events.take();
-    // Capture every new process first: short-lived ones may exit any
-    // moment, while their unwind tables can wait a few milliseconds.
-    for &e in &events {
-        if !e.new_mapping {
-            sym.on_event(e);
-        }
+/// How long the loop waits for process events at most (it also paces the
+/// stop checks).
+const POLL: Duration = Duration::from_millis(50);
+/// How often exited processes release their unwind tables.
+const GC_EVERY: Duration = Duration::from_secs(5);
+
+/// The sampler's filter for what is profiled.
+fn targets(what: &What) -> Targets {
+    match what {
+        What::All => Targets::All,
+        // Each PID enters the filter once it is captured and its unwind
+        // tables are loaded (`Capture::watch`), so no sample is cut short.
+        What::Pids(_) => Targets::Pids {
+            pids: vec![],
+            parents: vec![],
+            follow: false,
+        },
+        // ember itself is followed, not profiled: the command it forks next is.
+        What::Command(_) => Targets::Pids {
+            pids: vec![],
+            parents: vec![std::process::id()],
+            follow: true,
+        },
     }
-    if let Some(u) = unw {
-        for e in events {
-            u.on_event(sampler, sym, e);
-        }
-    }
+}
+
+fn show_progress(elapsed: Duration, limit: Option<Duration>, samples: u64) {
+    let remaining = limit
+        .map(|d| format!(" / {:.0}s", d.as_secs_f64()))
+        .unwrap_or_else(|| " (Ctrl-C to stop)".into());
+    eprint!(
+        "\r\x1b[2Kember: recording {:.0}s{} · {} samples",
+        elapsed.as_secs_f64(),
+        remaining,
+        samples
+    );
+    let _ = std::io::stderr().flush();
 }
 
 /// The file `program` names, searched in PATH like the shell does.

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
-use crate::aggregate::{Aggregate, Drainer};
+use crate::aggregate::Aggregate;
+use crate::capture::{Capture, CaptureConfig};
 use crate::preflight;
 use crate::profile::{self, BuildOptions, Profile};
 use crate::sample::{self, SampleKey, Sampler, Targets};
@@ -35,6 +36,10 @@ use relabel::Labels;
 /// a generation never holds more samples than half the stack map) and while
 /// a live profile request waits (so it gets its N seconds, not more).
 const DRAIN_EVERY: Duration = Duration::from_secs(5);
+/// Drain interval while live requests wait (they see samples sooner).
+const LIVE_DRAIN: Duration = Duration::from_secs(1);
+/// Longest wait for process events between checks of the window and stop.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Windows without new addresses after which a binary's parsed debug info
 /// is released (it stays symbolized in ember's own cache).
@@ -205,30 +210,24 @@ pub fn run(s: Settings) -> Result<()> {
     let pusher = push::Pusher::new(&s, shared.clone())?;
     let io_thread = http::spawn(&s, shared.clone(), pusher.clone())?;
 
-    let cfg = sample::Config {
-        frequency: s.raw.frequency,
-        event: sample::Event::CpuClock,
-        targets: Targets::All,
-        kernel_stacks: s.raw.kernel,
-        count_map_entries: s.raw.sampler.count_map_size,
-        stack_map_entries: s.raw.sampler.stack_map_size,
-        unwind_tables: s.unwind_tables,
+    let mut cap = Capture::start(&CaptureConfig {
+        sample: sample::Config {
+            frequency: s.raw.frequency,
+            event: sample::Event::CpuClock,
+            targets: Targets::All,
+            kernel_stacks: s.raw.kernel,
+            count_map_entries: s.raw.sampler.count_map_size,
+            stack_map_entries: s.raw.sampler.stack_map_size,
+            unwind_tables: s.unwind_tables,
+        },
+        unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
+    })?;
+    let mut sink = Sink {
+        s: &s,
+        shared: &shared,
+        pusher: &pusher,
+        targeting: Targeting::default(),
     };
-    let mut sampler = Sampler::start(&cfg)?;
-    let mut sym = Symbolizer::new();
-    if s.raw.kernel {
-        // Read kallsyms while sampling, not after it.
-        sym.preload_kernel();
-    }
-    let mut unw = s
-        .unwind_tables
-        .then(|| crate::unwind::Unwinder::new(s.unwind_memory));
-    let mut targeting = Targeting::default();
-    let mut drainer = Drainer::default();
-    let mut tick = Aggregate::default();
-    let mut window = Aggregate::default();
-
-    let events = sampler.process_events()?;
     eprintln!(
         "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
         s.raw.frequency,
@@ -242,11 +241,7 @@ pub fn run(s: Settings) -> Result<()> {
             .map(|a| format!(", http://{a}"))
             .unwrap_or_default()
     );
-
-    let mut window_start = SystemTime::now();
-    let mut window_began = Instant::now();
-    let mut last_drain = Instant::now();
-    let per_second = (s.raw.frequency * sampler.cpus() as u64).max(1);
+    let per_second = (s.raw.frequency * cap.sampler().cpus() as u64).max(1);
     let drain_every = DRAIN_EVERY
         .min(Duration::from_secs_f64(
             s.raw.sampler.stack_map_size as f64 / 2.0 / per_second as f64,
@@ -255,99 +250,76 @@ pub fn run(s: Settings) -> Result<()> {
     shared
         .metrics
         .bpf_map_bytes
-        .store(sampler.map_memory_bytes(), Ordering::Relaxed);
+        .store(cap.sampler().map_memory_bytes(), Ordering::Relaxed);
+    let (mut tick, mut window) = (Aggregate::default(), Aggregate::default());
+    let (mut window_start, mut window_began) = (SystemTime::now(), Instant::now());
+    // Labels are read as each process appears, while it lives; exec
+    // refreshes them.
+    let learn = |t: &mut Targeting, e: sample::ProcessEvent| t.learn(e.pid, &s);
     loop {
-        // Events wake the poll at once; the timeout only paces drains.
-        // ...and wakes in time to cut the window on schedule.
+        // Events wake the wait at once; its limit paces the drains and
+        // wakes the loop in time to cut the window on schedule.
         let until_cut = s.window.saturating_sub(window_began.elapsed());
-        let refresh = unw.as_ref().and_then(|u| u.next_due());
-        events.poll(
-            Duration::from_millis(1000)
-                .min(until_cut)
-                .min(refresh.unwrap_or(Duration::MAX))
-                .max(Duration::from_millis(5)),
-        );
-        learn(
-            &mut sym,
-            &mut targeting,
-            unw.as_mut(),
-            &sampler,
-            &events,
-            &s,
-        );
-        if let Some(u) = unw.as_mut() {
-            u.tick(&sampler, &mut sym);
-        }
+        cap.wait(MAX_WAIT.min(until_cut), &mut |e| {
+            learn(&mut sink.targeting, e)
+        });
         let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
-        if stopping {
-            sampler.stop();
-            events.consume();
-            learn(&mut sym, &mut targeting, None, &sampler, &events, &s);
-        }
+        let cut = stopping || window_began.elapsed() >= s.window;
         let live_waiting = !shared
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty();
-        let due = if live_waiting {
-            Duration::from_secs(1)
+        let t0 = Instant::now();
+        let drained = if stopping {
+            cap.finish(&mut tick, &mut |e| learn(&mut sink.targeting, e))?;
+            true
+        } else if cut {
+            cap.drain(&mut tick)?;
+            true
         } else {
-            drain_every
+            cap.drain_if_due(
+                &mut tick,
+                if live_waiting {
+                    LIVE_DRAIN
+                } else {
+                    drain_every
+                },
+            )?
         };
-        if stopping || last_drain.elapsed() >= due || window_began.elapsed() >= s.window {
-            last_drain = Instant::now();
-            let t0 = Instant::now();
-            drainer.drain(&mut sampler, &mut tick)?;
-            shared
-                .metrics
-                .drain_ns
+        if drained {
+            let m = &shared.metrics;
+            m.drain_ns
                 .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            shared.metrics.drains.fetch_add(1, Ordering::Relaxed);
+            m.drains.fetch_add(1, Ordering::Relaxed);
             window.merge_from(&tick);
-            serve_live(&shared, &tick, &mut sym, &mut targeting, &s, stopping);
+            sink.serve_live(&tick, cap.symbolizer(), stopping);
             tick.clear();
-            update_kernel_metrics(&shared.metrics, &sampler);
+            update_kernel_metrics(m, cap.sampler());
         }
-        if stopping || window_began.elapsed() >= s.window {
-            let duration = window_began.elapsed();
-            cut_window(
+        if cut {
+            sink.cut_window(
                 &window,
                 window_start,
-                duration,
-                &mut sym,
-                &mut targeting,
-                &s,
-                &shared,
-                &pusher,
+                window_began.elapsed(),
+                cap.symbolizer(),
             );
             window.clear();
             window_start = SystemTime::now();
             window_began = Instant::now();
-            for pid in sym.gc() {
-                targeting.labels.remove(&pid);
-                if let Some(u) = unw.as_mut() {
-                    u.forget(&sampler, pid);
-                }
+            for pid in cap.gc(true) {
+                sink.targeting.labels.remove(&pid);
             }
-            if let Some(u) = unw.as_mut() {
-                u.gc(&sampler);
-                update_unwind_metrics(&shared.metrics, &u.stats());
+            if let Some(u) = cap.unwind_stats() {
+                update_unwind_metrics(&shared.metrics, &u);
             }
+            let sym = cap.symbolizer();
             sym.evict_idle(EVICT_AFTER_WINDOWS);
             // Symbolization frees large parse structures each window; hand
             // the freed heap back to the system so RSS tracks real use.
             // SAFETY: malloc_trim has no preconditions.
             unsafe { libc::malloc_trim(0) };
-            let st = sym.stats();
-            let m = &shared.metrics;
-            m.sym_cached
-                .store(st.cached_addresses as u64, Ordering::Relaxed);
-            m.sym_binaries.store(st.binaries as u64, Ordering::Relaxed);
-            m.sym_open_files
-                .store(st.open_files as u64, Ordering::Relaxed);
-            m.processes.store(st.processes as u64, Ordering::Relaxed);
-            m.sym_lookups.store(st.lookups, Ordering::Relaxed);
-            m.sym_misses.store(st.misses, Ordering::Relaxed);
+            update_symbolizer_metrics(&shared.metrics, &sym.stats());
             if let Some(store) = &shared.store {
                 store.enforce_retention();
             }
@@ -364,29 +336,15 @@ pub fn run(s: Settings) -> Result<()> {
     Ok(())
 }
 
-fn learn(
-    sym: &mut Symbolizer,
-    targeting: &mut Targeting,
-    unw: Option<&mut crate::unwind::Unwinder>,
-    sampler: &Sampler,
-    events: &sample::ProcessEvents,
-    s: &Settings,
-) {
-    let events = events.take();
-    // Capture every new process first: short-lived ones may exit any
-    // moment, while their unwind tables can wait a few milliseconds.
-    for &e in &events {
-        if !e.new_mapping {
-            sym.on_event(e);
-            // Read labels now, while the process lives; exec refreshes them.
-            targeting.learn(e.pid, s);
-        }
-    }
-    if let Some(u) = unw {
-        for e in events {
-            u.on_event(sampler, sym, e);
-        }
-    }
+fn update_symbolizer_metrics(m: &Metrics, st: &crate::symbolize::SymStats) {
+    m.sym_cached
+        .store(st.cached_addresses as u64, Ordering::Relaxed);
+    m.sym_binaries.store(st.binaries as u64, Ordering::Relaxed);
+    m.sym_open_files
+        .store(st.open_files as u64, Ordering::Relaxed);
+    m.processes.store(st.processes as u64, Ordering::Relaxed);
+    m.sym_lookups.store(st.lookups, Ordering::Relaxed);
+    m.sym_misses.store(st.misses, Ordering::Relaxed);
 }
 
 fn update_unwind_metrics(m: &Metrics, u: &crate::unwind::UnwindStats) {
@@ -421,123 +379,126 @@ fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
         .store(sampler.bpf_cost().nanos, Ordering::Relaxed);
 }
 
-/// Builds one profile per target (distinct label set) from a window.
-#[allow(clippy::too_many_arguments)]
-fn cut_window(
-    agg: &Aggregate,
-    start: SystemTime,
-    duration: Duration,
-    sym: &mut Symbolizer,
-    targeting: &mut Targeting,
-    s: &Settings,
-    shared: &Shared,
-    pusher: &push::Pusher,
-) {
-    let t0 = Instant::now();
-    shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
-    // Labels are per process: look them up once per pid, not per key.
-    let mut by_pid: HashMap<u32, Vec<(&SampleKey, u64)>> = HashMap::new();
-    for (key, &n) in &agg.counts {
-        by_pid.entry(key.tgid).or_default().push((key, n));
-    }
-    let mut groups: BTreeMap<Labels, Vec<(&SampleKey, u64)>> = BTreeMap::new();
-    for (_, entries) in by_pid {
-        match targeting.labels_of(entries[0].0, s) {
-            Some(l) => groups.entry(l).or_default().extend(entries),
-            None => {
-                let n: u64 = entries.iter().map(|e| e.1).sum();
-                shared
-                    .metrics
-                    .samples_dropped_by_relabel
-                    .fetch_add(n, Ordering::Relaxed);
-            }
-        }
-    }
-    profile::prepare(sym, agg.counts.keys().map(|k| k.tgid));
-    for (labels, entries) in groups {
-        let target = labels
-            .get("service_name")
-            .cloned()
-            .unwrap_or_else(|| "unknown".into());
-        let opts = BuildOptions {
-            start,
-            duration,
-            frequency: s.raw.frequency,
-            target: format!("{target} on {}", s.node),
-        };
-        let mut p = profile::build_entries(&entries, &agg.stacks, sym, &opts);
-        p.labels = labels;
-        shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
-        if let Some(store) = &shared.store {
-            if let Err(e) = store.write(&p) {
-                shared.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("ember agent: cannot store a window: {e:#}");
-            }
-        }
-        pusher.submit(Arc::new(p));
-    }
-    shared
-        .metrics
-        .symbolize_ns
-        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+/// Where the agent's profiles go: the store, the push queues and the live
+/// requests, with the labels of each process.
+struct Sink<'a> {
+    s: &'a Settings,
+    shared: &'a Shared,
+    pusher: &'a push::Pusher,
+    targeting: Targeting,
 }
 
-/// Feeds a drain to the live requests and answers those that are due.
-fn serve_live(
-    shared: &Shared,
-    tick: &Aggregate,
-    sym: &mut Symbolizer,
-    targeting: &mut Targeting,
-    s: &Settings,
-    all_due: bool,
-) {
-    let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
-    // Requests whose client went away get no more samples.
-    live.retain(|r| !r.reply.is_closed());
-    if live.is_empty() {
-        return;
+impl Sink<'_> {
+    /// Builds one profile per target (distinct label set) from a window.
+    fn cut_window(
+        &mut self,
+        agg: &Aggregate,
+        start: SystemTime,
+        duration: Duration,
+        sym: &mut Symbolizer,
+    ) {
+        let (s, shared, pusher, targeting) =
+            (self.s, self.shared, self.pusher, &mut self.targeting);
+        let t0 = Instant::now();
+        shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
+        // Labels are per process: look them up once per pid, not per key.
+        let mut by_pid: HashMap<u32, Vec<(&SampleKey, u64)>> = HashMap::new();
+        for (key, &n) in &agg.counts {
+            by_pid.entry(key.tgid).or_default().push((key, n));
+        }
+        let mut groups: BTreeMap<Labels, Vec<(&SampleKey, u64)>> = BTreeMap::new();
+        for (_, entries) in by_pid {
+            match targeting.labels_of(entries[0].0, s) {
+                Some(l) => groups.entry(l).or_default().extend(entries),
+                None => {
+                    let n: u64 = entries.iter().map(|e| e.1).sum();
+                    shared
+                        .metrics
+                        .samples_dropped_by_relabel
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+        profile::prepare(sym, agg.counts.keys().map(|k| k.tgid));
+        for (labels, entries) in groups {
+            let target = labels
+                .get("service_name")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            let opts = BuildOptions {
+                start,
+                duration,
+                frequency: s.raw.frequency,
+                target: format!("{target} on {}", s.node),
+            };
+            let mut p = profile::build_entries(&entries, &agg.stacks, sym, &opts);
+            p.labels = labels;
+            shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
+            if let Some(store) = &shared.store {
+                if let Err(e) = store.write(&p) {
+                    shared.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("ember agent: cannot store a window: {e:#}");
+                }
+            }
+            pusher.submit(Arc::new(p));
+        }
+        shared
+            .metrics
+            .symbolize_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
-    let now = Instant::now();
-    for r in live.iter_mut() {
-        if r.primed {
-            r.agg.merge_from(tick);
-        } else {
-            r.primed = true;
-            r.started = SystemTime::now();
-            r.deadline = now + Duration::from_secs(r.seconds);
+
+    /// Feeds a drain to the live requests and answers those that are due.
+    fn serve_live(&mut self, tick: &Aggregate, sym: &mut Symbolizer, all_due: bool) {
+        let (s, shared, targeting) = (self.s, self.shared, &mut self.targeting);
+        let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+        // Requests whose client went away get no more samples.
+        live.retain(|r| !r.reply.is_closed());
+        if live.is_empty() {
+            return;
         }
-    }
-    let (due, waiting): (Vec<_>, Vec<_>) = live
-        .drain(..)
-        .partition(|r| all_due || (r.primed && r.deadline <= now));
-    *live = waiting;
-    drop(live);
-    for mut r in due {
-        if let Some(pid) = r.pid {
-            r.agg.retain(|k| k.tgid == pid);
+        let now = Instant::now();
+        for r in live.iter_mut() {
+            if r.primed {
+                r.agg.merge_from(tick);
+            } else {
+                r.primed = true;
+                r.started = SystemTime::now();
+                r.deadline = now + Duration::from_secs(r.seconds);
+            }
         }
-        if let Some(svc) = &r.service {
-            r.agg.retain(|k| {
-                targeting
-                    .labels_of(k, s)
-                    .is_some_and(|l| l.get("service_name") == Some(svc))
-            });
-        }
-        let what = match (&r.pid, &r.service) {
-            (Some(p), _) => format!("pid {p} on {}", s.node),
-            (_, Some(svc)) => format!("service {svc} on {}", s.node),
-            _ => format!("all processes on {}", s.node),
-        };
-        let opts = BuildOptions {
-            start: r.started,
-            duration: r.started.elapsed().unwrap_or_default(),
-            frequency: s.raw.frequency,
-            target: what,
-        };
-        let p: Profile = profile::build(&r.agg, sym, &opts);
-        let mut out = Vec::new();
-        if crate::profile::pprof::write(&p, &mut out).is_ok() {
-            let _ = r.reply.send(out);
+        let (due, waiting): (Vec<_>, Vec<_>) = live
+            .drain(..)
+            .partition(|r| all_due || (r.primed && r.deadline <= now));
+        *live = waiting;
+        drop(live);
+        for mut r in due {
+            if let Some(pid) = r.pid {
+                r.agg.retain(|k| k.tgid == pid);
+            }
+            if let Some(svc) = &r.service {
+                r.agg.retain(|k| {
+                    targeting
+                        .labels_of(k, s)
+                        .is_some_and(|l| l.get("service_name") == Some(svc))
+                });
+            }
+            let what = match (&r.pid, &r.service) {
+                (Some(p), _) => format!("pid {p} on {}", s.node),
+                (_, Some(svc)) => format!("service {svc} on {}", s.node),
+                _ => format!("all processes on {}", s.node),
+            };
+            let opts = BuildOptions {
+                start: r.started,
+                duration: r.started.elapsed().unwrap_or_default(),
+                frequency: s.raw.frequency,
+                target: what,
+            };
+            let p: Profile = profile::build(&r.agg, sym, &opts);
+            let mut out = Vec::new();
+            if crate::profile::pprof::write(&p, &mut out).is_ok() {
+                let _ = r.reply.send(out);
+            }
         }
     }
 }

@@ -229,20 +229,35 @@ impl Symbolizer {
         self.processes.remove(&pid);
     }
 
-    /// Drops processes that exited, one call after they were first seen
-    /// gone (so samples drained just after an exit still symbolize), and
-    /// closes binaries no tracked process maps any more: memory stays
-    /// bounded under process churn. Call once per window. Returns the pids
-    /// forgotten.
-    pub fn gc(&mut self) -> Vec<u32> {
+    /// Applies the one exit rule ([`procmap::is_live`]) to every tracked
+    /// process and returns the processes found gone that were not
+    /// reported before. Their symbols stay (samples drained later still
+    /// need them) until [`forget_exited`](Self::forget_exited).
+    pub fn mark_exited(&mut self) -> Vec<u32> {
+        let mut newly = Vec::new();
+        for (&pid, p) in self.processes.iter_mut() {
+            if !p.exited && !procmap::is_live(pid, Some(p.start_time)) {
+                p.exited = true;
+            }
+            if p.exited && !p.exit_reported {
+                p.exit_reported = true;
+                newly.push(pid);
+            }
+        }
+        newly
+    }
+
+    /// Drops processes marked exited at an earlier call (so samples drained
+    /// just after an exit still symbolize), and closes binaries no tracked
+    /// process maps any more: memory stays bounded under process churn.
+    /// Call once per window, after [`mark_exited`](Self::mark_exited).
+    /// Returns the pids forgotten.
+    pub fn forget_exited(&mut self) -> Vec<u32> {
         let mut gone = Vec::new();
         for (&pid, p) in self.processes.iter_mut() {
             if p.exited && p.gone_seen {
                 gone.push(pid);
                 continue;
-            }
-            if !p.exited && procmap::start_time(pid) != Some(p.start_time) {
-                p.exited = true;
             }
             p.gone_seen = p.exited;
         }

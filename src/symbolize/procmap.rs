@@ -43,6 +43,8 @@ pub struct Process {
     pub start_time: u64,
     /// Seen exited by the previous garbage collection.
     pub gone_seen: bool,
+    /// Its exit was reported (see `Symbolizer::mark_exited`).
+    pub exit_reported: bool,
     /// The credentials it accesses files with (for perf maps).
     pub creds: Option<crate::untrusted::Creds>,
     /// It lives in ember's own mount namespace.
@@ -200,6 +202,27 @@ pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Field 3 (state) of the text of a `/proc/PID/stat`.
+pub fn parse_stat_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The one rule for "this process is gone", used by every part of ember:
+/// `/proc` has no such pid, it is a zombie (or dead) waiting to be reaped,
+/// or, when `started` is known, its start time differs (the pid was
+/// reused by another process).
+pub fn is_live(pid: u32, started: Option<u64>) -> bool {
+    let Ok(stat) = crate::untrusted::read_proc(&format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let running = parse_stat_state(&stat).is_some_and(|st| st != 'Z' && st != 'X');
+    running && started.is_none_or(|t| parse_stat_start_time(&stat) == Some(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +249,18 @@ mod tests {
         assert!(parse_maps_line("2000-1000 r-xp 00000000 08:02 7 /x").is_none());
         let long = format!("1000-2000 r-xp 00000000 08:02 7 /{}", "é".repeat(4000));
         assert!(parse_maps_line(&long).unwrap().path.len() <= MAX_PATH_BYTES);
+    }
+
+    #[test]
+    fn stat_state_and_liveness() {
+        let stat = "42 (a) b) Z) Z 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0";
+        assert_eq!(parse_stat_state(stat), Some('Z'));
+        assert_eq!(parse_stat_start_time(stat), Some(777));
+        let me = std::process::id();
+        let started = start_time(me);
+        assert!(is_live(me, None) && is_live(me, started));
+        assert!(!is_live(me, started.map(|t| t + 1)));
+        assert!(!is_live(u32::MAX, None));
     }
 
     proptest::proptest! {

@@ -450,20 +450,6 @@ impl Unwinder {
         self.stats.processes = self.procs.len();
     }
 
-    /// Forgets processes that no longer exist (for callers that do not
-    /// track exits themselves).
-    pub fn prune_exited(&mut self, sampler: &Sampler) {
-        let gone: Vec<u32> = self
-            .procs
-            .keys()
-            .copied()
-            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-            .collect();
-        for pid in gone {
-            self.forget(sampler, pid);
-        }
-    }
-
     fn release(&mut self, old: &Registered) {
         for k in &old.keys {
             if let Some(s) = self.slots.get_mut(k) {

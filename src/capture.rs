@@ -1,0 +1,224 @@
+//! capture: one profiling session, driven by `ember record` and `ember
+//! agent` alike.
+//!
+//! A [`Capture`] owns the BPF sampler, its process events, the process
+//! table with the symbolizer, the unwind tables and the drainer. Its owner
+//! brings only a policy: when to stop, how long to wait, when to drain and
+//! what to build from the counts (ripgrep's `Searcher` driven through a
+//! `Sink`, py-spy's one `Sampler` for `record` and `top`). The session
+//! takes every new process in as soon as the sampler announces it, so
+//! short-lived processes are captured while they live; it drains early
+//! when a kernel map overflows; and it applies one exit rule
+//! ([`procmap::is_live`](crate::symbolize::procmap::is_live)) to release
+//! what exited processes hold.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::aggregate::{Aggregate, DrainStats, Drainer};
+use crate::sample::{self, KernelStats, ProcessEvent, Sampler};
+use crate::symbolize::Symbolizer;
+use crate::unwind::{UnwindStats, Unwinder};
+
+/// How often a session checks the kernel counters for a map overflow
+/// between regular drains.
+const OVERFLOW_CHECK: Duration = Duration::from_millis(200);
+
+/// What a session samples and how it walks stacks.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// The sampler's settings.
+    pub sample: sample::Config,
+    /// Kernel memory the unwind tables may take, in bytes; `None` walks
+    /// user stacks with frame pointers only.
+    pub unwind_memory: Option<u64>,
+}
+
+/// One profiling session. Fields drop in order: the event ring buffer
+/// before the sampler it reads.
+pub struct Capture {
+    events: sample::ProcessEvents,
+    unw: Option<Unwinder>,
+    sampler: Sampler,
+    sym: Symbolizer,
+    drainer: Drainer,
+    last_drain: Instant,
+    last_check: Instant,
+    last_full: u64,
+}
+
+impl Capture {
+    /// Loads the BPF program, attaches it to every CPU and starts reading
+    /// kernel symbols (when kernel stacks are on) while sampling runs.
+    pub fn start(cfg: &CaptureConfig) -> Result<Capture> {
+        let sampler = Sampler::start(&cfg.sample)?;
+        let events = sampler.process_events()?;
+        let mut sym = Symbolizer::new();
+        if cfg.sample.kernel_stacks {
+            sym.preload_kernel();
+        }
+        Ok(Capture {
+            events,
+            unw: cfg.unwind_memory.map(Unwinder::new),
+            sampler,
+            sym,
+            drainer: Drainer::default(),
+            last_drain: Instant::now(),
+            last_check: Instant::now(),
+            last_full: 0,
+        })
+    }
+
+    /// Starts sampling an existing process: its maps are captured and its
+    /// unwind tables loaded first, so even its first samples unwind fully.
+    pub fn watch(&mut self, pid: u32) -> Result<()> {
+        self.sym.capture(pid);
+        if let Some(u) = self.unw.as_mut() {
+            u.register_now(&self.sampler, &mut self.sym, pid);
+        }
+        self.sampler.add_target(pid)
+    }
+
+    /// Loads, before a command starts, the tables of its program and of the
+    /// libraries every process maps (ember's own C library and loader), and
+    /// from then on builds the tables of new programs as they exec, in the
+    /// event loop rather than in the background.
+    pub fn preload(&mut self, program: Option<&Path>) {
+        if let Some(u) = self.unw.as_mut() {
+            u.set_blocking(true);
+            if let Some(path) = program {
+                u.preload(&self.sampler, path);
+            }
+            u.preload_own_libraries(&self.sampler);
+        }
+    }
+
+    /// Captures a process ember started itself (its maps are read at once,
+    /// before its first sample).
+    pub fn adopt(&mut self, pid: u32) {
+        self.sym.capture(pid);
+    }
+
+    /// Waits up to `max` for process events (less when an unwind-table
+    /// refresh falls due), takes them in, and reports every new process or
+    /// exec to `on_process` after its maps were captured.
+    pub fn wait(&mut self, max: Duration, on_process: &mut dyn FnMut(ProcessEvent)) {
+        let refresh = self
+            .unw
+            .as_ref()
+            .and_then(|u| u.next_due())
+            .unwrap_or(Duration::MAX);
+        self.events
+            .poll(max.min(refresh).max(Duration::from_millis(1)));
+        self.intake(true, on_process);
+        if let Some(u) = self.unw.as_mut() {
+            u.tick(&self.sampler, &mut self.sym);
+        }
+    }
+
+    fn intake(&mut self, unwind: bool, on_process: &mut dyn FnMut(ProcessEvent)) {
+        let events = self.events.take();
+        // Capture every new process first: short-lived ones may exit any
+        // moment, while their unwind tables can wait a few milliseconds.
+        for &e in &events {
+            if !e.new_mapping {
+                self.sym.on_event(e);
+                on_process(e);
+            }
+        }
+        if let (true, Some(u)) = (unwind, self.unw.as_mut()) {
+            for e in events {
+                u.on_event(&self.sampler, &mut self.sym, e);
+            }
+        }
+    }
+
+    /// Drains the kernel's counts into `into` when `interval` has passed
+    /// since the last drain, or sooner when a kernel map overflowed (the
+    /// sooner the maps are empty, the fewer samples lose their stacks).
+    /// Returns whether it drained.
+    pub fn drain_if_due(&mut self, into: &mut Aggregate, interval: Duration) -> Result<bool> {
+        let overflowing = self.last_check.elapsed() >= OVERFLOW_CHECK && {
+            self.last_check = Instant::now();
+            let st = self.sampler.stats().unwrap_or_default();
+            let full = st.lost_stack_map_full + st.lost_count_map_full;
+            let grew = full > self.last_full;
+            self.last_full = full;
+            grew
+        };
+        if overflowing || self.last_drain.elapsed() >= interval {
+            self.drain(into)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Drains the kernel's counts into `into` now.
+    pub fn drain(&mut self, into: &mut Aggregate) -> Result<DrainStats> {
+        self.last_drain = Instant::now();
+        self.drainer.drain(&mut self.sampler, into)
+    }
+
+    /// Stops sampling, takes the last process events and drains the rest:
+    /// nothing counted is left behind and the kernel counters match the
+    /// counts exactly.
+    pub fn finish(
+        &mut self,
+        into: &mut Aggregate,
+        on_process: &mut dyn FnMut(ProcessEvent),
+    ) -> Result<()> {
+        self.sampler.stop();
+        self.events.consume();
+        self.intake(false, on_process);
+        self.drain(into).map(|_| ())
+    }
+
+    /// Applies the exit rule: releases the kernel-side unwind state of
+    /// processes that exited and unloads tables nothing uses any more.
+    /// With `forget`, also drops the symbols of processes found exited at
+    /// an earlier call (an agent, after each window); without, they stay
+    /// until the session ends (a recording builds its one profile last).
+    /// Returns the processes forgotten.
+    pub fn gc(&mut self, forget: bool) -> Vec<u32> {
+        let exited = self.sym.mark_exited();
+        if let Some(u) = self.unw.as_mut() {
+            for &pid in &exited {
+                u.forget(&self.sampler, pid);
+            }
+            u.gc(&self.sampler);
+        }
+        if forget {
+            self.sym.forget_exited()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The process table and symbolizer, to build profiles with.
+    pub fn symbolizer(&mut self) -> &mut Symbolizer {
+        &mut self.sym
+    }
+
+    /// The sampler (its counters, event, CPUs and costs).
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    /// The kernel's counters now.
+    pub fn stats(&self) -> Result<KernelStats> {
+        self.sampler.stats()
+    }
+
+    /// The unwind tables' figures (`None` with frame pointers only).
+    pub fn unwind_stats(&self) -> Option<UnwindStats> {
+        self.unw.as_ref().map(|u| u.stats())
+    }
+
+    /// Ends sampling and releases the kernel side (BPF program, maps, unwind
+    /// tables), keeping the symbolizer for the final build.
+    pub fn into_symbolizer(self) -> Symbolizer {
+        self.sym
+    }
+}
