@@ -4,7 +4,10 @@
 //! → [`aggregate`] (drain kernel maps into counts) → [`symbolize`] (addresses
 //! to functions, per binary) → [`profile`] (one symbolized profile) →
 //! [`export`] (pprof, folded stacks, SVG). [`unwind`] builds the tables the
-//! sampler walks user stacks with.
+//! sampler walks user stacks with. [`capture`] is the one profiling session
+//! that `ember record` ([`record`]) and `ember agent` ([`agent`]) drive with
+//! their own policies; [`query`] and [`tables`] are the other commands.
+//! Every file another process controls is opened through [`untrusted`].
 
 pub mod agent;
 pub mod aggregate;
@@ -12,10 +15,12 @@ pub mod capture;
 pub mod export;
 pub mod preflight;
 pub mod profile;
+pub mod query;
 pub mod record;
 pub mod sample;
 pub mod signal;
 pub mod symbolize;
+pub mod tables;
 pub mod untrusted;
 pub mod unwind;
 pub mod util;

@@ -114,8 +114,8 @@ struct QueryArgs {
     /// Only targets with this label (key=value; repeatable).
     #[arg(short, long = "label")]
     labels: Vec<String>,
-    /// Output format (default: from --output's extension, else svg).
-    #[arg(short, long, value_enum)]
+    /// Output format: pprof, folded or svg (default: from --output's extension, else svg).
+    #[arg(short, long)]
     format: Option<Format>,
     /// Output file (default: standard output).
     #[arg(short, long)]
@@ -140,7 +140,7 @@ struct RecordArgs {
     #[arg(short, long = "output", value_name = "PATH")]
     outputs: Vec<PathBuf>,
     /// Output format(s), written to their default file names unless --output says otherwise.
-    #[arg(short, long = "format", value_enum)]
+    #[arg(short, long = "format")]
     formats: Vec<Format>,
     /// Leave kernel frames out.
     #[arg(long)]
@@ -240,60 +240,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn tables_cmd(a: TablesArgs) -> anyhow::Result<()> {
-    for &p in &a.pids {
-        ember::preflight::check_pid(p)?;
-    }
-    let t0 = std::time::Instant::now();
-    let mut all = ember::unwind::survey(&a.pids);
-    let wall = t0.elapsed();
-    all.sort_by_key(|e| std::cmp::Reverse(e.bytes));
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    if a.verbose {
-        for e in &all {
-            match &e.error {
-                None => writeln!(
-                    out,
-                    "{:>9} rows {:>9.1} KiB {:>8.1} ms  {}",
-                    e.rows,
-                    e.bytes as f64 / 1024.0,
-                    e.build_time.as_secs_f64() * 1000.0,
-                    e.path
-                ),
-                Some(err) => writeln!(
-                    out,
-                    "{:>9} rows {:>9} KiB {:>8} ms  {} ({err})",
-                    "-", "-", "-", e.path
-                ),
-            }
-            .ok(); // a closed pipe (| head) is not an error
-        }
-    }
-    let with: Vec<_> = all.iter().filter(|e| e.error.is_none()).collect();
-    let rows: usize = with.iter().map(|e| e.rows).sum();
-    let bytes: u64 = with.iter().map(|e| e.bytes).sum();
-    let build: f64 = all.iter().map(|e| e.build_time.as_secs_f64()).sum();
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    writeln!(
-        out,
-        "{} binaries ({} without usable CFI): {} rows, {:.1} MiB of kernel memory if all were loaded; built in {:.0} ms ({:.0} ms wall); peak RSS {:.1} MiB",
-        with.len(),
-        all.len() - with.len(),
-        rows,
-        bytes as f64 / 1048576.0,
-        build * 1000.0,
-        wall.as_secs_f64() * 1000.0,
-        rss as f64 / 1024.0
-    )
-    .ok();
-    Ok(())
+    ember::tables::run(&a.pids, a.verbose, &mut std::io::stdout().lock())
 }
 
 fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
@@ -445,64 +392,18 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
-    use ember::agent::store::{Filter, Store};
-    use ember::export::{self, ExportOptions};
-    let dir = match (a.store_dir, &a.config) {
+    let store_dir = match (a.store_dir, &a.config) {
         (Some(d), _) => d,
         (None, Some(_)) => agent_config(a.config.as_deref())?.store.dir,
         (None, None) => PathBuf::from("/var/lib/ember"),
     };
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "no agent store at {}; pass --store-dir (or --config) naming the agent's store.dir",
-            dir.display()
-        );
-    }
-    let since = util::duration_in(
-        &format!("--since {}", util::quote(&a.since)),
-        &a.since,
-        Duration::from_millis(1),
-        limits::RETENTION.1,
-    )?;
-    let mut labels = Vec::new();
-    for l in &a.labels {
-        let (k, v) = l
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--label {l:?} must look like key=value"))?;
-        labels.push((k.to_string(), v.to_string()));
-    }
-    let format = match (a.format, &a.output) {
-        (Some(f), _) => f,
-        (None, Some(p)) => Format::from_path(p).ok_or_else(|| {
-            anyhow::anyhow!(
-                "cannot tell the format of {} from its name; pass --format",
-                p.display()
-            )
-        })?,
-        (None, None) => Format::Svg,
-    };
-    let store = Store::open_read(&dir)?;
-    let filter = Filter {
-        since_ns: ember::agent::store::now_ns().saturating_sub(since.as_nanos() as u64),
+    ember::query::run(&ember::query::QueryOptions {
+        store_dir,
+        since: a.since,
         service: a.service,
         pid: a.pid,
-        labels,
-    };
-    let (profile, windows) = store.query(&filter, &mut |w| eprintln!("ember: warning: {w}"));
-    let opts = ExportOptions::default();
-    match &a.output {
-        Some(p) => export::write_file(&profile, format, p, opts)?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            export::write_to(&profile, format, &mut out, opts)?;
-        }
-    }
-    eprintln!(
-        "ember: merged {windows} windows, {} samples{}",
-        profile.total(),
-        a.output
-            .map(|p| format!(", wrote {}", p.display()))
-            .unwrap_or_default()
-    );
-    Ok(())
+        labels: a.labels,
+        format: a.format,
+        output: a.output,
+    })
 }

@@ -481,7 +481,3 @@ pub fn summary(r: &Recording) -> String {
     );
     s
 }
-
-/// Kept for callers not yet moved to [`crate::util::parse_duration`]
-/// (the HTTP endpoint's `since`); new code uses `util` directly.
-pub use crate::util::parse_duration;

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use crate::profile::{pprof, Profile};
 
 /// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     /// gzip-compressed pprof protobuf (`go tool pprof`, Pyroscope, Parca).
     Pprof,
@@ -19,6 +19,19 @@ pub enum Format {
     Folded,
     /// An interactive SVG flamegraph.
     Svg,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Format, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "pprof" => Ok(Format::Pprof),
+            "folded" => Ok(Format::Folded),
+            "svg" => Ok(Format::Svg),
+            _ => Err(format!("unknown format {s:?}; use pprof, folded or svg")),
+        }
+    }
 }
 
 impl Format {
