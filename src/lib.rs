@@ -9,6 +9,8 @@
 //! their own policies; [`query`] and [`tables`] are the other commands.
 //! Every file another process controls is opened through [`untrusted`].
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod aggregate;
 pub mod capture;

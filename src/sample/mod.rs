@@ -166,8 +166,12 @@ pub enum Targets {
     /// These processes (all their threads); with `follow`, processes forked
     /// by them later too. `parents` are only followed, never profiled.
     Pids {
+        /// Processes profiled from the start.
         pids: Vec<u32>,
+        /// Processes whose children are followed but which are not
+        /// profiled themselves.
         parents: Vec<u32>,
+        /// Follow forks of profiled processes.
         follow: bool,
     },
 }

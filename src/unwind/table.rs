@@ -39,7 +39,12 @@ pub enum Cfa {
     /// CFA = rbp + offset.
     Rbp(i32),
     /// A PLT stub: CFA = rsp + offset + ((pc & 15) >= threshold ? 8 : 0).
-    Plt { offset: i32, threshold: u8 },
+    Plt {
+        /// Offset from rsp.
+        offset: i32,
+        /// Low pc bits at and above which 8 more is added.
+        threshold: u8,
+    },
     /// CFA = *(rsp + offset).
     DerefRsp(i32),
     /// CFA = *(rbp + offset), as in functions that realign the stack.

@@ -1,8 +1,8 @@
 //! Faithful stand-ins for the Pyroscope and Parca ingestion servers, for
 //! push tests. They decode requests with the servers' message definitions
-//! and apply the validation rules read from the servers' source (see
-//! shared/notes/protocols.md §2–§4 and §8), answering with the status codes
-//! the real servers use. One port serves all four APIs (HTTP/1.1 and h2c).
+//! and apply the validation rules read from the servers' source
+//! (Pyroscope's distributor and validation packages, Parca's normalizer),
+//! answering with the status codes the real servers use. One port serves all four APIs (HTTP/1.1 and h2c).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
