@@ -330,6 +330,16 @@ impl Store {
         &self.dir
     }
 
+    /// Counts a skipped file and says why, naming it.
+    fn skip(&self, name: &str, s: &Skip, warn: &mut dyn FnMut(String)) {
+        self.count_skip(s.reason);
+        warn(format!(
+            "skipping {}: {}",
+            self.dir.join(name).display(),
+            s.detail
+        ));
+    }
+
     fn count_skip(&self, r: SkipReason) {
         let i = SkipReason::ALL.iter().position(|&x| x == r).unwrap_or(0);
         self.skipped[i].fetch_add(1, Relaxed);
@@ -524,14 +534,7 @@ impl Store {
                         },
                     );
                 }
-                Err(s) => {
-                    self.count_skip(s.reason);
-                    warn(format!(
-                        "skipping {}: {}",
-                        self.dir.join(&name).display(),
-                        s.detail
-                    ));
-                }
+                Err(s) => self.skip(&name, &s, warn),
             }
         }
         self.index.lock().unwrap_or_else(|e| e.into_inner()).ready = true;
@@ -673,12 +676,7 @@ impl Store {
             let p = match self.load(&name) {
                 Ok((_, p, _)) => p,
                 Err(s) => {
-                    self.count_skip(s.reason);
-                    warn(format!(
-                        "skipping {}: {}",
-                        self.dir.join(&name).display(),
-                        s.detail
-                    ));
+                    self.skip(&name, &s, warn);
                     continue;
                 }
             };

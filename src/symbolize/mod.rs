@@ -477,12 +477,13 @@ impl Symbolizer {
     /// Symbolizes file offsets of one binary in one batch, filling its cache.
     pub fn symbolize_binary(&mut self, id: BinaryId, offsets: &mut Vec<u64>) {
         let bin = &self.binaries[id];
-        offsets.sort_unstable();
-        offsets.dedup();
-        self.lookups += offsets.len() as u64;
-        offsets.retain(|o| !bin.cache.contains_key(o));
-        self.misses += offsets.len() as u64;
-        if offsets.is_empty() {
+        let cache = &bin.cache;
+        if !uncached(
+            offsets,
+            |o| cache.contains_key(o),
+            &mut self.lookups,
+            &mut self.misses,
+        ) {
             return;
         }
         let results: Vec<Frames> = if bin.vdso {
@@ -545,12 +546,13 @@ impl Symbolizer {
 
     /// Symbolizes kernel addresses in one batch, filling the cache.
     pub fn symbolize_kernel(&mut self, addrs: &mut Vec<u64>) {
-        addrs.sort_unstable();
-        addrs.dedup();
-        self.lookups += addrs.len() as u64;
-        addrs.retain(|a| !self.kernel.contains_key(a));
-        self.misses += addrs.len() as u64;
-        if addrs.is_empty() {
+        let cache = &self.kernel;
+        if !uncached(
+            addrs,
+            |a| cache.contains_key(a),
+            &mut self.lookups,
+            &mut self.misses,
+        ) {
             return;
         }
         let results = match self.kernel_worker.as_ref().and_then(|w| w.ask(addrs)) {
@@ -754,6 +756,22 @@ impl Binary {
             touched: 0,
         }
     }
+}
+
+/// Sorts and deduplicates a batch of addresses, keeps those not `cached`,
+/// counts lookups and misses, and says whether any are left to resolve.
+fn uncached(
+    addrs: &mut Vec<u64>,
+    cached: impl Fn(&u64) -> bool,
+    lookups: &mut u64,
+    misses: &mut u64,
+) -> bool {
+    addrs.sort_unstable();
+    addrs.dedup();
+    *lookups += addrs.len() as u64;
+    addrs.retain(|a| !cached(a));
+    *misses += addrs.len() as u64;
+    !addrs.is_empty()
 }
 
 /// The path blazesym opens a held file by.
