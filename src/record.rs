@@ -86,6 +86,8 @@ pub struct Recording {
     pub bpf_cost: sample::BpfCost,
     /// Unwind tables (None with frame pointers only).
     pub unwind: Option<crate::unwind::UnwindStats>,
+    /// Frames left without a name, by reason.
+    pub unnamed: crate::symbolize::Unnamed,
 }
 
 /// Checks everything that can be checked before sampling starts.
@@ -234,6 +236,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         target: describe(&opts.what),
     };
     let profile = profile::build(&agg, &mut sym, &build);
+    let unnamed = sym.stats().unnamed;
     let eo = ExportOptions {
         threads: opts.threads,
     };
@@ -267,6 +270,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         finish_time,
         bpf_cost,
         unwind,
+        unnamed,
     })
 }
 
@@ -425,6 +429,20 @@ pub fn summary(r: &Recording) -> String {
             } else {
                 format!("; truncated: {}", causes.join(", "))
             }
+        );
+    }
+    let unnamed: Vec<String> = r
+        .unnamed
+        .causes()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(c, n)| format!("{n} {}", c.replace('_', " ")))
+        .collect();
+    if !unnamed.is_empty() {
+        let _ = writeln!(
+            s,
+            "  unnamed frames (distinct addresses): {}",
+            unnamed.join(", ")
         );
     }
     if let Some(u) = &r.unwind {

@@ -364,6 +364,13 @@ fn record_all_under_attack(protected: &str) {
         ] {
             assert!(refused.contains(want), "{want} not counted: {refused}");
         }
+        // The refused perf maps leave JIT frames unnamed, and the summary
+        // says why.
+        assert!(
+            err.lines()
+                .any(|l| l.contains("unnamed frames") && l.contains("jit without perf map")),
+            "unnamed JIT frames not reported by reason:\n{err}"
+        );
         assert_eq!(cg.oom_kills(), 0);
     });
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub sym_binaries: AtomicU64,
     /// Binary files held open.
     pub sym_open_files: AtomicU64,
+    /// Frames left unnamed, by reason (running totals).
+    pub unnamed: Mutex<crate::symbolize::Unnamed>,
     /// Processes tracked.
     pub processes: AtomicU64,
     /// Store write failures.
@@ -260,6 +262,21 @@ impl Metrics {
             "gauge",
             "Binary files held open for symbolization (bounded by a quarter of the open-file limit).",
             format!(" {}", g(&self.sym_open_files)),
+        );
+        let unnamed = *self.unnamed.lock().unwrap_or_else(|e| e.into_inner());
+        let series: Vec<String> = unnamed
+            .causes()
+            .iter()
+            .map(|(c, n)| format!("ember_frames_unnamed_total{{reason=\"{c}\"}} {n}"))
+            .collect();
+        line(
+            "ember_frames_unnamed_total",
+            "counter",
+            "Frames left without a name (distinct addresses per profile built), by reason.",
+            series
+                .join("\n")
+                .trim_start_matches("ember_frames_unnamed_total")
+                .to_string(),
         );
         let refused: Vec<String> = crate::untrusted::refusals()
             .into_iter()

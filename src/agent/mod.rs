@@ -345,6 +345,7 @@ fn update_symbolizer_metrics(m: &Metrics, st: &crate::symbolize::SymStats) {
     m.processes.store(st.processes as u64, Ordering::Relaxed);
     m.sym_lookups.store(st.lookups, Ordering::Relaxed);
     m.sym_misses.store(st.misses, Ordering::Relaxed);
+    *m.unnamed.lock().unwrap_or_else(|e| e.into_inner()) = st.unnamed;
 }
 
 fn update_unwind_metrics(m: &Metrics, u: &crate::unwind::UnwindStats) {

@@ -9,6 +9,7 @@ use crate::aggregate::{Aggregate, StackTable};
 use crate::sample::{
     SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
 };
+use crate::symbolize::Unnamed;
 use crate::symbolize::{BinaryId, Symbolizer};
 
 /// Profile metadata.
@@ -74,7 +75,9 @@ pub fn build_entries(
 
     // Pass 1: collect what needs symbolizing, per binary and for the kernel.
     let mut per_bin: HashMap<BinaryId, Vec<u64>> = HashMap::new();
-    let mut jit: HashMap<u32, Vec<u64>> = HashMap::new();
+    // Per process: code outside every file mapping, and whether it lies in
+    // an anonymous mapping (a JIT's) or in none ember knows.
+    let mut jit: HashMap<u32, Vec<(u64, bool)>> = HashMap::new();
     let mut kernel_addrs = Vec::new();
     for (key, _) in entries {
         if let Some(frames) = stacks.get(key.user_stack) {
@@ -84,7 +87,7 @@ pub fn build_entries(
                 match proc.and_then(|p| p.find(a)).map(|m| (m, sym.binary_of(m))) {
                     Some((m, Some(bin))) => per_bin.entry(bin).or_default().push(m.file_offset(a)),
                     // Anonymous or unmapped code: a JIT's, named by its perf map.
-                    _ => jit.entry(key.tgid).or_default().push(a),
+                    found => jit.entry(key.tgid).or_default().push((a, found.is_some())),
                 }
             }
         }
@@ -92,12 +95,37 @@ pub fn build_entries(
             kernel_addrs.extend(frames.iter().enumerate().map(|(i, &ip)| adjust(ip, i)));
         }
     }
+    let mut unnamed = Unnamed::default();
     for (bin, mut offsets) in per_bin {
-        sym.symbolize_binary(bin, &mut offsets);
+        sym.symbolize_binary(bin, &mut offsets.clone());
+        offsets.sort_unstable();
+        offsets.dedup();
+        let readable = sym.binary(bin).readable();
+        for o in offsets {
+            if sym.binary_frames(bin, o).is_empty() {
+                *if readable {
+                    &mut unnamed.no_symbols
+                } else {
+                    &mut unnamed.unreadable
+                } += 1;
+            }
+        }
     }
-    for (pid, mut addrs) in jit {
-        sym.symbolize_jit(pid, &mut addrs);
+    for (pid, mut found) in jit {
+        found.sort_unstable();
+        found.dedup();
+        sym.symbolize_jit(pid, &mut found.iter().map(|f| f.0).collect());
+        for (a, mapped) in found {
+            if sym.jit_name(pid, a).is_none() {
+                *if mapped {
+                    &mut unnamed.no_perf_map
+                } else {
+                    &mut unnamed.unmapped
+                } += 1;
+            }
+        }
     }
+    sym.count_unnamed(&unnamed);
     sym.symbolize_kernel(&mut kernel_addrs);
 
     // Pass 2: intern locations and samples.

@@ -90,6 +90,7 @@ pub struct Symbolizer {
     jit: HashMap<(u32, u64), Option<Arc<str>>>,
     /// Perf-map bytes read in the current build.
     perf_map_bytes: u64,
+    unnamed: Unnamed,
     /// Binary files held open, and the most allowed.
     open_files: usize,
     fd_budget: usize,
@@ -104,6 +105,33 @@ pub struct Symbolizer {
 impl Default for Symbolizer {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Frames left without a name, by reason (distinct addresses per profile
+/// build): the summary and `/metrics` say why, never just "unknown".
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unnamed {
+    /// The binary was read but has no symbol covering the address
+    /// (stripped, or its debug file is missing).
+    pub no_symbols: u64,
+    /// The binary could not be read (gone, refused, changed while read).
+    pub unreadable: u64,
+    /// Code in an anonymous mapping (JIT) that no perf map names.
+    pub no_perf_map: u64,
+    /// Code in no mapping ember captured for the process.
+    pub unmapped: u64,
+}
+
+impl Unnamed {
+    /// (label, count) pairs in a fixed order.
+    pub fn causes(&self) -> [(&'static str, u64); 4] {
+        [
+            ("no_symbols", self.no_symbols),
+            ("unreadable_binary", self.unreadable),
+            ("jit_without_perf_map", self.no_perf_map),
+            ("unmapped", self.unmapped),
+        ]
     }
 }
 
@@ -122,6 +150,8 @@ pub struct SymStats {
     pub misses: u64,
     /// Binary files held open.
     pub open_files: usize,
+    /// Frames left unnamed so far, by reason.
+    pub unnamed: Unnamed,
 }
 
 impl Symbolizer {
@@ -145,6 +175,7 @@ impl Symbolizer {
             vdso_binary: None,
             jit: HashMap::new(),
             perf_map_bytes: 0,
+            unnamed: Unnamed::default(),
             open_files: 0,
             fd_budget: untrusted::binary_fd_budget(),
             tick: 0,
@@ -641,6 +672,14 @@ impl Symbolizer {
         self.jit.get(&(pid, addr)).cloned().flatten()
     }
 
+    /// Adds a build's unnamed frames to the running counts.
+    pub fn count_unnamed(&mut self, u: &Unnamed) {
+        self.unnamed.no_symbols += u.no_symbols;
+        self.unnamed.unreadable += u.unreadable;
+        self.unnamed.no_perf_map += u.no_perf_map;
+        self.unnamed.unmapped += u.unmapped;
+    }
+
     /// Drops the JIT names read so far, so the next build re-reads perf
     /// maps (JITs append as they compile).
     pub fn reset_perf_maps(&mut self) {
@@ -678,6 +717,7 @@ impl Symbolizer {
             lookups: self.lookups,
             misses: self.misses,
             open_files: self.open_files,
+            unnamed: self.unnamed,
         }
     }
 
@@ -741,6 +781,11 @@ impl KernelWorker {
 }
 
 impl Binary {
+    /// Whether ember could read the file (it may still lack symbols).
+    pub fn readable(&self) -> bool {
+        self.vdso || (self.key.is_some() && !self.broken && (self.file.is_some() || self.parsed))
+    }
+
     fn new(path: Arc<str>, key: Option<FileKey>, file: Option<File>, vdso: bool) -> Binary {
         Binary {
             path,
