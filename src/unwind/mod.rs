@@ -82,7 +82,8 @@ struct Registered {
 struct Slot {
     /// Id in `unwind_tables`; 0 while not loaded.
     id: u32,
-    table: Option<Table>,
+    /// The loaded table's placement (its rows live in the kernel only).
+    table: Option<table::Placement>,
     handle: Option<MapHandle>,
     refs: u32,
     idle: u32,
@@ -360,7 +361,7 @@ impl Unwinder {
                     let t = slot.table.as_ref().expect("a loaded slot has its table");
                     if let Some(b) = t.bias(m.start, m.offset) {
                         table_id = slot.id;
-                        pages = t.pages();
+                        pages = t.pages;
                         bias = b;
                     }
                     keys.push(key);
@@ -484,8 +485,8 @@ impl Unwinder {
                 self.free_ids.push(s.id);
                 let t = s.table.take().unwrap_or_default();
                 self.stats.tables -= 1;
-                self.stats.rows -= t.rows.len() as u64;
-                self.stats.bytes -= t.bytes();
+                self.stats.rows -= t.rows;
+                self.stats.bytes -= t.bytes;
                 s.id = 0;
                 s.handle = None;
             }
@@ -591,7 +592,8 @@ impl Unwinder {
         self.stats.peak_bytes = self.stats.peak_bytes.max(self.stats.bytes);
         let slot = self.slots.entry(key).or_insert_with(Slot::empty);
         slot.id = id;
-        slot.table = Some(table);
+        // The rows are in the kernel now; keep only where they apply.
+        slot.table = Some(table.placement());
         slot.handle = Some(handle);
         true
     }

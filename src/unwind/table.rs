@@ -423,6 +423,35 @@ impl Table {
             .map_or(0, |r| ((*r as u32) >> PAGE_SHIFT) + 1)
     }
 
+    /// What stays in userspace once the rows are in the kernel.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            base: self.base,
+            segments: self.segments.clone(),
+            rows: self.rows.len() as u64,
+            pages: self.pages(),
+            bytes: self.bytes(),
+        }
+    }
+}
+
+/// A loaded table's facts, without its rows (which live in the kernel):
+/// where its code sits in the file, and what it costs.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The table's pcs are relative to this address.
+    pub base: u64,
+    /// The binary's executable segments.
+    pub segments: Vec<Segment>,
+    /// Rows in the kernel.
+    pub rows: u64,
+    /// Entries in the page index.
+    pub pages: u32,
+    /// Kernel bytes (rows and page index).
+    pub bytes: u64,
+}
+
+impl Placement {
     /// The bias to store for a mapping of this binary at `start` with file
     /// offset `offset`: table pc = address - bias. None if no executable
     /// segment holds that offset.
