@@ -521,17 +521,27 @@ fn agent_survives_hostile_files() {
         peak_rss <= 2 * idle_rss,
         "RSS went from {idle_rss} KiB idle to {peak_rss} KiB under attack"
     );
-    // Descriptors: bounded by the budget and steady once every attacker's
-    // files are known (the touched library must not leak one per window).
-    let last = &fd_samples[fd_samples.len() / 2..];
-    let (lo, hi) = (last.iter().min().unwrap(), last.iter().max().unwrap());
+    // Descriptors: bounded by the budget whatever 1100 mapped files ask
+    // for, and the library touched every 200 ms is held once, not once per
+    // change (it once leaked a descriptor and a mapping per window).
+    let hi = *fd_samples.iter().max().unwrap();
     assert!(
-        hi - lo <= 16,
-        "descriptors kept changing over the last 10 s: {lo}..{hi} (idle {idle_fds})"
-    );
-    assert!(
-        *hi <= idle_fds + 4096 + 64,
+        hi <= idle_fds + 4096 + 64,
         "{hi} descriptors (idle {idle_fds})"
+    );
+    let touched_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().contains("libtouched.so"))
+        .count();
+    let touched_maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("libtouched.so"))
+        .count();
+    assert!(
+        (1..=2).contains(&touched_fds) && touched_maps <= 2,
+        "the touched library is held {touched_fds} times and mapped {touched_maps} times"
     );
     let open = metric(http, "ember_symbolizer_open_files", "");
     assert!(open > 0.0);
@@ -552,8 +562,12 @@ fn agent_survives_hostile_files() {
     // The store and the endpoint hold nothing of the secret.
     for e in std::fs::read_dir(&store).unwrap() {
         let p = e.unwrap().path();
+        // A window may be renamed into place or retired meanwhile.
+        let Ok(bytes) = std::fs::read(&p) else {
+            continue;
+        };
         let mut raw = Vec::new();
-        if flate2::read::GzDecoder::new(&std::fs::read(&p).unwrap()[..])
+        if flate2::read::GzDecoder::new(&bytes[..])
             .read_to_end(&mut raw)
             .is_ok()
         {
