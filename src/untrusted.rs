@@ -702,6 +702,24 @@ mod tests {
         assert_eq!(Creds::parse("Uid:\t1\n"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn status_parsing_never_panics(text in "\\PC{0,300}") {
+            let _ = Creds::parse(&text);
+        }
+
+        #[test]
+        fn lines_are_bounded(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000), max in 1usize..200) {
+            let mut r = std::io::BufReader::new(&bytes[..]);
+            let mut line = Vec::new();
+            while let Some(fits) = next_line(&mut r, &mut line, max) {
+                if fits {
+                    proptest::prop_assert!(line.len() <= max + 1);
+                }
+            }
+        }
+    }
+
     #[test]
     fn counts_only_real_refusals() {
         let before = refused_total();
