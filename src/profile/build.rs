@@ -373,7 +373,8 @@ impl Builder {
     }
 
     /// Counts `count` samples of a stack (location ids, leaf first) in a
-    /// thread; equal samples add up.
+    /// thread; equal samples add up. Ids this builder did not return are
+    /// left out of the stack.
     pub fn sample(
         &mut self,
         locations: &[u32],
@@ -384,9 +385,13 @@ impl Builder {
         thread_name: &str,
     ) {
         let n = self.t.locations().len();
-        debug_assert!(locations.iter().all(|&l| (l as usize) < n));
-        if locations.iter().all(|&l| (l as usize) < n) {
+        let known = |l: &u32| (*l as usize) < n;
+        debug_assert!(locations.iter().all(known), "unknown location id");
+        if locations.iter().all(known) {
             self.t.sample(locations, count, pid, tid, comm, thread_name);
+        } else {
+            let stack: Vec<u32> = locations.iter().copied().filter(known).collect();
+            self.t.sample(&stack, count, pid, tid, comm, thread_name);
         }
     }
 

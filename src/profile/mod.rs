@@ -3,7 +3,7 @@
 //! Tables are interned the way pprof wants them (mappings, functions,
 //! locations with inline lines innermost first), so the pprof encoder is a
 //! straight copy and the folded/SVG writers walk the same data. Every table
-//! is filled through one interner ([`intern`]): by the [`Builder`] (fresh
+//! is filled through one interner (`intern.rs`): by the [`Builder`] (fresh
 //! samples), the [`merge::Merger`] (stored windows) and [`pprof::split`]
 //! (parts of one profile).
 //!

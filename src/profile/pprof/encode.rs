@@ -1,5 +1,5 @@
 //! Profile → pprof: the messages ([`to_proto`]), and gzip-compressed bytes
-//! ([`write`], [`gzip`]). A straight copy of the profile's tables; frame
+//! ([`write()`], [`gzip`]). A straight copy of the profile's tables; frame
 //! kinds travel as the pseudo-mappings the builder put their locations in
 //! (see [the module docs](super)).
 
