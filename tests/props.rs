@@ -486,8 +486,9 @@ proptest! {
         query_path(&files);
         // Push splits ember's own profiles; it holds for any of them too.
         for p in &ps {
-            let parts = pprof::split(p, 2, 200);
-            prop_assert_eq!(parts.iter().map(|q| q.sample.len()).sum::<usize>(), p.sample.len());
+            let p = pprof::to_profile(p);
+            let parts = pprof::split(&p, pprof::EncodeOptions::default(), 2, 200);
+            prop_assert_eq!(parts.iter().map(|q| q.sample.len()).sum::<usize>(), p.samples.len());
         }
     }
 

@@ -25,7 +25,7 @@ use prost::Message;
 use super::config::{PushConfig, Secret, Settings};
 use super::metrics::PushMetrics;
 use super::Shared;
-use crate::profile::pprof::{self, proto};
+use crate::profile::pprof;
 use crate::profile::Profile;
 
 /// Pyroscope's and Parca's request messages (push.proto, profilestore.proto).
@@ -209,9 +209,8 @@ impl Pusher {
         if self.backends.is_empty() || p.samples.is_empty() {
             return;
         }
-        let base = pprof::to_proto(&p);
         for b in self.backends.iter() {
-            for (uri, body) in encode(b, &p, &base, self.frequency) {
+            for (uri, body) in encode(b, &p, self.frequency) {
                 self.enqueue(
                     b,
                     Item {
@@ -690,28 +689,16 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, 
 
 /// Request URIs and bodies for one profile on one backend, split to the
 /// server's limits.
-fn encode(
-    b: &Backend,
-    p: &Profile,
-    base: &proto::Profile,
-    frequency: u64,
-) -> Vec<(String, Vec<u8>)> {
+fn encode(b: &Backend, p: &Profile, frequency: u64) -> Vec<(String, Vec<u8>)> {
     let root = b.cfg.url.trim_end_matches('/');
-    let mut prof = base.clone();
-    if matches!(b.kind, Kind::Pyroscope | Kind::PyroscopeIngest) {
-        // Pyroscope turns string sample labels into series labels; thread
-        // names would multiply series, so only comm is kept.
-        let thread = prof
-            .string_table
-            .iter()
-            .position(|s| s == "thread_name")
-            .map(|i| i as i64);
-        for s in &mut prof.sample {
-            s.label.retain(|l| Some(l.key) != thread);
-        }
-    }
+    // Pyroscope turns string sample labels into series labels; thread
+    // names would multiply series, so only comm is kept.
+    let opts = pprof::EncodeOptions {
+        thread_names: !matches!(b.kind, Kind::Pyroscope | Kind::PyroscopeIngest),
+    };
     let parts = pprof::split(
-        &prof,
+        p,
+        opts,
         MAX_SAMPLES,
         TARGET_PROFILE_BYTES.min(MAX_PROFILE_BYTES),
     );

@@ -1,4 +1,5 @@
 //! export: writes a [`Profile`] as pprof, folded stacks or an SVG flamegraph.
+#![warn(missing_docs)]
 
 pub mod folded;
 pub mod svg;

@@ -1,16 +1,19 @@
-//! Turns drained counts into a symbolized [`Profile`].
+//! Turns drained counts into a symbolized [`Profile`]: [`Builder`]
+//! assembles a profile from resolved frames (it needs no symbolizer), and
+//! [`build`] / [`build_entries`] feed it from a [`Symbolizer`].
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{FrameKind, Function, Line, Location, Mapping, Profile, Sample};
+use super::intern::{FastHash, Interner};
+use super::{FrameKind, Line, Marker, Profile};
 use crate::aggregate::{Aggregate, StackTable};
 use crate::sample::{
     SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
 };
-use crate::symbolize::Unnamed;
-use crate::symbolize::{BinaryId, Symbolizer};
+use crate::symbolize::{BinaryId, SymFrame, Symbolizer, Unnamed};
 
 /// Profile metadata.
 #[derive(Debug, Clone)]
@@ -25,20 +28,7 @@ pub struct BuildOptions {
     pub target: String,
 }
 
-/// Where one user address resolved to before symbolization.
-#[derive(Clone, Copy)]
-enum Resolved {
-    Binary {
-        bin: BinaryId,
-        offset: u64,
-        mapping: usize,
-    },
-    Anon {
-        mapping: usize,
-    },
-    Unmapped,
-}
-
+/// Where kernel addresses start (the kernel mapping's start).
 const KERNEL_START: u64 = 0xffff_8000_0000_0000;
 
 /// Symbolizes every sample of `agg`.
@@ -71,8 +61,6 @@ pub fn build_entries(
     sym: &mut Symbolizer,
     opts: &BuildOptions,
 ) -> Profile {
-    let mut b = Builder::default();
-
     // Pass 1: collect what needs symbolizing, per binary and for the kernel.
     let mut per_bin: HashMap<BinaryId, Vec<u64>> = HashMap::new();
     // Per process: code outside every file mapping, and whether it lies in
@@ -129,54 +117,46 @@ pub fn build_entries(
     sym.symbolize_kernel(&mut kernel_addrs);
 
     // Pass 2: intern locations and samples.
-    let mut samples = Vec::with_capacity(entries.len());
+    let mut r = Resolver {
+        sym: &*sym,
+        b: Builder::new(),
+        user_seen: HashMap::default(),
+        kernel_seen: HashMap::default(),
+    };
+    let mut locs = Vec::new();
     for &(key, count) in entries {
-        let mut locs = Vec::new();
+        locs.clear();
         if key.flags & SAMPLE_KERNEL_LOST != 0 {
-            locs.push(b.marker(lost_name("kernel", key.flags)));
+            locs.push(r.b.marker(Marker::LostKernel, lost_name(true, key.flags)));
         }
         if let Some(frames) = stacks.get(key.kernel_stack) {
             for (i, &ip) in frames.iter().enumerate() {
-                locs.push(b.kernel_location(sym, adjust(ip, i)));
+                locs.push(r.kernel(adjust(ip, i)));
             }
         }
         if key.flags & SAMPLE_USER_LOST != 0 {
-            locs.push(b.marker(lost_name("user", key.flags)));
+            locs.push(r.b.marker(Marker::LostUser, lost_name(false, key.flags)));
         }
         if let Some(frames) = stacks.get(key.user_stack) {
             for (i, &ip) in frames.iter().enumerate() {
-                locs.push(b.user_location(sym, key.tgid, adjust(ip, i)));
+                locs.push(r.user(key.tgid, adjust(ip, i)));
             }
         }
         // The walk stopped before the outermost frame: say so at the root
         // rather than pass the partial stack off as complete.
         if key.flags & SAMPLE_TRUNCATED != 0 {
-            locs.push(b.marker("[truncated]".to_string()));
+            locs.push(r.b.marker(Marker::Truncated, "[truncated]"));
         }
-        samples.push(Sample {
-            locations: locs,
+        r.b.sample(
+            &locs,
             count,
-            pid: key.tgid,
-            tid: key.tid,
-            comm: b.name(&key.comm),
-            thread_name: b.name(&key.thread_comm),
-        });
+            key.tgid,
+            key.tid,
+            &comm_name(&key.comm),
+            &comm_name(&key.thread_comm),
+        );
     }
-    // Deterministic output order.
-    samples.sort_by(|a, b| (a.pid, a.tid, &a.locations).cmp(&(b.pid, b.tid, &b.locations)));
-    b.finish_mappings(sym);
-
-    Profile {
-        start: opts.start,
-        duration: opts.duration,
-        frequency: opts.frequency,
-        target: opts.target.clone(),
-        labels: Default::default(),
-        mappings: b.mappings,
-        functions: b.functions,
-        locations: b.locations,
-        samples,
-    }
+    r.b.finish(opts)
 }
 
 /// Return addresses point after the call: step back into the call
@@ -189,312 +169,320 @@ fn adjust(ip: u64, index: usize) -> u64 {
     }
 }
 
-fn lost_name(what: &str, flags: u32) -> String {
-    if flags & SAMPLE_MAP_FULL != 0 {
-        format!("[lost {what} stack: stack map full]")
-    } else {
-        format!("[lost {what} stack: not readable]")
+/// The function name of a lost-stack marker.
+fn lost_name(kernel: bool, flags: u32) -> &'static str {
+    match (kernel, flags & SAMPLE_MAP_FULL != 0) {
+        (true, true) => "[lost kernel stack: stack map full]",
+        (true, false) => "[lost kernel stack: not readable]",
+        (false, true) => "[lost user stack: stack map full]",
+        (false, false) => "[lost user stack: not readable]",
     }
 }
 
-#[derive(Default)]
-struct Builder {
-    mappings: Vec<Mapping>,
-    mapping_ids: HashMap<(u64, u64, u64, Arc<str>), u32>,
-    mapping_bins: Vec<Option<BinaryId>>,
-    functions: Vec<Function>,
-    function_ids: HashMap<Function, u32>,
-    locations: Vec<Location>,
-    // (kind, pid for process-private code, mapping, address) -> location
-    location_ids: HashMap<(FrameKind, u32, Option<u32>, u64), u32, FastHash>,
-    markers: HashMap<String, u32>,
-    names: HashMap<[u8; 16], Arc<str>>,
-    kernel_mapping: Option<u32>,
-    // (pid, address) -> location, for user frames already seen.
+/// A NUL-padded task name as text.
+fn comm_name(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end])
+}
+
+/// Feeds a [`Builder`] from a symbolizer, symbolizing each (process,
+/// address) once: most frames recur across samples (every caller above the
+/// leaf), and a hit here skips the mapping lookup and the interning.
+struct Resolver<'s> {
+    sym: &'s Symbolizer,
+    b: Builder,
     user_seen: HashMap<(u32, u64), u32, FastHash>,
+    kernel_seen: HashMap<u64, u32, FastHash>,
 }
 
-/// A multiply-rotate hasher for the builder's location maps, seeded
-/// per build: SipHash dominated profile building, and the seed keeps
-/// addresses a process chooses from steering collisions.
-#[derive(Clone)]
-struct FastHash(u64);
+impl Resolver<'_> {
+    fn kernel(&mut self, addr: u64) -> u32 {
+        if let Some(&id) = self.kernel_seen.get(&addr) {
+            return id;
+        }
+        let frames = self.sym.kernel_frames(addr);
+        let id = self.b.kernel(addr, frames.iter().map(Frame::from));
+        self.kernel_seen.insert(addr, id);
+        id
+    }
 
-impl Default for FastHash {
-    fn default() -> Self {
-        use std::hash::BuildHasher;
-        FastHash(std::collections::hash_map::RandomState::new().hash_one(0u64) | 1)
+    fn user(&mut self, pid: u32, addr: u64) -> u32 {
+        if let Some(&id) = self.user_seen.get(&(pid, addr)) {
+            return id;
+        }
+        let (sym, b) = (self.sym, &mut self.b);
+        let m = sym
+            .process(pid)
+            .and_then(|p| p.find_index(addr).map(|i| &p.mappings[i]));
+        let id = match m.map(|m| (m, sym.binary_of(m))) {
+            // Code of a file.
+            Some((m, Some(bin))) => {
+                let build_id = sym.binary(bin).build_id.as_deref().unwrap_or("");
+                let mapping = b.mapping(m.start, m.end, m.offset, &m.path, build_id);
+                let frames = sym.binary_frames(bin, m.file_offset(addr));
+                b.user(Some(mapping), addr, frames.iter().map(Frame::from))
+            }
+            // Anonymous or unmapped code: a JIT's, named by its perf map.
+            _ => match sym.jit_name(pid, addr) {
+                Some(name) => b.jit(m.map(|m| m.start..m.end), addr, &name),
+                // Anonymous code no perf map names is shown like
+                // unsymbolized native code.
+                None => {
+                    let mapping = m.map(|m| b.mapping(m.start, m.end, m.offset, &m.path, ""));
+                    b.user(mapping, addr, [])
+                }
+            },
+        };
+        self.user_seen.insert((pid, addr), id);
+        id
     }
 }
 
-impl std::hash::BuildHasher for FastHash {
-    type Hasher = FastHasher;
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher(self.0)
-    }
+/// One function frame of a resolved code address, as a symbolizer names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Demangled name.
+    pub name: &'a Arc<str>,
+    /// Name as in the symbol table (mangled).
+    pub system_name: &'a Arc<str>,
+    /// Source file, when known.
+    pub file: Option<&'a Arc<str>>,
+    /// Source line, 0 when unknown.
+    pub line: u32,
 }
 
-/// The hasher [`FastHash`] builds.
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..c.len()].copy_from_slice(c);
-            self.write_u64(u64::from_ne_bytes(b));
+impl<'a> From<&'a SymFrame> for Frame<'a> {
+    fn from(f: &'a SymFrame) -> Frame<'a> {
+        Frame {
+            name: &f.name,
+            system_name: &f.system_name,
+            file: f.file.as_ref(),
+            line: f.line,
         }
     }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(v as u64);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        // Fold the high bits down: hashbrown picks buckets from the low bits.
-        self.0 ^ (self.0 >> 29)
+}
+
+/// Assembles a [`Profile`] from resolved code addresses and samples of
+/// them, interning as it goes. It needs no symbolizer: [`build_entries`]
+/// feeds it from one, tests feed it directly.
+///
+/// Each method returns a location id for [`Builder::sample`]; the kind of a
+/// location is the method's ([`FrameKind`]), and kinds other than user code
+/// go to their pseudo-mappings ([`FrameKind::mapping_file`]), which is how
+/// pprof files keep them.
+pub struct Builder {
+    t: Interner,
+    /// Filename of functions without one.
+    empty: Arc<str>,
+    kernel_mapping: Option<u32>,
+    /// Scratch for a location's lines before it is interned.
+    lines: Vec<Line>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
     }
 }
 
 impl Builder {
-    fn name(&mut self, raw: &[u8; 16]) -> Arc<str> {
-        self.names
-            .entry(*raw)
-            .or_insert_with(|| {
-                let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-                Arc::from(String::from_utf8_lossy(&raw[..end]).as_ref())
-            })
-            .clone()
-    }
-
-    fn function(&mut self, name: Arc<str>, system_name: Arc<str>, filename: Arc<str>) -> u32 {
-        let f = Function {
-            name,
-            system_name,
-            filename,
-        };
-        if let Some(&id) = self.function_ids.get(&f) {
-            return id;
+    /// An empty profile under construction.
+    pub fn new() -> Builder {
+        Builder {
+            t: Interner::default(),
+            empty: Arc::from(""),
+            kernel_mapping: None,
+            lines: Vec::new(),
         }
-        let id = self.functions.len() as u32;
-        self.functions.push(f.clone());
-        self.function_ids.insert(f, id);
-        id
     }
 
-    fn mapping(
+    /// The id of a memory mapping of user code: file-backed (with its hex
+    /// build ID, or empty) or anonymous. Its `has_*` flags are computed by
+    /// [`Builder::finish`].
+    pub fn mapping(
         &mut self,
         start: u64,
         limit: u64,
         offset: u64,
-        file: Arc<str>,
-        bin: Option<BinaryId>,
+        file: &Arc<str>,
+        build_id: &str,
     ) -> u32 {
-        let key = (start, limit, offset, file.clone());
-        if let Some(&id) = self.mapping_ids.get(&key) {
-            return id;
-        }
-        let id = self.mappings.len() as u32;
-        self.mappings.push(Mapping {
-            start,
-            limit,
-            offset,
-            file,
-            build_id: String::new(),
-            has_functions: false,
-            has_filenames: false,
-            has_line_numbers: false,
-            has_inline_frames: false,
-        });
-        self.mapping_bins.push(bin);
-        self.mapping_ids.insert(key, id);
-        id
+        self.t.mapping(start, limit, offset, file, build_id)
     }
 
-    fn push_location(
+    /// The mapping of a kind's pseudo-file.
+    fn pseudo_mapping(&mut self, kind: FrameKind, range: Range<u64>) -> u32 {
+        let file = self
+            .t
+            .string(kind.mapping_file().expect("a kind with a pseudo-mapping"));
+        self.t.mapping(range.start, range.end, 0, &file, "")
+    }
+
+    fn location<'f>(
         &mut self,
-        key: (FrameKind, u32, Option<u32>, u64),
-        lines: Vec<Line>,
         kind: FrameKind,
+        mapping: Option<u32>,
+        address: u64,
+        frames: impl IntoIterator<Item = Frame<'f>>,
     ) -> u32 {
-        let id = self.locations.len() as u32;
-        self.locations.push(Location {
-            mapping: key.2,
-            address: key.3,
-            lines,
-            kind,
-        });
-        self.location_ids.insert(key, id);
-        id
-    }
-
-    fn marker(&mut self, name: String) -> u32 {
-        if let Some(&id) = self.markers.get(&name) {
-            return id;
-        }
-        let n: Arc<str> = Arc::from(name.as_str());
-        let f = self.function(n.clone(), n, Arc::from(""));
-        let id = self.locations.len() as u32;
-        self.locations.push(Location {
-            mapping: None,
-            address: 0,
-            lines: vec![Line {
-                function: f,
-                line: 0,
-            }],
-            kind: FrameKind::Lost,
-        });
-        self.markers.insert(name, id);
-        id
-    }
-
-    fn kernel_location(&mut self, sym: &Symbolizer, addr: u64) -> u32 {
-        let mapping = *self.kernel_mapping.get_or_insert_with(|| {
-            let id = self.mappings.len() as u32;
-            self.mappings.push(Mapping {
-                start: KERNEL_START,
-                limit: u64::MAX,
-                offset: 0,
-                file: Arc::from("[kernel.kallsyms]"),
-                build_id: String::new(),
-                has_functions: false,
-                has_filenames: false,
-                has_line_numbers: false,
-                has_inline_frames: false,
-            });
-            self.mapping_bins.push(None);
-            id
-        });
-        let key = (FrameKind::Kernel, 0, Some(mapping), addr);
-        if let Some(&id) = self.location_ids.get(&key) {
-            return id;
-        }
-        let frames = sym.kernel_frames(addr);
-        let lines = self.lines(&frames);
-        self.push_location(key, lines, FrameKind::Kernel)
-    }
-
-    fn user_location(&mut self, sym: &mut Symbolizer, pid: u32, addr: u64) -> u32 {
-        // Most frames recur across samples (every caller above the leaf):
-        // one cheap lookup instead of resolving the mapping again.
-        if let Some(&id) = self.user_seen.get(&(pid, addr)) {
-            return id;
-        }
-        let id = self.resolve_user_location(sym, pid, addr);
-        self.user_seen.insert((pid, addr), id);
-        id
-    }
-
-    fn resolve_user_location(&mut self, sym: &mut Symbolizer, pid: u32, addr: u64) -> u32 {
-        let resolved = match sym.process(pid) {
-            Some(p) => match p.find_index(addr) {
-                Some(i) => match sym.binary_of(&p.mappings[i]) {
-                    Some(bin) => Resolved::Binary {
-                        bin,
-                        offset: p.mappings[i].file_offset(addr),
-                        mapping: i,
-                    },
-                    None => Resolved::Anon { mapping: i },
-                },
-                None => Resolved::Unmapped,
-            },
-            None => Resolved::Unmapped,
-        };
-        let mapping = match resolved {
-            Resolved::Binary { mapping, bin, .. } => Some((mapping, Some(bin))),
-            Resolved::Anon { mapping } => Some((mapping, None)),
-            Resolved::Unmapped => None,
-        }
-        .map(|(i, bin)| {
-            let m = sym.process(pid).expect("resolved above").mappings[i].clone();
-            self.mapping(m.start, m.end, m.offset, m.path, bin)
-        });
-        // Code of a file is the same in every process mapping it at the
-        // same place; anonymous (JIT) code is private to its process.
-        let (kind, owner) = match resolved {
-            Resolved::Binary { .. } => (FrameKind::User, 0),
-            _ => (FrameKind::Jit, pid),
-        };
-        let key = (kind, owner, mapping, addr);
-        if let Some(&id) = self.location_ids.get(&key) {
-            return id;
-        }
-        let lines = match resolved {
-            Resolved::Binary { bin, offset, .. } => {
-                let frames = sym.binary_frames(bin, offset);
-                self.lines(&frames)
-            }
-            _ => match sym.jit_name(pid, addr) {
-                Some(name) => {
-                    let f = self.function(name.clone(), name, Arc::from(""));
-                    vec![Line {
-                        function: f,
-                        line: 0,
-                    }]
-                }
-                None => Vec::new(),
-            },
-        };
-        // Anonymous code no perf map names is shown like unsymbolized native code.
-        let shown = if kind == FrameKind::Jit && lines.is_empty() {
-            FrameKind::User
-        } else {
-            kind
-        };
-        self.push_location(key, lines, shown)
-    }
-
-    fn lines(&mut self, frames: &[crate::symbolize::SymFrame]) -> Vec<Line> {
-        frames
-            .iter()
-            .map(|f| Line {
-                function: self.function(
-                    f.name.clone(),
-                    f.system_name.clone(),
-                    f.file.clone().unwrap_or_else(|| Arc::from("")),
-                ),
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.clear();
+        for f in frames {
+            let file = f.file.unwrap_or(&self.empty);
+            lines.push(Line {
+                function: self.t.function(f.name, f.system_name, file),
                 line: f.line,
-            })
-            .collect()
+            });
+        }
+        let id = self.t.location(kind, mapping, address, &lines);
+        self.lines = lines;
+        id
     }
 
-    /// Fills the mappings' build IDs and sets each has_* flag only when it
-    /// holds for every location in the mapping: consumers skip symbolizing
-    /// (and Pyroscope zeroes addresses of) mappings that claim functions.
-    fn finish_mappings(&mut self, sym: &Symbolizer) {
-        let n = self.mappings.len();
-        let (mut named, mut files, mut lines, mut inline, mut any) = (
-            vec![true; n],
-            vec![true; n],
-            vec![true; n],
-            vec![false; n],
-            vec![false; n],
+    /// A location of native user code at `address` in `mapping` (an id from
+    /// [`Builder::mapping`], or `None` when no mapping holds the address),
+    /// with its function frames innermost first; none when unsymbolized.
+    pub fn user<'f>(
+        &mut self,
+        mapping: Option<u32>,
+        address: u64,
+        frames: impl IntoIterator<Item = Frame<'f>>,
+    ) -> u32 {
+        let mapping = mapping.filter(|&m| (m as usize) < self.t.mappings().len());
+        debug_assert!(
+            mapping.is_none_or(|m| {
+                let file = &self.t.mappings()[m as usize].file;
+                FrameKind::of_mapping_file(file) == FrameKind::User
+            }),
+            "user code in a pseudo-mapping"
         );
-        for loc in &self.locations {
-            let Some(m) = loc.mapping.map(|m| m as usize) else {
-                continue;
-            };
-            any[m] = true;
-            named[m] &= !loc.lines.is_empty();
-            files[m] &= !loc.lines.is_empty()
-                && loc
-                    .lines
-                    .iter()
-                    .all(|l| !self.functions[l.function as usize].filename.is_empty());
-            lines[m] &= !loc.lines.is_empty() && loc.lines.iter().all(|l| l.line != 0);
-            inline[m] |= loc.lines.len() > 1;
-        }
-        for (i, (m, bin)) in self.mappings.iter_mut().zip(&self.mapping_bins).enumerate() {
-            if let Some(b) = bin.map(|id| sym.binary(id)) {
-                m.build_id = b.build_id.clone().unwrap_or_default();
+        self.location(FrameKind::User, mapping, address, frames)
+    }
+
+    /// A location of JIT-compiled code a perf map names `name`; `region` is
+    /// the anonymous mapping holding it, when known.
+    pub fn jit(&mut self, region: Option<Range<u64>>, address: u64, name: &Arc<str>) -> u32 {
+        let mapping = self.pseudo_mapping(FrameKind::Jit, region.unwrap_or(0..0));
+        let frame = Frame {
+            name,
+            system_name: name,
+            file: None,
+            line: 0,
+        };
+        self.location(FrameKind::Jit, Some(mapping), address, [frame])
+    }
+
+    /// A location of kernel code, with its function frames innermost first;
+    /// none when unsymbolized.
+    pub fn kernel<'f>(&mut self, address: u64, frames: impl IntoIterator<Item = Frame<'f>>) -> u32 {
+        let mapping = match self.kernel_mapping {
+            Some(m) => m,
+            None => {
+                let m = self.pseudo_mapping(FrameKind::Kernel, KERNEL_START..u64::MAX);
+                *self.kernel_mapping.insert(m)
             }
-            m.has_functions = any[i] && named[i];
-            m.has_filenames = any[i] && files[i];
-            m.has_line_numbers = any[i] && lines[i];
-            // Inline frames come from the same DWARF pass that names every
-            // location; seeing one means the pass ran for this binary.
-            m.has_inline_frames = m.has_functions && inline[i];
+        };
+        self.location(FrameKind::Kernel, Some(mapping), address, frames)
+    }
+
+    /// A marker location, shown as a frame named `name`.
+    pub fn marker(&mut self, marker: Marker, name: &str) -> u32 {
+        let kind = FrameKind::Marker(marker);
+        let mapping = self.pseudo_mapping(kind, 0..0);
+        let name = self.t.string(name);
+        let frame = Frame {
+            name: &name,
+            system_name: &name,
+            file: None,
+            line: 0,
+        };
+        self.location(kind, Some(mapping), 0, [frame])
+    }
+
+    /// Counts `count` samples of a stack (location ids, leaf first) in a
+    /// thread; equal samples add up. Ids this builder did not return are
+    /// left out of the stack.
+    pub fn sample(
+        &mut self,
+        locations: &[u32],
+        count: u64,
+        pid: u32,
+        tid: u32,
+        comm: &str,
+        thread_name: &str,
+    ) {
+        let n = self.t.locations().len();
+        let known = |l: &u32| (*l as usize) < n;
+        debug_assert!(locations.iter().all(known), "unknown location id");
+        if locations.iter().all(known) {
+            self.t.sample(locations, count, pid, tid, comm, thread_name);
+        } else {
+            let stack: Vec<u32> = locations.iter().copied().filter(known).collect();
+            self.t.sample(&stack, count, pid, tid, comm, thread_name);
         }
+    }
+
+    /// The profile, samples in a deterministic order.
+    pub fn finish(mut self, opts: &BuildOptions) -> Profile {
+        set_mapping_flags(&mut self.t);
+        let t = self.t.finish();
+        let mut samples = t.samples;
+        samples.sort_by(|a, b| {
+            (a.pid, a.tid, &a.locations, &a.comm, &a.thread_name).cmp(&(
+                b.pid,
+                b.tid,
+                &b.locations,
+                &b.comm,
+                &b.thread_name,
+            ))
+        });
+        Profile {
+            start: opts.start,
+            duration: opts.duration,
+            frequency: opts.frequency,
+            target: opts.target.clone(),
+            labels: Default::default(),
+            mappings: t.mappings,
+            functions: t.functions,
+            locations: t.locations,
+            samples,
+        }
+    }
+}
+
+/// Sets each mapping's has_* flag only when it holds for every location in
+/// the mapping: consumers skip symbolizing (and Pyroscope zeroes addresses
+/// of) mappings that claim functions.
+fn set_mapping_flags(t: &mut Interner) {
+    let n = t.mappings().len();
+    let (mut named, mut files, mut lines, mut inline, mut any) = (
+        vec![true; n],
+        vec![true; n],
+        vec![true; n],
+        vec![false; n],
+        vec![false; n],
+    );
+    let functions = t.functions();
+    for loc in t.locations() {
+        let Some(m) = loc.mapping.map(|m| m as usize) else {
+            continue;
+        };
+        any[m] = true;
+        named[m] &= !loc.lines.is_empty();
+        files[m] &= !loc.lines.is_empty()
+            && loc
+                .lines
+                .iter()
+                .all(|l| !functions[l.function as usize].filename.is_empty());
+        lines[m] &= !loc.lines.is_empty() && loc.lines.iter().all(|l| l.line != 0);
+        inline[m] |= loc.lines.len() > 1;
+    }
+    for (i, m) in t.mappings_mut().iter_mut().enumerate() {
+        m.has_functions = any[i] && named[i];
+        m.has_filenames = any[i] && files[i];
+        m.has_line_numbers = any[i] && lines[i];
+        // Inline frames come from the same DWARF pass that names every
+        // location; seeing one means the pass ran for this binary.
+        m.has_inline_frames = m.has_functions && inline[i];
     }
 }

@@ -2,28 +2,92 @@
 //!
 //! Tables are interned the way pprof wants them (mappings, functions,
 //! locations with inline lines innermost first), so the pprof encoder is a
-//! straight copy and the folded/SVG writers walk the same data.
+//! straight copy and the folded/SVG writers walk the same data. Every table
+//! is filled through one interner (`intern.rs`): by the [`Builder`] (fresh
+//! samples), the [`merge::Merger`] (stored windows) and [`pprof::split`]
+//! (parts of one profile).
+//!
+//! Every location carries its [`FrameKind`]. The kinds other than plain user
+//! code live in pseudo-mappings the builder creates ([`FrameKind::mapping_file`]),
+//! which is how a kind survives a pprof round trip: the decoder derives it
+//! from the mapping, in one place ([`pprof::decode`]).
+#![warn(missing_docs)]
 
 mod build;
+mod intern;
 pub mod merge;
 pub mod pprof;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use build::{build, build_entries, prepare, BuildOptions};
+pub use build::{build, build_entries, prepare, BuildOptions, Builder, Frame};
 
 /// What a location is, for display and for telling kernel frames apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
-    /// Native user code.
+    /// Native user code, or anonymous code no perf map names.
     User,
     /// Kernel code.
     Kernel,
     /// JIT-compiled code named by a perf map.
     Jit,
-    /// A marker for a stack that could not be recorded whole.
-    Lost,
+    /// Not code: a marker for a stack that could not be recorded whole.
+    Marker(Marker),
+}
+
+/// Why a stack is not whole, for [`FrameKind::Marker`] locations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Marker {
+    /// The kernel stack could not be stored.
+    LostKernel,
+    /// The user stack could not be read or stored.
+    LostUser,
+    /// The user stack walk stopped before the outermost frame.
+    Truncated,
+}
+
+impl FrameKind {
+    /// Every kind, for tables over kinds.
+    pub const ALL: [FrameKind; 6] = [
+        FrameKind::User,
+        FrameKind::Kernel,
+        FrameKind::Jit,
+        FrameKind::Marker(Marker::LostKernel),
+        FrameKind::Marker(Marker::LostUser),
+        FrameKind::Marker(Marker::Truncated),
+    ];
+
+    /// The file name of the pseudo-mapping holding every location of this
+    /// kind, or `None` for user code (which lives in the process's own
+    /// mappings). No mapping of `/proc/PID/maps` can carry these names:
+    /// files there are absolute paths, and the names a process may give
+    /// anonymous memory are shown as `[anon:NAME]`.
+    pub const fn mapping_file(self) -> Option<&'static str> {
+        match self {
+            FrameKind::User => None,
+            // What perf and pprof tools call the kernel.
+            FrameKind::Kernel => Some("[kernel.kallsyms]"),
+            FrameKind::Jit => Some("[jit]"),
+            FrameKind::Marker(Marker::LostKernel) => Some("[ember:lost-kernel-stack]"),
+            FrameKind::Marker(Marker::LostUser) => Some("[ember:lost-user-stack]"),
+            FrameKind::Marker(Marker::Truncated) => Some("[ember:truncated-stack]"),
+        }
+    }
+
+    /// The kind of the locations of a mapping named `file`: the inverse of
+    /// [`FrameKind::mapping_file`], [`FrameKind::User`] for any other name.
+    pub fn of_mapping_file(file: &str) -> FrameKind {
+        FrameKind::ALL
+            .into_iter()
+            .find(|k| k.mapping_file() == Some(file))
+            .unwrap_or(FrameKind::User)
+    }
+
+    /// True for markers, which stand for missing frames rather than code.
+    pub fn is_marker(self) -> bool {
+        matches!(self, FrameKind::Marker(_))
+    }
 }
 
 /// A memory mapping (pprof `Mapping`).
@@ -35,7 +99,8 @@ pub struct Mapping {
     pub limit: u64,
     /// File offset of `start`.
     pub offset: u64,
-    /// Path, or `[kernel.kallsyms]`, `[vdso]`...
+    /// Path, `[vdso]`..., or the pseudo-file of a kind
+    /// ([`FrameKind::mapping_file`]).
     pub file: Arc<str>,
     /// Hex build ID, or empty.
     pub build_id: String,
@@ -78,7 +143,8 @@ pub struct Location {
     pub address: u64,
     /// Function frames, innermost first; empty when unsymbolized.
     pub lines: Vec<Line>,
-    /// Kind of frame.
+    /// Kind of frame; agrees with the mapping: a kind with a pseudo-mapping
+    /// ([`FrameKind::mapping_file`]) is in that mapping, user code is not.
     pub kind: FrameKind,
 }
 
