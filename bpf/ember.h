@@ -19,6 +19,10 @@ enum ember_limit {
 	EMBER_MAX_DEPTH = 127,
 	/* Executable mappings registered per process (see unwind_mapping). */
 	EMBER_MAX_MAPPINGS = 256,
+	/* Entries of the unwind_mappings array, shared by all processes. */
+	EMBER_MAPPING_SLOTS = 65536,
+	/* Entries of the unwind_tables array; id 0 means "no table". */
+	EMBER_MAX_TABLES = 4096,
 };
 
 /* sample_key.flags */

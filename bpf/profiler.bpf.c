@@ -106,7 +106,7 @@ struct unwind_rows {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 4096);
+	__uint(max_entries, EMBER_MAX_TABLES);
 	__type(key, __u32);
 	__array(values, struct unwind_rows);
 } unwind_tables SEC(".maps");
@@ -122,7 +122,7 @@ struct {
 /* The mappings of every registered process, in runs userspace allocates. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
+	__uint(max_entries, EMBER_MAPPING_SLOTS);
 	__type(key, __u32);
 	__type(value, struct unwind_mapping);
 } unwind_mappings SEC(".maps");

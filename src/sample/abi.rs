@@ -12,9 +12,11 @@
 //! limits, event kinds, counter indexes) come from the generated enums.
 //! So a layout change in bpf/ember.h fails the build, never corrupts data.
 //!
-//! Maps are read and written only through the typed helpers below; each
-//! shared map's key and value sizes are checked against these types when
-//! the sampler loads ([`check_map`]).
+//! The sampler's maps are read and written only through the typed helpers
+//! below, and each one's key and value sizes (and the sizes of the arrays
+//! userspace allocates in) are checked against these types when the
+//! sampler loads ([`check_map`]). (The unwind tables' own inner arrays hold
+//! packed u64 rows, which src/unwind/table.rs encodes.)
 
 use std::mem::{align_of, offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd};
@@ -45,6 +47,10 @@ pub const MAX_DEPTH: usize = types::ember_limit::EMBER_MAX_DEPTH.0 as usize;
 pub const COMM_LEN: usize = types::ember_limit::EMBER_COMM_LEN.0 as usize;
 /// Mappings registered per process (`EMBER_MAX_MAPPINGS`).
 pub const MAX_MAPPINGS: usize = types::ember_limit::EMBER_MAX_MAPPINGS.0 as usize;
+/// Entries of the `unwind_mappings` array (`EMBER_MAPPING_SLOTS`).
+pub const MAPPING_SLOTS: u32 = types::ember_limit::EMBER_MAPPING_SLOTS.0;
+/// Entries of the `unwind_tables` array (`EMBER_MAX_TABLES`).
+pub const MAX_TABLES: u32 = types::ember_limit::EMBER_MAX_TABLES.0;
 /// Size of `struct stack_trace`, the stack map's value.
 pub const STACK_TRACE_SIZE: usize = size_of::<StackTrace>();
 /// Entries in the per-CPU stats array (`STAT_MAX`).

@@ -421,6 +421,7 @@ impl Sampler {
 /// changed without the matching change here.
 fn check_maps(skel: &ProfilerSkel<'_>) -> Result<()> {
     use abi::check_map;
+    use libbpf_rs::MapCore;
     let m = &skel.maps;
     check_map::<SampleKey, u64>("counts0", &m.counts0)?;
     check_map::<SampleKey, u64>("counts1", &m.counts1)?;
@@ -432,6 +433,12 @@ fn check_maps(skel: &ProfilerSkel<'_>) -> Result<()> {
     check_map::<u32, UnwindMapping>("unwind_mappings", &m.unwind_mappings)?;
     // A map of maps: the value is the inner map's fd.
     check_map::<u32, u32>("unwind_tables", &m.unwind_tables)?;
+    // The unwinder allocates slots and ids in these two arrays.
+    anyhow::ensure!(
+        m.unwind_mappings.max_entries() == abi::MAPPING_SLOTS
+            && m.unwind_tables.max_entries() == abi::MAX_TABLES,
+        "the BPF object's unwind arrays are not the size this build allocates in"
+    );
     Ok(())
 }
 

@@ -22,14 +22,13 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapFlags, MapHandle, MapType};
 
-use crate::sample::abi::{self, ProcUnwind, UnwindMapping, MAX_MAPPINGS};
+use crate::sample::abi::{
+    self, ProcUnwind, UnwindMapping, MAPPING_SLOTS, MAX_MAPPINGS, MAX_TABLES,
+};
 use crate::sample::Sampler;
 use crate::symbolize::{FileKey, Symbolizer};
 pub use table::Table;
-/// Entries in the sampler's `unwind_mappings` array.
-const MAPPING_SLOTS: u32 = 65536;
-/// Entries in the sampler's `unwind_tables` array.
-const MAX_TABLES: u32 = 4096;
+
 /// Unreferenced tables are freed after this many [`Unwinder::gc`] calls.
 const IDLE_GCS: u32 = 4;
 /// A process is re-read for new mappings at most this often at first; each
