@@ -21,7 +21,7 @@ use prost::Message;
 use ember::aggregate::{Aggregate, Drainer};
 use ember::export::{folded, svg, ExportOptions};
 use ember::profile::{self, pprof, BuildOptions, Profile};
-use ember::sample::{self, SampleKey, Sampler, Targets, STACK_TRACE_SIZE};
+use ember::sample::{self, abi, SampleKey, Sampler, Targets, STACK_TRACE_SIZE};
 use ember::symbolize::{BinaryId, Symbolizer};
 
 /// Frames per synthetic stack.
@@ -64,27 +64,12 @@ fn comm(s: &str) -> [u8; 16] {
 
 /// `struct sample_key` (bpf/ember.h) as the kernel stores it.
 fn key_bytes(k: &SampleKey, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&k.tgid.to_ne_bytes());
-    out.extend_from_slice(&k.tid.to_ne_bytes());
-    out.extend_from_slice(&k.user_stack.to_ne_bytes());
-    out.extend_from_slice(&k.kernel_stack.to_ne_bytes());
-    out.extend_from_slice(&k.flags.to_ne_bytes());
-    out.extend_from_slice(&k.pad.to_ne_bytes());
-    out.extend_from_slice(&k.comm);
-    out.extend_from_slice(&k.thread_comm);
-    debug_assert_eq!(out.len() - start, std::mem::size_of::<SampleKey>());
+    out.extend_from_slice(abi::bytes_of(k));
 }
 
-/// `struct stack_trace` (bpf/ember.h): u32 len, u32 pad, u64 ips[127].
+/// `struct stack_trace` (bpf/ember.h) as the kernel stores it.
 fn stack_bytes(frames: &[u64], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&(frames.len() as u32).to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    for f in frames {
-        out.extend_from_slice(&f.to_ne_bytes());
-    }
-    out.resize(start + STACK_TRACE_SIZE, 0);
+    out.extend_from_slice(abi::bytes_of(&abi::stack_trace(frames)));
 }
 
 // ---------------------------------------------------------------------------

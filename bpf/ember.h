@@ -5,19 +5,39 @@
 #ifndef EMBER_H
 #define EMBER_H
 
-#define EMBER_COMM_LEN 16
-/* The kernel's default kernel.perf_event_max_stack. */
-#define EMBER_MAX_DEPTH 127
+/* What userspace reads or writes is a type or an enum here, not a #define:
+ * the types reach BTF (through a map definition, or the ember_abi anchor in
+ * profiler.bpf.c), libbpf-cargo generates Rust types from that BTF, and
+ * src/sample/abi.rs checks its view against them when it is compiled, so a
+ * layout change here fails the build instead of corrupting data. (The
+ * packed unwind row, UNW_* below, is still mirrored by hand in
+ * src/unwind/table.rs.) */
+
+enum ember_limit {
+	EMBER_COMM_LEN = 16,
+	/* The kernel's default kernel.perf_event_max_stack. */
+	EMBER_MAX_DEPTH = 127,
+	/* Executable mappings registered per process (see unwind_mapping). */
+	EMBER_MAX_MAPPINGS = 256,
+	/* Entries of the unwind_mappings array, shared by all processes. */
+	EMBER_MAPPING_SLOTS = 65536,
+	/* Entries of the unwind_tables array; id 0 means "no table". */
+	EMBER_MAX_TABLES = 4096,
+};
 
 /* sample_key.flags */
-#define SAMPLE_USER_LOST 1u   /* user stack could not be read or stored */
-#define SAMPLE_KERNEL_LOST 2u /* kernel stack could not be stored */
-#define SAMPLE_MAP_FULL 4u    /* ...because the stack map was full */
-#define SAMPLE_TRUNCATED 8u   /* the user stack walk stopped before the end */
+enum sample_flag {
+	SAMPLE_USER_LOST = 1,   /* user stack could not be read or stored */
+	SAMPLE_KERNEL_LOST = 2, /* kernel stack could not be stored */
+	SAMPLE_MAP_FULL = 4,    /* ...because the stack map was full */
+	SAMPLE_TRUNCATED = 8,   /* the user stack walk stopped before the end */
+};
 
 /* filter map values */
-#define FILTER_PROFILE 1u /* samples of this tgid are recorded */
-#define FILTER_FOLLOW 2u  /* processes forked by this tgid are added */
+enum filter_flag {
+	FILTER_PROFILE = 1, /* samples of this tgid are recorded */
+	FILTER_FOLLOW = 2,  /* processes forked by this tgid are added */
+};
 
 /* One aggregation bucket: what the profile needs per sample. */
 struct sample_key {
@@ -38,7 +58,9 @@ struct stack_trace {
 	__u64 ips[EMBER_MAX_DEPTH];
 };
 
-/* Indexes of the per-CPU stats array. */
+/* Indexes of the per-CPU stats array. Userspace names, documents and
+ * exports each one in a single table (src/sample/stats.rs), which the
+ * build checks against this enum. */
 enum ember_stat {
 	STAT_SAMPLES = 0,         /* samples of profiled tasks, recorded or not */
 	STAT_IDLE,                /* samples on an idle CPU (not recorded) */
@@ -88,7 +110,6 @@ enum ember_stat {
  * entries, sorted by start, at `first` in the shared unwind_mappings array
  * (an array rather than a per-process value, so the binary search indexes a
  * map through a helper and the verifier need not track every index). */
-#define EMBER_MAX_MAPPINGS 256
 struct unwind_mapping {
 	__u64 start;
 	__u64 end;
@@ -108,11 +129,13 @@ struct proc_unwind {
  * exec'd, so userspace should capture its memory map while it lives. */
 struct ember_proc_event {
 	__u32 tgid;
-	__u32 kind; /* PROC_EVENT_* */
+	__u32 kind; /* enum ember_event_kind */
 };
 
-#define PROC_EVENT_NEW 0  /* first sample of a process */
-#define PROC_EVENT_EXEC 1 /* the process replaced its image */
-#define PROC_EVENT_MAPS 2 /* code ran outside the mappings ember knows (dlopen) */
+enum ember_event_kind {
+	EMBER_EVENT_NEW = 0,  /* first sample of a process */
+	EMBER_EVENT_EXEC = 1, /* the process replaced its image */
+	EMBER_EVENT_MAPS = 2, /* code ran outside the mappings ember knows (dlopen) */
+};
 
 #endif

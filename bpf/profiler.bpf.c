@@ -27,6 +27,19 @@ __u32 generation = 0;
  * walk step once, instead of once per frame. */
 volatile __u32 walk_origin = 0;
 
+/* Never read or written. It puts in BTF the types userspace shares with
+ * this program outside any map definition (the ring-buffer message, the
+ * stats indexes, flag values and limits), so the generated skeleton has
+ * them and src/sample/abi.rs can check its view of them at compile time. */
+struct ember_abi {
+	struct ember_proc_event proc_event;
+	enum ember_stat stat;
+	enum sample_flag sample_flag;
+	enum filter_flag filter_flag;
+	enum ember_event_kind event_kind;
+	enum ember_limit limit;
+} ember_abi;
+
 #define COUNT_MAP(name)                                                        \
 	struct {                                                               \
 		__uint(type, BPF_MAP_TYPE_HASH);                               \
@@ -93,7 +106,7 @@ struct unwind_rows {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 4096);
+	__uint(max_entries, EMBER_MAX_TABLES);
 	__type(key, __u32);
 	__array(values, struct unwind_rows);
 } unwind_tables SEC(".maps");
@@ -109,7 +122,7 @@ struct {
 /* The mappings of every registered process, in runs userspace allocates. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
+	__uint(max_entries, EMBER_MAPPING_SLOTS);
 	__type(key, __u32);
 	__type(value, struct unwind_mapping);
 } unwind_mappings SEC(".maps");
@@ -183,7 +196,7 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 	return store(st, stacks, seed, lost, map_full);
 }
 
-static __always_inline void notify(__u32 tgid, __u32 kind)
+static __always_inline void notify(__u32 tgid, enum ember_event_kind kind)
 {
 	struct ember_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (e) {
@@ -289,7 +302,7 @@ unknown:;
 	struct proc_unwind *p = bpf_map_lookup_elem(&proc_unwind, &tgid);
 	if (p && !p->stale) {
 		p->stale = 1;
-		notify(tgid, PROC_EVENT_MAPS);
+		notify(tgid, EMBER_EVENT_MAPS);
 	}
 	return 0;
 }
@@ -560,7 +573,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (tgid && !bpf_map_lookup_elem(&known, &tgid)) {
 		__u8 one = 1;
 		bpf_map_update_elem(&known, &tgid, &one, BPF_ANY);
-		notify(tgid, PROC_EVENT_NEW);
+		notify(tgid, EMBER_EVENT_NEW);
 	}
 	return 0;
 }
@@ -593,7 +606,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	 * loads the new ones. */
 	bpf_map_delete_elem(&proc_unwind, &tgid);
 	if (bpf_map_delete_elem(&known, &tgid) == 0)
-		notify(tgid, PROC_EVENT_EXEC);
+		notify(tgid, EMBER_EVENT_EXEC);
 	return 0;
 }
 

@@ -367,36 +367,8 @@ pub fn summary(r: &Recording) -> String {
         let _ = writeln!(s, "  note: {n}");
     }
     let st = &r.stats;
-    let mut lost = Vec::new();
-    if st.lost_count_map_full > 0 {
-        lost.push(format!(
-            "{} of {} samples dropped: count map full (raise --count-map-size)",
-            st.lost_count_map_full, st.samples
-        ));
-    }
-    if st.lost_stack_map_full > 0 {
-        lost.push(format!(
-            "{} samples kept without a stack: stack map full (raise --stack-map-size)",
-            st.lost_stack_map_full
-        ));
-    }
-    if st.lost_user_stack > 0 {
-        lost.push(format!(
-            "{} samples kept without a user stack: not readable",
-            st.lost_user_stack
-        ));
-    }
-    if st.events_lost > 0 {
-        lost.push(format!(
-            "{} new-process notifications dropped",
-            st.events_lost
-        ));
-    }
-    if lost.is_empty() {
-        let _ = writeln!(s, "  lost: none");
-    } else {
-        let _ = writeln!(s, "  lost: {}", lost.join("; "));
-    }
+    // Each cause's wording is in its row of sample::stats::COUNTERS.
+    let _ = writeln!(s, "  lost: {}", st.lost_summary());
     let refused: Vec<String> = crate::untrusted::refusals()
         .into_iter()
         .filter(|&(_, _, n)| n > 0)
@@ -410,11 +382,7 @@ pub fn summary(r: &Recording) -> String {
         );
     }
     if st.user_stacks > 0 {
-        let causes: Vec<String> = st
-            .truncation_causes()
-            .iter()
-            .map(|(c, n)| format!("{n} {c}"))
-            .collect();
+        let causes = st.truncation_summary();
         let _ = writeln!(
             s,
             "  user stacks: {:.2}% complete ({}){}",
@@ -427,7 +395,7 @@ pub fn summary(r: &Recording) -> String {
             if causes.is_empty() {
                 String::new()
             } else {
-                format!("; truncated: {}", causes.join(", "))
+                format!("; truncated: {causes}")
             }
         );
     }

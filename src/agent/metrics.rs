@@ -1,24 +1,39 @@
-//! The agent's own counters, rendered in Prometheus text format.
+//! The agent's own counters, rendered in Prometheus text format. The BPF
+//! program's counters are rendered from their one table,
+//! `sample::stats::COUNTERS`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::sample::abi::STAT_COUNT;
+use crate::sample::stats::{KernelStats, COUNTERS};
+use crate::sample::Sampler;
+
+/// The BPF program's counters as last read, one per row of
+/// `sample::stats::COUNTERS`.
+#[derive(Default)]
+pub struct KernelCounters([AtomicU64; STAT_COUNT]);
+
+impl KernelCounters {
+    /// Replaces the values with a fresh read.
+    pub fn store(&self, st: &KernelStats) {
+        for (a, v) in self.0.iter().zip(st.values()) {
+            a.store(v, Relaxed);
+        }
+    }
+
+    /// The values last stored.
+    pub fn load(&self) -> KernelStats {
+        KernelStats::from_values(std::array::from_fn(|i| self.0[i].load(Relaxed)))
+    }
+}
+
 /// Counters and gauges shared by the sampler, HTTP and push threads.
 #[derive(Default)]
 pub struct Metrics {
-    /// Kernel counters (copied after each drain).
-    pub samples: AtomicU64,
-    /// Idle-CPU samples.
-    pub idle: AtomicU64,
-    /// Lost by cause (kernel counters).
-    pub lost_user_stack: AtomicU64,
-    /// Stack map full.
-    pub lost_stack_map_full: AtomicU64,
-    /// Count map full.
-    pub lost_count_map_full: AtomicU64,
-    /// Ring-buffer events lost.
-    pub events_lost: AtomicU64,
+    /// The BPF program's counters (copied after each drain).
+    pub kernel: KernelCounters,
     /// Samples of processes relabeling dropped.
     pub samples_dropped_by_relabel: AtomicU64,
     /// Drains and their time.
@@ -51,18 +66,6 @@ pub struct Metrics {
     pub bpf_map_bytes: AtomicU64,
     /// BPF program time, ns.
     pub bpf_run_ns: AtomicU64,
-    /// User stacks walked (kernel counters).
-    pub user_stacks: AtomicU64,
-    /// ...that reached the outermost frame.
-    pub user_stacks_complete: AtomicU64,
-    /// Truncated at the depth limit.
-    pub truncated_depth: AtomicU64,
-    /// Truncated: no unwind table and frame pointers failed.
-    pub truncated_no_table: AtomicU64,
-    /// Truncated: stack memory unreadable.
-    pub truncated_read: AtomicU64,
-    /// Truncated: unsupported CFI.
-    pub truncated_unsupported: AtomicU64,
     /// Unwind tables loaded.
     pub unwind_tables: AtomicU64,
     /// Their kernel memory.
@@ -122,57 +125,11 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        render_kernel(&mut s, &self.kernel.load());
         let g = |a: &AtomicU64| a.load(Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{v}");
         };
-        line(
-            "ember_samples_total",
-            "counter",
-            "Samples of profiled tasks taken by the BPF sampler.",
-            format!(" {}", g(&self.samples)),
-        );
-        line(
-            "ember_idle_samples_total",
-            "counter",
-            "Samples that hit an idle CPU (not recorded).",
-            format!(" {}", g(&self.idle)),
-        );
-        line(
-            "ember_lost_samples_total",
-            "counter",
-            "Samples not recorded whole, by cause.",
-            format!(
-                "{{cause=\"user_stack_unreadable\"}} {}\nember_lost_samples_total{{cause=\"stack_map_full\"}} {}\nember_lost_samples_total{{cause=\"count_map_full\"}} {}",
-                g(&self.lost_user_stack),
-                g(&self.lost_stack_map_full),
-                g(&self.lost_count_map_full)
-            ),
-        );
-        line(
-            "ember_user_stacks_total",
-            "counter",
-            "User stacks walked by the sampler.",
-            format!(" {}", g(&self.user_stacks)),
-        );
-        line(
-            "ember_user_stacks_complete_total",
-            "counter",
-            "User stacks that reached the outermost frame (main or the thread start).",
-            format!(" {}", g(&self.user_stacks_complete)),
-        );
-        line(
-            "ember_user_stacks_truncated_total",
-            "counter",
-            "User stacks cut short (kept, ending in a [truncated] frame), by cause.",
-            format!(
-                "{{cause=\"depth_limit\"}} {}\nember_user_stacks_truncated_total{{cause=\"no_unwind_table\"}} {}\nember_user_stacks_truncated_total{{cause=\"unreadable_stack\"}} {}\nember_user_stacks_truncated_total{{cause=\"unsupported_cfi\"}} {}",
-                g(&self.truncated_depth),
-                g(&self.truncated_no_table),
-                g(&self.truncated_read),
-                g(&self.truncated_unsupported)
-            ),
-        );
         line(
             "ember_unwind_tables",
             "gauge",
@@ -190,12 +147,6 @@ impl Metrics {
             "counter",
             "Unwind tables not loaded because sampler.unwind_memory was used up.",
             format!(" {}", g(&self.unwind_tables_over_budget)),
-        );
-        line(
-            "ember_process_events_lost_total",
-            "counter",
-            "New-process notifications dropped.",
-            format!(" {}", g(&self.events_lost)),
         );
         line(
             "ember_samples_dropped_by_relabel_total",
@@ -424,11 +375,42 @@ impl Metrics {
         s
     }
 
+    /// Copies the sampler's counters and BPF run time (after a drain).
+    pub fn update_kernel(&self, sampler: &Sampler) {
+        if let Ok(st) = sampler.stats() {
+            self.kernel.store(&st);
+        }
+        self.bpf_run_ns.store(sampler.bpf_cost().nanos, Relaxed);
+    }
+
     /// Updates one backend's counters.
     pub fn with_push(&self, i: usize, f: impl FnOnce(&mut PushMetrics)) {
         let mut p = self.push.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = p.get_mut(i) {
             f(m);
+        }
+    }
+}
+
+/// The BPF program's counters: one HELP/TYPE pair per family, then its
+/// series, in the order of `COUNTERS` (a family where its first row is).
+fn render_kernel(s: &mut String, st: &KernelStats) {
+    for (i, c) in COUNTERS.iter().enumerate() {
+        let family = c.family;
+        if COUNTERS[..i].iter().any(|o| o.family.name == family.name) {
+            continue;
+        }
+        let name = family.name;
+        let _ = writeln!(s, "# HELP {name} {}\n# TYPE {name} counter", family.help);
+        for m in COUNTERS[i..].iter().filter(|o| o.family.name == name) {
+            match m.label {
+                Some((label, value)) => {
+                    let _ = writeln!(s, "{name}{{{label}=\"{value}\"}} {}", st.get(m));
+                }
+                None => {
+                    let _ = writeln!(s, "{name} {}", st.get(m));
+                }
+            }
         }
     }
 }
@@ -473,6 +455,66 @@ pub fn self_usage() -> (u64, f64) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn valid_metric_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    #[test]
+    fn every_family_has_one_help_and_type_and_every_kernel_counter_one_series() {
+        let m = Metrics::default();
+        let st = KernelStats::from_values(std::array::from_fn(|i| 1000 + i as u64));
+        m.kernel.store(&st);
+        assert_eq!(m.kernel.load(), st);
+        let text = m.render();
+        let mut help = std::collections::HashMap::<&str, usize>::new();
+        let mut kind = std::collections::HashMap::<&str, usize>::new();
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                *help.entry(name).or_default() += 1;
+                declared.insert(name);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, t) = rest.split_once(' ').unwrap();
+                assert!(matches!(t, "counter" | "gauge"), "{line}");
+                assert!(declared.contains(name), "TYPE before HELP: {line}");
+                *kind.entry(name).or_default() += 1;
+            } else {
+                // A sample: its family was declared above it.
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "undeclared series: {line}");
+                assert!(
+                    line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
+                    "{line}"
+                );
+            }
+        }
+        for (name, n) in &help {
+            assert!(valid_metric_name(name), "{name}");
+            assert_eq!(*n, 1, "{name}: {n} HELP lines");
+            assert_eq!(kind.get(name), Some(&1), "{name}: TYPE lines");
+        }
+        // Every kernel counter: exactly one series, with its value.
+        for c in COUNTERS {
+            assert_eq!(help.get(c.family.name), Some(&1), "{}", c.family.name);
+            let series = match c.label {
+                Some((l, v)) => format!("{}{{{l}=\"{v}\"}}", c.family.name),
+                None => c.family.name.to_string(),
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series))
+                .collect();
+            assert_eq!(lines, [format!("{series} {}", st.get(c))], "{}", c.field);
+        }
+    }
+
     #[test]
     fn backend_labels_carry_no_credentials() {
         assert_eq!(

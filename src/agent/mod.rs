@@ -356,28 +356,7 @@ fn update_unwind_metrics(m: &Metrics, u: &crate::unwind::UnwindStats) {
 }
 
 fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {
-    if let Ok(st) = sampler.stats() {
-        m.samples.store(st.samples, Ordering::Relaxed);
-        m.idle.store(st.idle, Ordering::Relaxed);
-        m.lost_user_stack
-            .store(st.lost_user_stack, Ordering::Relaxed);
-        m.lost_stack_map_full
-            .store(st.lost_stack_map_full, Ordering::Relaxed);
-        m.lost_count_map_full
-            .store(st.lost_count_map_full, Ordering::Relaxed);
-        m.events_lost.store(st.events_lost, Ordering::Relaxed);
-        m.user_stacks.store(st.user_stacks, Ordering::Relaxed);
-        m.user_stacks_complete.store(st.complete, Ordering::Relaxed);
-        m.truncated_depth
-            .store(st.truncated_depth, Ordering::Relaxed);
-        m.truncated_no_table
-            .store(st.truncated_no_table, Ordering::Relaxed);
-        m.truncated_read.store(st.truncated_read, Ordering::Relaxed);
-        m.truncated_unsupported
-            .store(st.truncated_unsupported, Ordering::Relaxed);
-    }
-    m.bpf_run_ns
-        .store(sampler.bpf_cost().nanos, Ordering::Relaxed);
+    m.update_kernel(sampler);
 }
 
 /// Where the agent's profiles go: the store, the push queues and the live

@@ -5,13 +5,16 @@
 //! Stacks are interned by the hash the BPF program computed, so a stack seen
 //! in an earlier drain is never copied again, and no allocation happens per
 //! sample: only per new distinct stack or key.
+//!
+//! The batches are read into buffers of the types the kernel stores
+//! (`sample::abi`), so an entry is used where it lies, never decoded.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result};
 
-use crate::sample::{SampleKey, Sampler, MAX_DEPTH, STACK_TRACE_SIZE};
+use crate::sample::abi::{self, StackTrace};
+use crate::sample::{SampleKey, Sampler};
 
 /// Distinct stacks, stored once each in one flat frame array.
 #[derive(Default)]
@@ -112,19 +115,26 @@ pub struct DrainStats {
     pub stacks: usize,
 }
 
-/// Reusable buffers for draining; one per sampler.
+/// Reusable buffers for draining, typed as the maps' keys and values; one
+/// per sampler.
 pub struct Drainer {
-    keys: Vec<u8>,
-    values: Vec<u8>,
+    stack_keys: Vec<u64>,
+    stacks: Vec<StackTrace>,
+    count_keys: Vec<SampleKey>,
+    counts: Vec<u64>,
 }
 
+/// Entries read per batch system call (the buffers grow when one hash
+/// bucket holds more).
 const BATCH: usize = 256;
 
 impl Default for Drainer {
     fn default() -> Self {
         Drainer {
-            keys: vec![0; BATCH * std::mem::size_of::<SampleKey>().max(8)],
-            values: vec![0; BATCH * STACK_TRACE_SIZE.max(8)],
+            stack_keys: vec![0; BATCH],
+            stacks: vec![StackTrace::default(); BATCH],
+            count_keys: vec![SampleKey::default(); BATCH],
+            counts: vec![0; BATCH],
         }
     }
 }
@@ -136,112 +146,30 @@ impl Drainer {
         let mut st = DrainStats::default();
 
         // Stacks first, so every key read next finds its stacks.
-        let fd = sampler.stacks_map(g).as_fd().as_raw_fd();
-        batch_drain(
-            fd,
-            8,
-            STACK_TRACE_SIZE,
-            &mut self.keys,
-            &mut self.values,
-            |k, v| {
-                let hash = u64::from_ne_bytes(k.try_into().unwrap());
-                let len = (u32::from_ne_bytes(v[..4].try_into().unwrap()) as usize).min(MAX_DEPTH);
-                let ips = &v[8..8 + len * 8];
-                // Frames are u64 in native order; copy without allocating.
-                let mut frames = [0u64; MAX_DEPTH];
-                for (f, c) in frames.iter_mut().zip(ips.chunks_exact(8)) {
-                    *f = u64::from_ne_bytes(c.try_into().unwrap());
-                }
-                agg.stacks.insert(hash, &frames[..len]);
+        abi::drain_batch(
+            sampler.stacks_map(g),
+            BATCH,
+            &mut self.stack_keys,
+            &mut self.stacks,
+            |&hash, trace| {
+                agg.stacks.insert(hash, abi::frames(trace));
                 st.stacks += 1;
             },
         )
         .context("draining the stack map failed")?;
 
-        let fd = sampler.counts_map(g).as_fd().as_raw_fd();
-        batch_drain(
-            fd,
-            std::mem::size_of::<SampleKey>(),
-            8,
-            &mut self.keys,
-            &mut self.values,
-            |k, v| {
-                // SAFETY: SampleKey is repr(C) plain data of exactly this size.
-                let key: SampleKey =
-                    unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SampleKey) };
-                let n = u64::from_ne_bytes(v[..8].try_into().unwrap());
-                *agg.counts.entry(key).or_insert(0) += n;
+        abi::drain_batch(
+            sampler.counts_map(g),
+            BATCH,
+            &mut self.count_keys,
+            &mut self.counts,
+            |key, &n| {
+                *agg.counts.entry(*key).or_insert(0) += n;
                 st.samples += n;
                 st.keys += 1;
             },
         )
         .context("draining the count map failed")?;
         Ok(st)
-    }
-}
-
-/// Reads and deletes every entry of a hash map with BPF batch operations.
-fn batch_drain(
-    fd: i32,
-    key_size: usize,
-    value_size: usize,
-    keys: &mut Vec<u8>,
-    values: &mut Vec<u8>,
-    mut each: impl FnMut(&[u8], &[u8]),
-) -> std::io::Result<()> {
-    let mut cap = (keys.len() / key_size)
-        .min(values.len() / value_size)
-        .max(BATCH);
-    let opts = libbpf_sys::bpf_map_batch_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
-        ..Default::default()
-    };
-    let mut token = 0u64;
-    let mut first = true;
-    loop {
-        if keys.len() < cap * key_size {
-            keys.resize(cap * key_size, 0);
-        }
-        if values.len() < cap * value_size {
-            values.resize(cap * value_size, 0);
-        }
-        let mut count = cap as u32;
-        let mut next = 0u64;
-        // SAFETY: the buffers hold `cap` keys and values; the batch tokens
-        // are u64-sized (hash maps use a u32 bucket index).
-        let r = unsafe {
-            libbpf_sys::bpf_map_lookup_and_delete_batch(
-                fd,
-                if first {
-                    std::ptr::null_mut()
-                } else {
-                    &mut token as *mut u64 as *mut _
-                },
-                &mut next as *mut u64 as *mut _,
-                keys.as_mut_ptr() as *mut _,
-                values.as_mut_ptr() as *mut _,
-                &mut count,
-                &opts,
-            )
-        };
-        if r == -libc::ENOSPC {
-            // One bucket holds more entries than fit: grow and retry it.
-            cap *= 2;
-            continue;
-        }
-        if r < 0 && r != -libc::ENOENT {
-            return Err(std::io::Error::from_raw_os_error(-r));
-        }
-        for i in 0..count as usize {
-            each(
-                &keys[i * key_size..(i + 1) * key_size],
-                &values[i * value_size..(i + 1) * value_size],
-            );
-        }
-        if r == -libc::ENOENT {
-            return Ok(());
-        }
-        token = next;
-        first = false;
     }
 }

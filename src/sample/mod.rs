@@ -1,8 +1,14 @@
 //! sample: the BPF sampler. Loads `bpf/profiler.bpf.c`, attaches it to a
 //! sampling perf event on every online CPU, and exposes the maps the drain
 //! reads. Nothing here allocates per sample: the kernel aggregates.
+//!
+//! [`abi`] holds the Rust side of every type shared with the BPF program,
+//! checked against the skeleton's generated types at compile time;
+//! [`stats`] is the one table of the program's counters.
 
+pub mod abi;
 pub mod perf;
+pub mod stats;
 
 #[allow(clippy::all, missing_docs, dead_code, non_camel_case_types)]
 mod skel {
@@ -15,51 +21,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags};
+use libbpf_rs::{Link, MapFlags};
 
+use abi::{
+    EventKind, ProcEvent, ProcUnwind, StackTrace, UnwindMapping, FILTER_FOLLOW, FILTER_PROFILE,
+};
+pub use abi::{
+    SampleKey, MAX_DEPTH, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
+    STACK_TRACE_SIZE,
+};
 pub use perf::Event;
 use skel::{ProfilerSkel, ProfilerSkelBuilder};
-
-/// Mirrors `struct sample_key` in bpf/ember.h.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
-pub struct SampleKey {
-    /// Process id (thread group id).
-    pub tgid: u32,
-    /// Thread id.
-    pub tid: u32,
-    /// Hash of the user stack in the stack map; 0 when there is none.
-    pub user_stack: u64,
-    /// Hash of the kernel stack in the stack map; 0 when there is none.
-    pub kernel_stack: u64,
-    /// `SAMPLE_USER_LOST` / `SAMPLE_KERNEL_LOST`.
-    pub flags: u32,
-    /// Explicit padding, always zero.
-    pub pad: u32,
-    /// Process (group leader) name, NUL padded.
-    pub comm: [u8; 16],
-    /// Thread name, NUL padded.
-    pub thread_comm: [u8; 16],
-}
-
-const _: () = assert!(std::mem::size_of::<SampleKey>() == 64);
-
-/// `sample_key.flags`: the user stack could not be read or stored.
-pub const SAMPLE_USER_LOST: u32 = 1;
-/// `sample_key.flags`: the kernel stack could not be stored.
-pub const SAMPLE_KERNEL_LOST: u32 = 2;
-/// `sample_key.flags`: the lost stack did not fit the stack map.
-pub const SAMPLE_MAP_FULL: u32 = 4;
-/// `sample_key.flags`: the user stack walk stopped before the outermost frame.
-pub const SAMPLE_TRUNCATED: u32 = 8;
-/// Frames per stack; `EMBER_MAX_DEPTH` in bpf/ember.h.
-pub const MAX_DEPTH: usize = 127;
-/// Size of `struct stack_trace`.
-pub const STACK_TRACE_SIZE: usize = 8 + 8 * MAX_DEPTH;
-
-/// Ring-buffer event kinds (`PROC_EVENT_*` in bpf/ember.h).
-const PROC_EVENT_EXEC: u32 = 1;
-const PROC_EVENT_MAPS: u32 = 2;
+pub use stats::KernelStats;
 
 /// A process the sampler announced: its first sample, an exec, or code
 /// running outside the mappings ember knows.
@@ -93,68 +66,6 @@ impl ProcessEvents {
     /// The events received since the last call.
     pub fn take(&self) -> Vec<ProcessEvent> {
         std::mem::take(&mut *self.pending.borrow_mut())
-    }
-}
-
-const FILTER_PROFILE: u8 = 1;
-const FILTER_FOLLOW: u8 = 2;
-
-/// Cumulative counters kept by the BPF program (index = `enum ember_stat`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelStats {
-    /// Samples of profiled tasks (recorded, or lost as counted below).
-    pub samples: u64,
-    /// Samples that hit an idle CPU (not recorded).
-    pub idle: u64,
-    /// Samples whose user stack could not be read (kept, marked `[lost]`).
-    pub lost_user_stack: u64,
-    /// Samples with a stack that did not fit the stack map (kept, marked).
-    pub lost_stack_map_full: u64,
-    /// Samples lost entirely because the count map was full.
-    pub lost_count_map_full: u64,
-    /// New-process notifications dropped (ring buffer full).
-    pub events_lost: u64,
-    /// User stacks walked.
-    pub user_stacks: u64,
-    /// User stacks that reached the outermost frame (with frame pointers
-    /// only: that were not cut at the depth limit).
-    pub complete: u64,
-    /// User stacks cut at the depth limit.
-    pub truncated_depth: u64,
-    /// User stacks cut where no unwind table covered the code and frame
-    /// pointers failed.
-    pub truncated_no_table: u64,
-    /// User stacks cut because stack memory was unreadable.
-    pub truncated_read: u64,
-    /// User stacks cut at a CFI rule ember cannot follow.
-    pub truncated_unsupported: u64,
-}
-
-impl KernelStats {
-    /// Samples that made it into the count map.
-    pub fn recorded(&self) -> u64 {
-        self.samples - self.lost_count_map_full
-    }
-
-    /// User stacks cut short, all causes.
-    pub fn truncated(&self) -> u64 {
-        self.truncated_depth
-            + self.truncated_no_table
-            + self.truncated_read
-            + self.truncated_unsupported
-    }
-
-    /// The truncation causes with counts, for summaries (non-zero only).
-    pub fn truncation_causes(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("depth limit", self.truncated_depth),
-            ("no unwind table", self.truncated_no_table),
-            ("unreadable stack", self.truncated_read),
-            ("unsupported CFI", self.truncated_unsupported),
-        ]
-        .into_iter()
-        .filter(|&(_, n)| n > 0)
-        .collect()
     }
 }
 
@@ -268,6 +179,7 @@ impl Sampler {
                 "the kernel refused ember's BPF program ({e}); ember needs Linux 5.8 or newer with BTF"
             )
         })?;
+        check_maps(&skel)?;
 
         if let Targets::Pids {
             pids,
@@ -277,14 +189,10 @@ impl Sampler {
         {
             let flags = FILTER_PROFILE | if *follow { FILTER_FOLLOW } else { 0 };
             for pid in pids {
-                skel.maps
-                    .filter
-                    .update(&pid.to_ne_bytes(), &[flags], MapFlags::ANY)?;
+                abi::update(&skel.maps.filter, pid, &flags, MapFlags::ANY)?;
             }
             for pid in parents {
-                skel.maps
-                    .filter
-                    .update(&pid.to_ne_bytes(), &[FILTER_FOLLOW], MapFlags::ANY)?;
+                abi::update(&skel.maps.filter, pid, &FILTER_FOLLOW, MapFlags::ANY)?;
             }
         }
 
@@ -358,10 +266,7 @@ impl Sampler {
 
     /// Starts profiling one more process (with a PID filter).
     pub fn add_target(&self, pid: u32) -> Result<()> {
-        self.skel
-            .maps
-            .filter
-            .update(&pid.to_ne_bytes(), &[FILTER_PROFILE], MapFlags::ANY)
+        abi::update(&self.skel.maps.filter, &pid, &FILTER_PROFILE, MapFlags::ANY)
             .with_context(|| format!("adding PID {pid} to the sampler's filter failed"))
     }
 
@@ -448,12 +353,11 @@ impl Sampler {
         let sink = pending.clone();
         let mut rb = libbpf_rs::RingBufferBuilder::new();
         rb.add(&self.skel.maps.events, move |data: &[u8]| {
-            if data.len() >= 8 {
-                let word = |i: usize| u32::from_ne_bytes(data[i..i + 4].try_into().unwrap());
+            if let Some(e) = abi::read::<ProcEvent>(data) {
                 sink.borrow_mut().push(ProcessEvent {
-                    pid: word(0),
-                    exec: word(4) == PROC_EVENT_EXEC,
-                    new_mapping: word(4) == PROC_EVENT_MAPS,
+                    pid: e.tgid,
+                    exec: e.kind == EventKind::EMBER_EVENT_EXEC.0,
+                    new_mapping: e.kind == EventKind::EMBER_EVENT_MAPS.0,
                 });
             }
             0
@@ -464,35 +368,17 @@ impl Sampler {
         })
     }
 
-    /// Sums the per-CPU counters.
+    /// Sums the per-CPU counters (one lookup per row of
+    /// [`stats::COUNTERS`]).
     pub fn stats(&self) -> Result<KernelStats> {
-        let mut v = [0u64; 12];
-        for (i, slot) in v.iter_mut().enumerate() {
-            let per_cpu = self
-                .skel
-                .maps
-                .stats
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
-                .unwrap_or_default();
-            *slot = per_cpu
-                .iter()
-                .map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap()))
-                .sum();
+        let mut values = [0u64; abi::STAT_COUNT];
+        let mut per_cpu = Vec::new();
+        for c in stats::COUNTERS {
+            values[c.index()] =
+                abi::sum_percpu(&self.skel.maps.stats, &(c.index() as u32), &mut per_cpu)
+                    .with_context(|| format!("reading the BPF counter {} failed", c.field))?;
         }
-        Ok(KernelStats {
-            samples: v[0],
-            idle: v[1],
-            lost_user_stack: v[2],
-            lost_stack_map_full: v[3],
-            lost_count_map_full: v[4],
-            events_lost: v[5],
-            user_stacks: v[6],
-            complete: v[7],
-            truncated_depth: v[8],
-            truncated_no_table: v[9],
-            truncated_read: v[10],
-            truncated_unsupported: v[11],
-        })
+        Ok(KernelStats::from_values(values))
     }
 
     /// Time the sampling program has run so far (zero if statistics are off).
@@ -532,6 +418,32 @@ impl Sampler {
         .map(|map| memlock_of(map.as_fd().as_raw_fd()))
         .sum()
     }
+}
+
+/// Checks every map ember reads or writes against the Rust types of its
+/// keys and values: a map definition in bpf/ whose key or value type
+/// changed without the matching change here.
+fn check_maps(skel: &ProfilerSkel<'_>) -> Result<()> {
+    use abi::check_map;
+    use libbpf_rs::MapCore;
+    let m = &skel.maps;
+    check_map::<SampleKey, u64>("counts0", &m.counts0)?;
+    check_map::<SampleKey, u64>("counts1", &m.counts1)?;
+    check_map::<u64, StackTrace>("stacks0", &m.stacks0)?;
+    check_map::<u64, StackTrace>("stacks1", &m.stacks1)?;
+    check_map::<u32, u64>("stats", &m.stats)?;
+    check_map::<u32, u8>("filter", &m.filter)?;
+    check_map::<u32, ProcUnwind>("proc_unwind", &m.proc_unwind)?;
+    check_map::<u32, UnwindMapping>("unwind_mappings", &m.unwind_mappings)?;
+    // A map of maps: the value is the inner map's fd.
+    check_map::<u32, u32>("unwind_tables", &m.unwind_tables)?;
+    // The unwinder allocates slots and ids in these two arrays.
+    anyhow::ensure!(
+        m.unwind_mappings.max_entries() == abi::MAPPING_SLOTS
+            && m.unwind_tables.max_entries() == abi::MAX_TABLES,
+        "the BPF object's unwind arrays are not the size this build allocates in"
+    );
+    Ok(())
 }
 
 fn memlock_of(fd: i32) -> u64 {

@@ -20,18 +20,15 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use libbpf_rs::{MapFlags, MapHandle, MapType};
 
+use crate::sample::abi::{
+    self, ProcUnwind, UnwindMapping, MAPPING_SLOTS, MAX_MAPPINGS, MAX_TABLES,
+};
 use crate::sample::Sampler;
 use crate::symbolize::{FileKey, Symbolizer};
 pub use table::Table;
 
-/// Mirrors `EMBER_MAX_MAPPINGS` in bpf/ember.h.
-const MAX_MAPPINGS: usize = 256;
-/// Entries in the sampler's `unwind_mappings` array.
-const MAPPING_SLOTS: u32 = 65536;
-/// Entries in the sampler's `unwind_tables` array.
-const MAX_TABLES: u32 = 4096;
 /// Unreferenced tables are freed after this many [`Unwinder::gc`] calls.
 const IDLE_GCS: u32 = 4;
 /// A process is re-read for new mappings at most this often at first; each
@@ -343,7 +340,8 @@ impl Unwinder {
         };
         self.refreshed.insert(pid, (Instant::now(), wait));
         self.stats.registrations += 1;
-        let mut entries: Vec<u8> = Vec::with_capacity(proc.mappings.len().min(MAX_MAPPINGS) * 32);
+        let mut entries: Vec<UnwindMapping> =
+            Vec::with_capacity(proc.mappings.len().min(MAX_MAPPINGS));
         let mut keys = Vec::new();
         for m in proc.mappings.iter().take(MAX_MAPPINGS) {
             let (mut table_id, mut pages, mut bias) = (0u32, 0u32, 0u64);
@@ -367,19 +365,21 @@ impl Unwinder {
                     keys.push(key);
                 }
             }
-            entries.extend_from_slice(&m.start.to_ne_bytes());
-            entries.extend_from_slice(&m.end.to_ne_bytes());
-            entries.extend_from_slice(&bias.to_ne_bytes());
-            entries.extend_from_slice(&table_id.to_ne_bytes());
-            entries.extend_from_slice(&pages.to_ne_bytes());
+            entries.push(UnwindMapping {
+                start: m.start,
+                end: m.end,
+                bias,
+                table: table_id,
+                pages,
+            });
         }
-        let count = (entries.len() / 32) as u32;
+        let count = entries.len() as u32;
         let Some(first) = self.alloc(count.max(1)) else {
             self.stats.mappings_full += 1;
             return;
         };
         let slots: Vec<u32> = (first..first + count).collect();
-        if count > 0 && !update_batch(sampler.unwind_mappings_map(), &slots, &entries) {
+        if count > 0 && !abi::update_batch(sampler.unwind_mappings_map(), &slots, &entries) {
             self.dealloc(first, count.max(1));
             return;
         }
@@ -391,14 +391,15 @@ impl Unwinder {
                 s.idle = 0;
             }
         }
-        let mut value = [0u8; 16];
-        value[0..4].copy_from_slice(&first.to_ne_bytes());
-        value[4..8].copy_from_slice(&count.to_ne_bytes());
+        let value = ProcUnwind {
+            first,
+            count,
+            stale: 0,
+            _pad: 0,
+        };
         // A process that exited meanwhile leaves an entry the exit hook
         // cannot delete any more; gc removes it with the process.
-        let _ = sampler
-            .proc_unwind_map()
-            .update(&pid.to_ne_bytes(), &value, MapFlags::ANY);
+        let _ = abi::update(sampler.proc_unwind_map(), &pid, &value, MapFlags::ANY);
         let reg = Registered {
             starts: mapping_starts(&proc),
             keys,
@@ -439,7 +440,7 @@ impl Unwinder {
 
     /// Forgets a process that exited.
     pub fn forget(&mut self, sampler: &Sampler, pid: u32) {
-        let _ = sampler.proc_unwind_map().delete(&pid.to_ne_bytes());
+        let _ = abi::delete(sampler.proc_unwind_map(), &pid);
         if let Some(old) = self.procs.remove(&pid) {
             self.release(&old);
         }
@@ -481,7 +482,7 @@ impl Unwinder {
     fn unload(&mut self, sampler: &Sampler, key: FileKey) {
         if let Some(s) = self.slots.get_mut(&key) {
             if s.id != 0 {
-                let _ = sampler.unwind_tables_map().delete(&s.id.to_ne_bytes());
+                let _ = abi::delete(sampler.unwind_tables_map(), &s.id);
                 self.free_ids.push(s.id);
                 let t = s.table.take().unwrap_or_default();
                 self.stats.tables -= 1;
@@ -635,10 +636,7 @@ impl Unwinder {
             MapHandle::create(MapType::Array, Some("ember_unwind"), 4, 8, n, &opts).ok()?;
         let fd = handle.as_fd().as_raw_fd() as u32;
         if !fill_mmapable(&handle, &[&index, &table.rows])
-            || sampler
-                .unwind_tables_map()
-                .update(&id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-                .is_err()
+            || abi::update(sampler.unwind_tables_map(), &id, &fd, MapFlags::ANY).is_err()
         {
             self.free_ids.push(id);
             return None;
@@ -683,29 +681,6 @@ fn fill_mmapable(map: &impl AsFd, parts: &[&[u64]]) -> bool {
         libc::munmap(p, len);
     }
     true
-}
-
-/// Writes `keys.len()` consecutive values (`values` holds them back to
-/// back) in one system call.
-fn update_batch(map: &impl AsFd, keys: &[u32], values: &[u8]) -> bool {
-    let batch = libbpf_sys::bpf_map_batch_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
-        ..Default::default()
-    };
-    let n = keys.len() as u32;
-    let mut count = n;
-    // SAFETY: keys and values hold `n` elements of the map's key and value
-    // sizes; count is in/out.
-    let r = unsafe {
-        libbpf_sys::bpf_map_update_batch(
-            map.as_fd().as_raw_fd(),
-            keys.as_ptr().cast(),
-            values.as_ptr().cast(),
-            &mut count,
-            &batch,
-        )
-    };
-    r == 0 && count == n
 }
 
 /// One binary's table, as [`survey`] reports it.
