@@ -111,27 +111,32 @@ fn inflate_section(src: &Path, out: &Path, section: &str) {
     chown_nobody(out);
 }
 
-/// Runs `args` as nobody.
-fn as_nobody(args: &[&str]) -> Child {
-    Command::new("setpriv")
+/// Runs `args` as nobody, its error output kept in a file for the report.
+fn as_nobody(args: &[&str]) -> (Child, PathBuf) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!("ember-attacker-{}-{n}.log", std::process::id()));
+    let child = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .expect("setpriv")
+        .expect("setpriv");
+    (child, log)
 }
 
 struct Attack {
-    children: Vec<Child>,
+    children: Vec<(Child, PathBuf)>,
     _dir: PathBuf,
 }
 
 impl Drop for Attack {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for (c, log) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+            let _ = std::fs::remove_file(log);
         }
     }
 }
@@ -195,11 +200,13 @@ fn launch(name: &str, secs: u32) -> Attack {
     children.push(as_nobody(&["unshare", "-Urm", "sh", "-c", &inner]));
     // Give them time to plant everything (the dense map is 60 MiB).
     std::thread::sleep(Duration::from_secs(2));
-    for c in &mut children {
-        assert!(
-            c.try_wait().unwrap().is_none(),
-            "an attacker exited early (is unprivileged unshare -Urm allowed?)"
-        );
+    for (i, (c, log)) in children.iter_mut().enumerate() {
+        if let Some(st) = c.try_wait().unwrap() {
+            panic!(
+                "attacker {i} exited early ({st}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
     }
     Attack {
         children,

@@ -286,8 +286,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Reads a regular file of at most `max` bytes as UTF-8.
-fn read_bounded(
+/// Reads a file of at most `max` bytes as UTF-8 (`None` when larger); with
+/// `regular_only`, opened non-blocking and refused unless a regular file.
+pub(crate) fn read_bounded(
     path: &std::path::Path,
     max: u64,
     regular_only: bool,

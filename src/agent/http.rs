@@ -147,18 +147,15 @@ fn plain(e: &std::io::Error) -> String {
 /// never contain the token.
 fn read_token(p: &Path) -> Result<Vec<u8>> {
     let key = "http.bearer_token_file";
-    let f = std::fs::File::open(p)
-        .map_err(|e| anyhow!("{key}: cannot read {} ({})", p.display(), plain(&e)))?;
-    let mut buf = Vec::new();
-    f.take(MAX_TOKEN_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| anyhow!("{key}: cannot read {} ({})", p.display(), plain(&e)))?;
-    if buf.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        bail!(
-            "{key}: {} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it must hold one token",
-            p.display()
-        );
-    }
+    let mut buf = super::config::read_bounded(p, MAX_TOKEN_FILE_BYTES, true)
+        .map_err(|e| anyhow!("{key}: cannot read {} ({})", p.display(), plain(&e)))?
+        .ok_or_else(|| {
+            anyhow!(
+                "{key}: {} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it must hold one token",
+                p.display()
+            )
+        })?
+        .into_bytes();
     if buf.ends_with(b"\n") {
         buf.pop();
         if buf.ends_with(b"\r") {

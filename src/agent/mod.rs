@@ -172,12 +172,9 @@ fn cstr(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-/// Runs the agent until SIGINT/SIGTERM; the last window is flushed to the
-/// store and to push before it returns.
-pub fn run(s: Settings) -> Result<()> {
-    preflight::check_privileges()?;
-    preflight::check_btf()?;
-    crate::signal::install();
+/// Opens the store (indexing what it holds on a thread of its own) and
+/// the state the sampler, HTTP and push threads share.
+fn open_shared(s: &Settings) -> Result<Arc<Shared>> {
     let store = if s.raw.store.dir.as_os_str().is_empty() {
         None
     } else {
@@ -207,6 +204,16 @@ pub fn run(s: Settings) -> Result<()> {
                 }
             })?;
     }
+    Ok(shared)
+}
+
+/// Runs the agent until SIGINT/SIGTERM; the last window is flushed to the
+/// store and to push before it returns.
+pub fn run(s: Settings) -> Result<()> {
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    crate::signal::install();
+    let shared = open_shared(&s)?;
     let pusher = push::Pusher::new(&s, shared.clone())?;
     let io_thread = http::spawn(&s, shared.clone(), pusher.clone())?;
 
@@ -307,22 +314,7 @@ pub fn run(s: Settings) -> Result<()> {
             window.clear();
             window_start = SystemTime::now();
             window_began = Instant::now();
-            for pid in cap.gc(true) {
-                sink.targeting.labels.remove(&pid);
-            }
-            if let Some(u) = cap.unwind_stats() {
-                update_unwind_metrics(&shared.metrics, &u);
-            }
-            let sym = cap.symbolizer();
-            sym.evict_idle(EVICT_AFTER_WINDOWS);
-            // Symbolization frees large parse structures each window; hand
-            // the freed heap back to the system so RSS tracks real use.
-            // SAFETY: malloc_trim has no preconditions.
-            unsafe { libc::malloc_trim(0) };
-            update_symbolizer_metrics(&shared.metrics, &sym.stats());
-            if let Some(store) = &shared.store {
-                store.enforce_retention();
-            }
+            sink.housekeeping(&mut cap);
         }
         if stopping {
             break;
@@ -369,6 +361,29 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// After each window: forgets exited processes (symbols, labels,
+    /// unwind tables), releases idle parsed binaries and freed heap,
+    /// updates the gauges and applies the store's retention.
+    fn housekeeping(&mut self, cap: &mut Capture) {
+        for pid in cap.gc(true) {
+            self.targeting.labels.remove(&pid);
+        }
+        let m = &self.shared.metrics;
+        if let Some(u) = cap.unwind_stats() {
+            update_unwind_metrics(m, &u);
+        }
+        let sym = cap.symbolizer();
+        sym.evict_idle(EVICT_AFTER_WINDOWS);
+        // Symbolization frees large parse structures each window; hand the
+        // freed heap back to the system so RSS tracks real use.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        update_symbolizer_metrics(m, &sym.stats());
+        if let Some(store) = &self.shared.store {
+            store.enforce_retention();
+        }
+    }
+
     /// Builds one profile per target (distinct label set) from a window.
     fn cut_window(
         &mut self,
