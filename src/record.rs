@@ -357,7 +357,7 @@ pub fn summary(r: &Recording) -> String {
         s,
         "ember: {} samples of {} over {:.1} s at {} Hz on {} CPUs ({})",
         r.drained,
-        p.target,
+        crate::util::printable(&p.target, 300),
         p.duration.as_secs_f64(),
         p.frequency,
         r.cpus,
@@ -455,7 +455,14 @@ pub fn summary(r: &Recording) -> String {
     if !top.is_empty() {
         let _ = writeln!(s, "  top functions by self time:");
         for (name, n) in top {
-            let _ = writeln!(s, "    {:5.1}%  {}", 100.0 * n as f64 / total as f64, name);
+            // Names come from the profiled programs: no escape sequence of
+            // theirs reaches the user's terminal.
+            let _ = writeln!(
+                s,
+                "    {:5.1}%  {}",
+                100.0 * n as f64 / total as f64,
+                crate::util::printable(&name, 200)
+            );
         }
     }
     let files: Vec<String> = r.written.iter().map(|p| p.display().to_string()).collect();

@@ -238,6 +238,22 @@ pub fn hostname() -> String {
     }
 }
 
+/// A name taken from a profiled program (its command name, symbols, perf
+/// map, file names) with control characters replaced by U+FFFD, so no
+/// output can be broken by it: an SVG stays well-formed XML, a terminal
+/// receives no escape sequences. Borrows when nothing needs replacing.
+pub fn clean_name(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(
+            s.chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// Text from outside (a server's reply, a header, an error) made safe for a
 /// log line: ANSI escape sequences removed, other control characters and
 /// Unicode direction overrides shown as spaces, runs of blanks collapsed,

@@ -179,10 +179,16 @@ fn lost_name(kernel: bool, flags: u32) -> &'static str {
     }
 }
 
-/// A NUL-padded task name as text.
+/// A NUL-padded task name as text (any process may name itself anything:
+/// control characters are replaced).
 fn comm_name(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end])
+    match String::from_utf8_lossy(&raw[..end]) {
+        std::borrow::Cow::Borrowed(s) => crate::util::clean_name(s),
+        std::borrow::Cow::Owned(s) => {
+            std::borrow::Cow::Owned(crate::util::clean_name(&s).into_owned())
+        }
+    }
 }
 
 /// Feeds a [`Builder`] from a symbolizer, symbolizing each (process,

@@ -853,9 +853,10 @@ fn to_frames(s: &Symbolized<'_>) -> Frames {
             Some((f, l)) => (Some(f), l),
             None => (None, 0),
         };
+        // Symbol names come from files other users may write.
         out.push(SymFrame {
-            name: demangle(name).into(),
-            system_name: Arc::from(*name),
+            name: crate::util::clean_name(&demangle(name)).into(),
+            system_name: Arc::from(crate::util::clean_name(name)),
             file,
             line,
         });
@@ -864,7 +865,7 @@ fn to_frames(s: &Symbolized<'_>) -> Frames {
 }
 
 fn path_of(c: &blazesym::symbolize::CodeInfo<'_>) -> Arc<str> {
-    Arc::from(c.to_path().to_string_lossy().as_ref())
+    Arc::from(crate::util::clean_name(&c.to_path().to_string_lossy()))
 }
 
 /// Demangles Rust (legacy and v0) and Itanium C++ names; others pass through.

@@ -121,7 +121,7 @@ impl Runs {
             Entry {
                 start,
                 size,
-                name: Arc::from(name),
+                name: Arc::from(crate::util::clean_name(name)),
             },
         );
     }

@@ -137,6 +137,8 @@ pub fn parse_maps_line(line: &str) -> Option<Mapping> {
     let major = i32::from_str_radix(major, 16).ok()?;
     let minor = i32::from_str_radix(minor, 16).ok()?;
     let cut = |p: &str| -> Arc<str> {
+        // File names are whatever their creator chose.
+        let p = &*crate::util::clean_name(p);
         if p.len() <= MAX_PATH_BYTES {
             return Arc::from(p);
         }
