@@ -267,7 +267,7 @@ impl Symbolizer {
     pub fn mark_exited(&mut self) -> Vec<u32> {
         let mut newly = Vec::new();
         for (&pid, p) in self.processes.iter_mut() {
-            if !p.exited && !procmap::is_live(pid, Some(p.start_time)) {
+            if !p.exited && !procmap::is_live(pid, Some(p.start_time), false) {
                 p.exited = true;
             }
             if p.exited && !p.exit_reported {

@@ -214,15 +214,17 @@ pub fn parse_stat_state(stat: &str) -> Option<char> {
 }
 
 /// The one rule for "this process is gone", used by every part of ember:
-/// `/proc` has no such pid, it is a zombie (or dead) waiting to be reaped,
-/// or, when `started` is known, its start time differs (the pid was
-/// reused by another process).
-pub fn is_live(pid: u32, started: Option<u64>) -> bool {
+/// `/proc` has no such pid, or, when `started` is known, its start time
+/// differs (the pid was reused by another process). With `running`, a
+/// zombie (or dead) process waiting to be reaped counts as gone too: it
+/// runs no more (what `record --pid` waits for), though its samples may
+/// still be draining (what the symbolizer keeps it for).
+pub fn is_live(pid: u32, started: Option<u64>, running: bool) -> bool {
     let Ok(stat) = crate::untrusted::read_proc(&format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let running = parse_stat_state(&stat).is_some_and(|st| st != 'Z' && st != 'X');
-    running && started.is_none_or(|t| parse_stat_start_time(&stat) == Some(t))
+    let state_ok = !running || parse_stat_state(&stat).is_some_and(|st| st != 'Z' && st != 'X');
+    state_ok && started.is_none_or(|t| parse_stat_start_time(&stat) == Some(t))
 }
 
 #[cfg(test)]
@@ -260,9 +262,9 @@ mod tests {
         assert_eq!(parse_stat_start_time(stat), Some(777));
         let me = std::process::id();
         let started = start_time(me);
-        assert!(is_live(me, None) && is_live(me, started));
-        assert!(!is_live(me, started.map(|t| t + 1)));
-        assert!(!is_live(u32::MAX, None));
+        assert!(is_live(me, None, true) && is_live(me, started, false));
+        assert!(!is_live(me, started.map(|t| t + 1), false));
+        assert!(!is_live(u32::MAX, None, false));
     }
 
     proptest::proptest! {
