@@ -552,14 +552,21 @@ fn agent_survives_hostile_files() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let during = windows_in(&store) - before;
+    eprintln!("anonymous RSS idle {idle_rss} KiB, peak under attack {peak_rss} KiB");
     // 2 s windows for 20 s: allow a couple late, none missing for long.
     assert!(
         during >= 7,
         "only {during} windows cut in 20 s under attack: {}",
         log_text()
     );
+    // Unbounded, these attacks cost hundreds of MiB to GiBs each (a 2 GiB
+    // sparse perf map, 423 MB for a dense 64 MB one, /dev/zero without
+    // end, 2 GiB .eh_frame and symbol tables). A bounded agent still grows
+    // by its ordinary warm-up (allocator high-water marks of table builds
+    // and first symbolizations: 8.7 to 22.5 MiB on an idle host with no
+    // attack at all), so the allowance is absolute, far below any attack.
     assert!(
-        peak_rss <= 2 * idle_rss,
+        peak_rss <= idle_rss + 64 * 1024,
         "anonymous RSS went from {idle_rss} KiB idle to {peak_rss} KiB under attack"
     );
     // Descriptors: bounded by the budget whatever 1100 mapped files ask
