@@ -20,9 +20,10 @@ use prost::Message;
 
 use ember::aggregate::{Aggregate, Drainer};
 use ember::export::{folded, svg, ExportOptions};
+use ember::process::{BinaryId, FileKey, ProcessTable};
 use ember::profile::{self, pprof, BuildOptions, Profile};
 use ember::sample::{self, abi, SampleKey, Sampler, Targets, STACK_TRACE_SIZE};
-use ember::symbolize::{BinaryId, Symbolizer};
+use ember::symbolize::Symbolizer;
 
 /// Frames per synthetic stack.
 const DEPTH: usize = 20;
@@ -336,9 +337,10 @@ fn tree_stacks(n: usize, depth: usize, pool: &[u64], seed: u64) -> Vec<Vec<u64>>
 impl Fixture {
     fn new() -> Fixture {
         let pid = std::process::id();
+        let mut procs = ProcessTable::new();
         let mut sym = Symbolizer::new();
-        sym.capture(pid);
-        let proc = sym
+        procs.capture(pid);
+        let proc = procs
             .process(pid)
             .expect("this process's mappings are readable")
             .clone();
@@ -357,7 +359,7 @@ impl Fixture {
                 })
                 .map(|m| m.start + fo - m.offset)
         };
-        let mut files: Vec<(ember::symbolize::FileKey, String)> = Vec::new();
+        let mut files: Vec<(FileKey, String)> = Vec::new();
         for m in &proc.mappings {
             if let Some(k) = m.file {
                 if !files.iter().any(|f| f.0 == k) {
@@ -442,7 +444,7 @@ impl Fixture {
             frequency: 99,
             target: "ember micro-benchmark".to_string(),
         };
-        let profile = profile::build(&agg, &mut sym, &opts);
+        let profile = profile::build(&agg, &mut procs, &mut sym, &opts);
         let raw = pprof::to_proto(&profile).encoded_len();
         let named = profile
             .locations
@@ -472,16 +474,17 @@ impl Fixture {
         }
     }
 
-    /// A symbolizer that captured this process, and this executable's id.
-    fn symbolizer(&self) -> (Symbolizer, BinaryId) {
-        let mut sym = Symbolizer::new();
-        sym.capture(self.pid);
-        let id = sym
+    /// A process table that captured this process, a fresh symbolizer,
+    /// and this executable's id.
+    fn symbolizer(&self) -> (ProcessTable, Symbolizer, BinaryId) {
+        let mut procs = ProcessTable::new();
+        procs.capture(self.pid);
+        let id = procs
             .process(self.pid)
             .and_then(|p| p.find(anchor()))
-            .and_then(|m| sym.binary_of(m))
+            .and_then(|m| procs.binary_of(m))
             .expect("this executable is registered");
-        (sym, id)
+        (procs, Symbolizer::new(), id)
     }
 }
 
@@ -505,20 +508,20 @@ fn bench_symbolize(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("cold", n), |b| {
         b.iter_batched(
             || {
-                let (sym, id) = fx.symbolizer();
-                (sym, id, fx.exe_offsets.clone())
+                let (procs, sym, id) = fx.symbolizer();
+                (procs, sym, id, fx.exe_offsets.clone())
             },
-            |(mut sym, id, mut offsets)| {
-                sym.symbolize_binary(id, &mut offsets);
-                sym
+            |(mut procs, mut sym, id, mut offsets)| {
+                sym.symbolize_binary(&mut procs, id, &mut offsets);
+                (procs, sym)
             },
             BatchSize::PerIteration,
         )
     });
 
-    let (mut sym, id) = fx.symbolizer();
-    sym.symbolize_binary(id, &mut fx.exe_offsets.clone());
-    sym.symbolize_binary(id, &mut fx.exe_frame_offsets.clone());
+    let (mut procs, mut sym, id) = fx.symbolizer();
+    sym.symbolize_binary(&mut procs, id, &mut fx.exe_offsets.clone());
+    sym.symbolize_binary(&mut procs, id, &mut fx.exe_frame_offsets.clone());
 
     let n = fx.exe_frame_offsets.len() as u64;
     group.throughput(Throughput::Elements(n));
@@ -526,7 +529,7 @@ fn bench_symbolize(c: &mut Criterion) {
         b.iter_batched(
             || fx.exe_frame_offsets.clone(),
             |mut offsets| {
-                sym.symbolize_binary(id, &mut offsets);
+                sym.symbolize_binary(&mut procs, id, &mut offsets);
                 offsets
             },
             BatchSize::LargeInput,
@@ -560,10 +563,10 @@ fn bench_pprof(c: &mut Criterion) {
     let mut group = c.benchmark_group("pprof_encode");
     group.throughput(Throughput::Elements(samples));
 
-    let (mut sym, _) = fx.symbolizer();
-    black_box(profile::build(&fx.agg, &mut sym, &fx.opts));
+    let (mut procs, mut sym, _) = fx.symbolizer();
+    black_box(profile::build(&fx.agg, &mut procs, &mut sym, &fx.opts));
     group.bench_function(BenchmarkId::new("build", samples), |b| {
-        b.iter(|| profile::build(&fx.agg, &mut sym, &fx.opts))
+        b.iter(|| profile::build(&fx.agg, &mut procs, &mut sym, &fx.opts))
     });
 
     let mut out = Vec::new();

@@ -2,14 +2,14 @@
 //! agent` alike.
 //!
 //! A [`Capture`] owns the BPF sampler, its process events, the process
-//! table with the symbolizer, the unwind tables and the drainer. Its owner
+//! table, the symbolizer, the unwind tables and the drainer. Its owner
 //! brings only a policy: when to stop, how long to wait, when to drain and
 //! what to build from the counts (ripgrep's `Searcher` driven through a
 //! `Sink`, py-spy's one `Sampler` for `record` and `top`). The session
 //! takes every new process in as soon as the sampler announces it, so
 //! short-lived processes are captured while they live; it drains early
 //! when a kernel map overflows; and it applies one exit rule
-//! ([`procmap::is_live`](crate::symbolize::procmap::is_live)) to release
+//! ([`is_live`](crate::process::is_live)) to release
 //! what exited processes hold.
 
 use std::path::Path;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::aggregate::{Aggregate, DrainStats, Drainer};
+use crate::process::ProcessTable;
 use crate::sample::{self, KernelStats, ProcessEvent, Sampler};
 use crate::symbolize::Symbolizer;
 use crate::unwind::{UnwindStats, Unwinder};
@@ -42,6 +43,7 @@ pub struct Capture {
     events: sample::ProcessEvents,
     unw: Option<Unwinder>,
     sampler: Sampler,
+    procs: ProcessTable,
     sym: Symbolizer,
     drainer: Drainer,
     last_drain: Instant,
@@ -63,6 +65,7 @@ impl Capture {
             events,
             unw: cfg.unwind_memory.map(Unwinder::new),
             sampler,
+            procs: ProcessTable::new(),
             sym,
             drainer: Drainer::default(),
             last_drain: Instant::now(),
@@ -74,9 +77,9 @@ impl Capture {
     /// Starts sampling an existing process: its maps are captured and its
     /// unwind tables loaded first, so even its first samples unwind fully.
     pub fn watch(&mut self, pid: u32) -> Result<()> {
-        self.sym.capture(pid);
+        self.procs.capture(pid);
         if let Some(u) = self.unw.as_mut() {
-            u.register_now(&self.sampler, &mut self.sym, pid);
+            u.register_now(&self.sampler, &mut self.procs, pid);
         }
         self.sampler.add_target(pid)
     }
@@ -98,7 +101,7 @@ impl Capture {
     /// Captures a process ember started itself (its maps are read at once,
     /// before its first sample).
     pub fn adopt(&mut self, pid: u32) {
-        self.sym.capture(pid);
+        self.procs.capture(pid);
     }
 
     /// Waits up to `max` for process events (less when an unwind-table
@@ -114,7 +117,7 @@ impl Capture {
             .poll(max.min(refresh).max(Duration::from_millis(1)));
         self.intake(true, on_process);
         if let Some(u) = self.unw.as_mut() {
-            u.tick(&self.sampler, &mut self.sym);
+            u.tick(&self.sampler, &mut self.procs);
         }
     }
 
@@ -124,13 +127,13 @@ impl Capture {
         // moment, while their unwind tables can wait a few milliseconds.
         for &e in &events {
             if !e.new_mapping {
-                self.sym.on_event(e);
+                self.procs.on_event(e);
                 on_process(e);
             }
         }
         if let (true, Some(u)) = (unwind, self.unw.as_mut()) {
             for e in events {
-                u.on_event(&self.sampler, &mut self.sym, e);
+                u.on_event(&self.sampler, &mut self.procs, e);
             }
         }
     }
@@ -182,7 +185,7 @@ impl Capture {
     /// until the session ends (a recording builds its one profile last).
     /// Returns the processes forgotten.
     pub fn gc(&mut self, forget: bool) -> Vec<u32> {
-        let exited = self.sym.mark_exited();
+        let exited = self.procs.mark_exited();
         if let Some(u) = self.unw.as_mut() {
             for &pid in &exited {
                 u.forget(&self.sampler, pid);
@@ -190,15 +193,15 @@ impl Capture {
             u.gc(&self.sampler);
         }
         if forget {
-            self.sym.forget_exited()
+            self.procs.forget_exited()
         } else {
             Vec::new()
         }
     }
 
-    /// The process table and symbolizer, to build profiles with.
-    pub fn symbolizer(&mut self) -> &mut Symbolizer {
-        &mut self.sym
+    /// The process table and the symbolizer, to build profiles with.
+    pub fn naming(&mut self) -> (&mut ProcessTable, &mut Symbolizer) {
+        (&mut self.procs, &mut self.sym)
     }
 
     /// The sampler (its counters, event, CPUs and costs).
@@ -217,8 +220,9 @@ impl Capture {
     }
 
     /// Ends sampling and releases the kernel side (BPF program, maps, unwind
-    /// tables), keeping the symbolizer for the final build.
-    pub fn into_symbolizer(self) -> Symbolizer {
-        self.sym
+    /// tables), keeping the process table and the symbolizer for the final
+    /// build.
+    pub fn into_naming(self) -> (ProcessTable, Symbolizer) {
+        (self.procs, self.sym)
     }
 }

@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod export;
 pub mod preflight;
+pub mod process;
 pub mod profile;
 pub mod query;
 pub mod record;

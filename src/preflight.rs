@@ -57,5 +57,5 @@ pub fn check_pid(pid: u32) -> Result<()> {
 
 /// True while `pid` runs: exists and is not a zombie waiting to be reaped.
 pub fn is_running(pid: u32) -> bool {
-    crate::symbolize::procmap::is_live(pid, None, true)
+    crate::process::maps::is_live(pid, None, true)
 }

@@ -227,7 +227,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         sampler.bpf_cost(),
     );
     let unwind = cap.unwind_stats();
-    let mut sym = cap.into_symbolizer();
+    let (mut procs, mut sym) = cap.into_naming();
 
     let build = BuildOptions {
         start: start_wall,
@@ -235,8 +235,8 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         frequency: opts.frequency,
         target: describe(&opts.what),
     };
-    let profile = profile::build(&agg, &mut sym, &build);
-    let unnamed = sym.stats().unnamed;
+    let profile = profile::build(&agg, &mut procs, &mut sym, &build);
+    let unnamed = sym.stats(&procs).unnamed;
     let eo = ExportOptions {
         threads: opts.threads,
     };

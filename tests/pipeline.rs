@@ -667,9 +667,11 @@ fn build_marks_lost_and_truncated_stacks() {
     lost.comm[..4].copy_from_slice(b"test");
     agg.counts.insert(lost, 3);
 
+    let mut procs = ember::process::ProcessTable::new();
     let mut sym = ember::symbolize::Symbolizer::new();
     let p = ember::profile::build(
         &agg,
+        &mut procs,
         &mut sym,
         &BuildOptions {
             start: UNIX_EPOCH,
@@ -721,4 +723,72 @@ fn build_marks_lost_and_truncated_stacks() {
     // Markers survive pprof.
     let q = pprof::read_profile(&pprof_bytes(&p)).unwrap();
     assert_eq!(kinds_by_frame(&q), kinds_by_frame(&p));
+}
+
+// ---------------------------------------------------------------------------
+// Process table and symbolizer (no root needed: this process reads its own)
+
+#[inline(never)]
+fn own_marker_function(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(31))
+}
+
+/// Builds a one-sample profile of this process with `leaf` as its only
+/// frame and returns the leaf's function names.
+fn own_leaf_names(
+    procs: &mut ember::process::ProcessTable,
+    sym: &mut ember::symbolize::Symbolizer,
+    leaf: u64,
+) -> Vec<String> {
+    let me = std::process::id();
+    let mut agg = Aggregate::default();
+    agg.stacks.insert(1, &[leaf]);
+    agg.counts.insert(key(me, me, 1, 0), 1);
+    let opts = BuildOptions {
+        start: UNIX_EPOCH,
+        duration: Duration::from_secs(1),
+        frequency: 99,
+        target: "self".into(),
+    };
+    let p = ember::profile::build(&agg, procs, sym, &opts);
+    let loc = &p.locations[p.samples[0].locations[0] as usize];
+    loc.lines
+        .iter()
+        .map(|ln| p.frame_name(loc, Some(ln)))
+        .collect()
+}
+
+/// With room for one open binary, naming code of two binaries in turn
+/// closes each and reopens it through the live process, and what was
+/// parsed of a closed file never names another (descriptor numbers are
+/// reused): every name stays right, and the table reports the closes.
+#[test]
+fn process_table_names_own_code_within_a_one_file_budget() {
+    let mut procs = ember::process::ProcessTable::with_fd_budget(1);
+    let mut sym = ember::symbolize::Symbolizer::new();
+    procs.capture(std::process::id());
+    assert!(procs.process(std::process::id()).is_some());
+    let ours = own_marker_function as *const () as u64;
+    let ours2 = own_leaf_names as *const () as u64;
+    let libc_fn = libc::getpid as *const () as u64;
+    let ours_name = own_leaf_names(&mut procs, &mut sym, ours);
+    assert!(
+        ours_name.iter().any(|n| n.contains("own_marker_function")),
+        "{ours_name:?}"
+    );
+    let libc_name = own_leaf_names(&mut procs, &mut sym, libc_fn);
+    assert!(
+        libc_name.iter().any(|n| n.contains("getpid")),
+        "{libc_name:?}"
+    );
+    // The test binary was closed for libc; a new address in it reopens it.
+    let ours2_name = own_leaf_names(&mut procs, &mut sym, ours2);
+    assert!(
+        ours2_name.iter().any(|n| n.contains("own_leaf_names")),
+        "{ours2_name:?}"
+    );
+    let st = sym.stats(&procs);
+    assert!(st.open_files <= 1, "{} files open", st.open_files);
+    assert_eq!(st.unnamed.unreadable, 0, "{:?}", st.unnamed);
+    assert_eq!(own_marker_function(1), 31);
 }

@@ -27,7 +27,6 @@ use crate::capture::{Capture, CaptureConfig};
 use crate::preflight;
 use crate::profile::{self, BuildOptions, Profile};
 use crate::sample::{self, SampleKey, Sampler, Targets};
-use crate::symbolize::Symbolizer;
 pub use config::Settings;
 use metrics::Metrics;
 use relabel::Labels;
@@ -300,17 +299,12 @@ pub fn run(s: Settings) -> Result<()> {
                 .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             m.drains.fetch_add(1, Ordering::Relaxed);
             window.merge_from(&tick);
-            sink.serve_live(&tick, cap.symbolizer(), stopping);
+            sink.serve_live(&tick, &mut cap, stopping);
             tick.clear();
             update_kernel_metrics(m, cap.sampler());
         }
         if cut {
-            sink.cut_window(
-                &window,
-                window_start,
-                window_began.elapsed(),
-                cap.symbolizer(),
-            );
+            sink.cut_window(&window, window_start, window_began.elapsed(), &mut cap);
             window.clear();
             window_start = SystemTime::now();
             window_began = Instant::now();
@@ -372,13 +366,13 @@ impl Sink<'_> {
         if let Some(u) = cap.unwind_stats() {
             update_unwind_metrics(m, &u);
         }
-        let sym = cap.symbolizer();
+        let (procs, sym) = cap.naming();
         sym.evict_idle(EVICT_AFTER_WINDOWS);
         // Symbolization frees large parse structures each window; hand the
         // freed heap back to the system so RSS tracks real use.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        update_symbolizer_metrics(m, &sym.stats());
+        update_symbolizer_metrics(m, &sym.stats(procs));
         if let Some(store) = &self.shared.store {
             store.enforce_retention();
         }
@@ -390,7 +384,7 @@ impl Sink<'_> {
         agg: &Aggregate,
         start: SystemTime,
         duration: Duration,
-        sym: &mut Symbolizer,
+        cap: &mut Capture,
     ) {
         let (s, shared, pusher, targeting) =
             (self.s, self.shared, self.pusher, &mut self.targeting);
@@ -414,7 +408,8 @@ impl Sink<'_> {
                 }
             }
         }
-        profile::prepare(sym, agg.counts.keys().map(|k| k.tgid));
+        let (procs, sym) = cap.naming();
+        profile::prepare(procs, sym, agg.counts.keys().map(|k| k.tgid));
         for (labels, entries) in groups {
             let target = labels
                 .get("service_name")
@@ -426,7 +421,7 @@ impl Sink<'_> {
                 frequency: s.raw.frequency,
                 target: format!("{target} on {}", s.node),
             };
-            let mut p = profile::build_entries(&entries, &agg.stacks, sym, &opts);
+            let mut p = profile::build_entries(&entries, &agg.stacks, procs, sym, &opts);
             p.labels = labels;
             shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
             if let Some(store) = &shared.store {
@@ -444,7 +439,7 @@ impl Sink<'_> {
     }
 
     /// Feeds a drain to the live requests and answers those that are due.
-    fn serve_live(&mut self, tick: &Aggregate, sym: &mut Symbolizer, all_due: bool) {
+    fn serve_live(&mut self, tick: &Aggregate, cap: &mut Capture, all_due: bool) {
         let (s, shared, targeting) = (self.s, self.shared, &mut self.targeting);
         let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
         // Requests whose client went away get no more samples.
@@ -489,7 +484,8 @@ impl Sink<'_> {
                 frequency: s.raw.frequency,
                 target: what,
             };
-            let p: Profile = profile::build(&r.agg, sym, &opts);
+            let (procs, sym) = cap.naming();
+            let p: Profile = profile::build(&r.agg, procs, sym, &opts);
             let mut out = Vec::new();
             if crate::profile::pprof::write(&p, &mut out).is_ok() {
                 let _ = r.reply.send(out);

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 use super::intern::{FastHash, Interner};
 use super::{FrameKind, Line, Marker, Profile};
 use crate::aggregate::{Aggregate, StackTable};
+use crate::process::{BinaryId, ProcessTable};
 use crate::sample::{
     SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
 };
-use crate::symbolize::{BinaryId, SymFrame, Symbolizer, Unnamed};
+use crate::symbolize::{SymFrame, Symbolizer, Unnamed};
 
 /// Profile metadata.
 #[derive(Debug, Clone)]
@@ -32,23 +33,28 @@ pub struct BuildOptions {
 const KERNEL_START: u64 = 0xffff_8000_0000_0000;
 
 /// Symbolizes every sample of `agg`.
-pub fn build(agg: &Aggregate, sym: &mut Symbolizer, opts: &BuildOptions) -> Profile {
+pub fn build(
+    agg: &Aggregate,
+    procs: &mut ProcessTable,
+    sym: &mut Symbolizer,
+    opts: &BuildOptions,
+) -> Profile {
     let entries: Vec<(&SampleKey, u64)> = agg.counts.iter().map(|(k, &n)| (k, n)).collect();
-    prepare(sym, entries.iter().map(|e| e.0.tgid));
-    build_entries(&entries, &agg.stacks, sym, opts)
+    prepare(procs, sym, entries.iter().map(|e| e.0.tgid));
+    build_entries(&entries, &agg.stacks, procs, sym, opts)
 }
 
 /// Refreshes what symbolization needs for these processes: libraries loaded
 /// since each was captured, and perf maps, which JITs append to. Call once
 /// before one or more [`build_entries`].
-pub fn prepare(sym: &mut Symbolizer, pids: impl Iterator<Item = u32>) {
+pub fn prepare(procs: &mut ProcessTable, sym: &mut Symbolizer, pids: impl Iterator<Item = u32>) {
     sym.reset_perf_maps();
     let mut pids: Vec<u32> = pids.collect();
     pids.sort_unstable();
     pids.dedup();
     for &pid in &pids {
         if pid != 0 {
-            sym.refresh(pid);
+            procs.refresh(pid);
         }
     }
 }
@@ -58,6 +64,7 @@ pub fn prepare(sym: &mut Symbolizer, pids: impl Iterator<Item = u32>) {
 pub fn build_entries(
     entries: &[(&SampleKey, u64)],
     stacks: &StackTable,
+    procs: &mut ProcessTable,
     sym: &mut Symbolizer,
     opts: &BuildOptions,
 ) -> Profile {
@@ -69,10 +76,13 @@ pub fn build_entries(
     let mut kernel_addrs = Vec::new();
     for (key, _) in entries {
         if let Some(frames) = stacks.get(key.user_stack) {
-            let proc = sym.process(key.tgid);
+            let proc = procs.process(key.tgid);
             for (i, &ip) in frames.iter().enumerate() {
                 let a = adjust(ip, i);
-                match proc.and_then(|p| p.find(a)).map(|m| (m, sym.binary_of(m))) {
+                match proc
+                    .and_then(|p| p.find(a))
+                    .map(|m| (m, procs.binary_of(m)))
+                {
                     Some((m, Some(bin))) => per_bin.entry(bin).or_default().push(m.file_offset(a)),
                     // Anonymous or unmapped code: a JIT's, named by its perf map.
                     found => jit.entry(key.tgid).or_default().push((a, found.is_some())),
@@ -85,10 +95,10 @@ pub fn build_entries(
     }
     let mut unnamed = Unnamed::default();
     for (bin, mut offsets) in per_bin {
-        sym.symbolize_binary(bin, &mut offsets.clone());
+        sym.symbolize_binary(procs, bin, &mut offsets.clone());
         offsets.sort_unstable();
         offsets.dedup();
-        let readable = sym.binary(bin).readable();
+        let readable = procs.binary(bin).readable();
         for o in offsets {
             if sym.binary_frames(bin, o).is_empty() {
                 *if readable {
@@ -102,7 +112,7 @@ pub fn build_entries(
     for (pid, mut found) in jit {
         found.sort_unstable();
         found.dedup();
-        sym.symbolize_jit(pid, &mut found.iter().map(|f| f.0).collect());
+        sym.symbolize_jit(procs, pid, &mut found.iter().map(|f| f.0).collect());
         for (a, mapped) in found {
             if sym.jit_name(pid, a).is_none() {
                 *if mapped {
@@ -118,6 +128,7 @@ pub fn build_entries(
 
     // Pass 2: intern locations and samples.
     let mut r = Resolver {
+        procs: &*procs,
         sym: &*sym,
         b: Builder::new(),
         user_seen: HashMap::default(),
@@ -195,6 +206,7 @@ fn comm_name(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
 /// address) once: most frames recur across samples (every caller above the
 /// leaf), and a hit here skips the mapping lookup and the interning.
 struct Resolver<'s> {
+    procs: &'s ProcessTable,
     sym: &'s Symbolizer,
     b: Builder,
     user_seen: HashMap<(u32, u64), u32, FastHash>,
@@ -216,14 +228,14 @@ impl Resolver<'_> {
         if let Some(&id) = self.user_seen.get(&(pid, addr)) {
             return id;
         }
-        let (sym, b) = (self.sym, &mut self.b);
-        let m = sym
+        let (procs, sym, b) = (self.procs, self.sym, &mut self.b);
+        let m = procs
             .process(pid)
             .and_then(|p| p.find_index(addr).map(|i| &p.mappings[i]));
-        let id = match m.map(|m| (m, sym.binary_of(m))) {
+        let id = match m.map(|m| (m, procs.binary_of(m))) {
             // Code of a file.
             Some((m, Some(bin))) => {
-                let build_id = sym.binary(bin).build_id.as_deref().unwrap_or("");
+                let build_id = procs.binary(bin).build_id.as_deref().unwrap_or("");
                 let mapping = b.mapping(m.start, m.end, m.offset, &m.path, build_id);
                 let frames = sym.binary_frames(bin, m.file_offset(addr));
                 b.user(Some(mapping), addr, frames.iter().map(Frame::from))

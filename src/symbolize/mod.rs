@@ -2,37 +2,28 @@
 //!
 //! User frames are resolved per *binary* (keyed by device and inode), not per
 //! process: a host running 500 copies of one program symbolizes it once.
-//! Each process's executable mappings are captured when the sampler first
-//! sees it, and the binary's file is held open, so samples of processes that
-//! exited before the drain still symbolize. Kernel frames come from
-//! /proc/kallsyms, JIT frames from perf maps.
+//! The session's [`ProcessTable`] captured each process's mappings while it
+//! lived and holds its binaries open, so samples of processes that exited
+//! before the drain still symbolize; the symbolizer reads it and keeps the
+//! names. Kernel frames come from /proc/kallsyms, JIT frames from perf maps.
 //!
-//! Every file of a profiled process is opened through [`crate::untrusted`]:
-//! binaries through `/proc/PID/map_files` (checked to be the very file
-//! mapped) or inside the process's root, perf maps inside the process's
-//! root with perf's ownership rule. Open binaries are bounded by a file
-//! descriptor budget (least recently used closed first, reopened through a
-//! live process when needed); blazesym reads them under a `SIGBUS` guard,
-//! so a file truncated under it fails alone; and it reads DWARF and follows
-//! debug links (which open further files by name) only for binaries only
-//! root can change, in ember's own mount namespace. Others are named from
-//! their ELF symbol tables.
+//! blazesym reads a binary through the table's open file, under a
+//! `SIGBUS` guard, so a file truncated under it fails alone; it reads
+//! DWARF and follows debug links (which open further files by name) only
+//! for binaries only root can change, in ember's own mount namespace.
+//! Others are named from their ELF symbol tables, once those are checked
+//! to be within bounds. Perf maps are streamed within a read budget.
 
 pub mod perfmap;
-pub mod procmap;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::untrusted::{self, Policy, Refusal, Root, What};
+use crate::process::{fd_path, BinaryId, ProcessTable, Release};
+use crate::untrusted::{self, Refusal, What};
 use blazesym::symbolize::source::{Elf, Kernel, Process as ProcSource, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
-
-pub use procmap::{FileKey, Mapping, Process};
 
 /// One function frame of a symbolized address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,51 +41,27 @@ pub struct SymFrame {
 /// The frames of one address, innermost (inlined) first; empty if unknown.
 pub type Frames = Arc<[SymFrame]>;
 
-/// A binary seen in some process.
-pub struct Binary {
-    /// Path as first seen in a process's maps.
-    pub path: Arc<str>,
-    /// Hex GNU build ID, when present.
-    pub build_id: Option<String>,
-    /// The vDSO, symbolized through ember's own copy.
-    pub vdso: bool,
-    /// Its identity on disk (None for the vDSO).
-    key: Option<FileKey>,
-    file: Option<File>,
-    /// Read DWARF and follow debug links (root-controlled files only).
-    dwarf: bool,
-    /// The file changed under ember while read: never parsed again.
-    broken: bool,
+/// What the symbolizer keeps of one binary of the process table.
+#[derive(Default)]
+struct Names {
     cache: HashMap<u64, Frames>,
-    /// blazesym holds this binary's parsed symbols and debug info.
-    parsed: bool,
+    /// The descriptor path blazesym parsed it through, while it holds
+    /// that parse.
+    parsed: Option<String>,
     /// The last epoch (see [`Symbolizer::evict_idle`]) it was symbolized in.
     used: u64,
-    /// Last use, for closing the least recently used file.
-    touched: u64,
 }
-
-/// Binary handle.
-pub type BinaryId = usize;
 
 /// Caches of everything needed to name addresses.
 pub struct Symbolizer {
     blaze: Blaze,
-    processes: HashMap<u32, Process>,
-    binaries: Vec<Binary>,
-    /// Slots of binaries forgotten, reused before the table grows.
-    free: Vec<BinaryId>,
-    by_file: HashMap<FileKey, BinaryId>,
-    vdso_binary: Option<BinaryId>,
+    /// Per binary of the process table, by id.
+    names: Vec<Names>,
     /// JIT names by (pid, address), for the current build.
     jit: HashMap<(u32, u64), Option<Arc<str>>>,
     /// Perf-map bytes read in the current build.
     perf_map_bytes: u64,
     unnamed: Unnamed,
-    /// Binary files held open, and the most allowed.
-    open_files: usize,
-    fd_budget: usize,
-    tick: u64,
     kernel: HashMap<u64, Frames>,
     kernel_worker: Option<KernelWorker>,
     lookups: u64,
@@ -168,17 +135,10 @@ impl Symbolizer {
             .build();
         Symbolizer {
             blaze,
-            processes: HashMap::new(),
-            binaries: Vec::new(),
-            free: Vec::new(),
-            by_file: HashMap::new(),
-            vdso_binary: None,
+            names: Vec::new(),
             jit: HashMap::new(),
             perf_map_bytes: 0,
             unnamed: Unnamed::default(),
-            open_files: 0,
-            fd_budget: untrusted::binary_fd_budget(),
-            tick: 0,
             kernel: HashMap::new(),
             kernel_worker: None,
             lookups: 0,
@@ -187,328 +147,67 @@ impl Symbolizer {
         }
     }
 
-    /// Captures (or refreshes) a process's mappings and opens its binaries.
-    /// Call it as soon as a process is first seen, while it lives.
-    pub fn capture(&mut self, pid: u32) {
-        self.capture_inner(pid, false);
-    }
-
-    /// Captures a process that just exec'd: its old image is gone.
-    pub fn capture_exec(&mut self, pid: u32) {
-        self.capture_inner(pid, true);
-    }
-
-    /// Captures a process the sampler announced (first sample or exec).
-    pub fn on_event(&mut self, e: crate::sample::ProcessEvent) {
-        self.capture_inner(e.pid, e.exec);
-    }
-
-    fn capture_inner(&mut self, pid: u32, replace: bool) {
-        let started = procmap::start_time(pid).unwrap_or(0);
-        match procmap::read_mappings(pid) {
-            Ok(maps) => {
-                let same_ns = procmap::same_mount_ns(pid);
-                for m in &maps {
-                    if let Some(key) = m.file {
-                        self.register_binary(pid, key, m, same_ns == Some(true));
-                    } else if m.vdso && self.vdso_binary.is_none() {
-                        let id = self.add_binary(Binary::new(m.path.clone(), None, None, true));
-                        self.vdso_binary = Some(id);
+    /// Drops what was parsed of files the table closed and the names of
+    /// binaries it forgot. Runs before anything is parsed, so no parse
+    /// outlives its file (a descriptor number may name another file next).
+    fn sync(&mut self, procs: &mut ProcessTable) {
+        for r in procs.take_releases() {
+            match r {
+                Release::Closed { id, fd_path } => {
+                    self.evict(&fd_path);
+                    if let Some(n) = self.names.get_mut(id) {
+                        n.parsed = None;
                     }
                 }
-                let ns_pid = procmap::ns_pid(pid);
-                let creds = untrusted::Creds::of(pid).ok();
-                let p = self.processes.entry(pid).or_default();
-                // A reused pid is another process: nothing of the old one applies.
-                if replace || p.start_time != started {
-                    p.mappings.clear();
-                }
-                p.start_time = started;
-                p.ns_pid = ns_pid;
-                p.exited = false;
-                if let Some(same) = same_ns {
-                    p.same_mount_ns = same;
-                }
-                if creds.is_some() {
-                    p.creds = creds;
-                }
-                p.merge(maps);
-                p.mappings.truncate(procmap::MAX_EXEC_MAPPINGS);
-            }
-            Err(_) => {
-                self.processes
-                    .entry(pid)
-                    .or_insert_with(|| Process {
-                        ns_pid: pid,
-                        ..Default::default()
-                    })
-                    .exited = true;
-            }
-        }
-    }
-
-    /// Re-reads a live process before building a profile, to pick up
-    /// libraries loaded since it was captured.
-    pub fn refresh(&mut self, pid: u32) {
-        if !self.processes.get(&pid).is_some_and(|p| p.exited) {
-            self.capture(pid);
-        }
-    }
-
-    /// Forgets a process (its binaries stay cached until [`gc`](Self::gc)).
-    pub fn forget(&mut self, pid: u32) {
-        self.processes.remove(&pid);
-    }
-
-    /// Applies the one exit rule ([`procmap::is_live`]) to every tracked
-    /// process and returns the processes found gone that were not
-    /// reported before. Their symbols stay (samples drained later still
-    /// need them) until [`forget_exited`](Self::forget_exited).
-    pub fn mark_exited(&mut self) -> Vec<u32> {
-        let mut newly = Vec::new();
-        for (&pid, p) in self.processes.iter_mut() {
-            if !p.exited && !procmap::is_live(pid, Some(p.start_time), false) {
-                p.exited = true;
-            }
-            if p.exited && !p.exit_reported {
-                p.exit_reported = true;
-                newly.push(pid);
-            }
-        }
-        newly
-    }
-
-    /// Drops processes marked exited at an earlier call (so samples drained
-    /// just after an exit still symbolize), and closes binaries no tracked
-    /// process maps any more: memory stays bounded under process churn.
-    /// Call once per window, after [`mark_exited`](Self::mark_exited).
-    /// Returns the pids forgotten.
-    pub fn forget_exited(&mut self) -> Vec<u32> {
-        let mut gone = Vec::new();
-        for (&pid, p) in self.processes.iter_mut() {
-            if p.exited && p.gone_seen {
-                gone.push(pid);
-                continue;
-            }
-            p.gone_seen = p.exited;
-        }
-        for pid in &gone {
-            self.forget(*pid);
-        }
-        let live: std::collections::HashSet<FileKey> = self
-            .processes
-            .values()
-            .flat_map(|p| p.mappings.iter().filter_map(|m| m.file))
-            .collect();
-        let dead: Vec<(FileKey, BinaryId)> = self
-            .by_file
-            .iter()
-            .filter(|(key, _)| !live.contains(key))
-            .map(|(&k, &id)| (k, id))
-            .collect();
-        for (key, id) in dead {
-            self.by_file.remove(&key);
-            self.close_file(id);
-            self.binaries[id] = Binary::new(Arc::from(""), None, None, false);
-            self.free.push(id);
-        }
-        gone
-    }
-
-    fn add_binary(&mut self, b: Binary) -> BinaryId {
-        match self.free.pop() {
-            Some(id) => {
-                self.binaries[id] = b;
-                id
-            }
-            None => {
-                self.binaries.push(b);
-                self.binaries.len() - 1
-            }
-        }
-    }
-
-    /// Closes a binary's file and drops what blazesym parsed of it (its
-    /// own descriptor and mapping included).
-    fn close_file(&mut self, id: BinaryId) {
-        let b = &mut self.binaries[id];
-        if let Some(f) = b.file.take() {
-            let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
-                blazesym::symbolize::evict::Elf::new(fd_path(&f)),
-            ));
-            self.open_files -= 1;
-        }
-        b.parsed = false;
-    }
-
-    /// Makes room for one more open binary file within the budget by
-    /// closing the least recently used ones.
-    fn make_room(&mut self) {
-        while self.open_files >= self.fd_budget {
-            let lru = self
-                .binaries
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.file.is_some())
-                .min_by_key(|(_, b)| b.touched)
-                .map(|(i, _)| i);
-            match lru {
-                Some(id) => self.close_file(id),
-                None => break,
-            }
-        }
-    }
-
-    /// Opens the file a process maps at `m`: through map_files (the very
-    /// file mapped), else by its path inside the process's root; either
-    /// way it must be the file with this device and inode.
-    fn open_binary(pid: u32, key: FileKey, m: &Mapping) -> Option<File> {
-        if let Ok(f) = untrusted::open_mapped(pid, m.start, m.end, key) {
-            return Some(f);
-        }
-        let creds = untrusted::Creds::of(pid).ok()?;
-        let any = Policy {
-            no_symlinks: false,
-            owner_or_root: false,
-            max_bytes: u64::MAX,
-        };
-        let f =
-            untrusted::open_in_root(Root::Process(pid), &m.path, &creds, any, What::Binary).ok()?;
-        let meta = f.metadata().ok()?;
-        use std::os::unix::fs::MetadataExt;
-        let got = (
-            libc::major(meta.dev()) as i32,
-            libc::minor(meta.dev()) as i32,
-            meta.ino(),
-        );
-        if got != key {
-            untrusted::count(What::Binary, Refusal::Changed);
-            return None;
-        }
-        Some(f)
-    }
-
-    fn register_binary(&mut self, pid: u32, key: FileKey, m: &Mapping, same_ns: bool) {
-        if self.by_file.contains_key(&key) {
-            return;
-        }
-        self.make_room();
-        let file = Self::open_binary(pid, key, m);
-        let mut broken = false;
-        let build_id = file.as_ref().and_then(|f| {
-            let path = PathBuf::from(fd_path(f));
-            match untrusted::guarded(|| blazesym::helper::read_elf_build_id(&path)) {
-                Ok(r) => r
-                    .ok()
-                    .flatten()
-                    .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
-                Err(why) => {
-                    untrusted::count(What::Binary, why);
-                    broken = true;
-                    None
+                Release::Forgotten(id) => {
+                    if let Some(n) = self.names.get_mut(id) {
+                        *n = Names::default();
+                    }
                 }
             }
-        });
-        let dwarf = same_ns && file.as_ref().is_some_and(untrusted::root_controlled);
-        let file = if broken { None } else { file };
-        if file.is_some() {
-            self.open_files += 1;
         }
-        self.tick += 1;
-        let mut b = Binary::new(m.path.clone(), Some(key), file, false);
-        b.build_id = build_id;
-        b.dwarf = dwarf;
-        b.broken = broken;
-        b.touched = self.tick;
-        let id = self.add_binary(b);
-        self.by_file.insert(key, id);
+    }
+
+    fn evict(&mut self, fd_path: &str) {
+        let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
+            blazesym::symbolize::evict::Elf::new(fd_path),
+        ));
+    }
+
+    fn ensure_names(&mut self, id: BinaryId) {
+        if self.names.len() <= id {
+            self.names.resize_with(id + 1, Names::default);
+        }
     }
 
     /// Whether blazesym may index the binary: root-controlled files
     /// always; others only while their symbol tables are within bounds
     /// (checked just before each first parse).
-    fn indexable(&mut self, id: BinaryId) -> bool {
-        let b = &self.binaries[id];
-        if b.dwarf || b.parsed {
+    fn indexable(&mut self, procs: &mut ProcessTable, id: BinaryId) -> bool {
+        let b = procs.binary(id);
+        if b.trusted() || self.names.get(id).is_some_and(|n| n.parsed.is_some()) {
             return true;
         }
-        let Some(f) = &b.file else { return false };
+        let Some(f) = b.file() else { return false };
         match untrusted::elf_tables_within_limits(f) {
             Ok(()) => true,
             Err(why) => {
                 untrusted::count(What::Binary, why);
-                self.close_file(id);
-                self.binaries[id].broken = true;
+                procs.mark_broken(id);
                 false
             }
         }
     }
 
-    /// Reopens a binary closed for the descriptor budget, through a live
-    /// process that maps it.
-    fn reopen(&mut self, id: BinaryId) -> bool {
-        let b = &self.binaries[id];
-        if b.file.is_some() {
-            return true;
-        }
-        let Some(key) = b.key.filter(|_| !b.broken) else {
-            return false;
-        };
-        let found = self.processes.iter().find_map(|(&pid, p)| {
-            if p.exited {
-                return None;
-            }
-            p.mappings
-                .iter()
-                .find(|m| m.file == Some(key))
-                .map(|m| (pid, m.clone()))
-        });
-        let Some((pid, m)) = found else {
-            return false;
-        };
-        self.make_room();
-        let Some(f) = Self::open_binary(pid, key, &m) else {
-            return false;
-        };
-        self.open_files += 1;
-        self.binaries[id].file = Some(f);
-        true
-    }
-
-    /// The open file of a binary, for readers other than the symbolizer
-    /// (the unwind table builder).
-    pub fn file_of(&mut self, key: FileKey) -> Option<&File> {
-        let id = *self.by_file.get(&key)?;
-        if !self.reopen(id) {
-            return None;
-        }
-        self.tick += 1;
-        self.binaries[id].touched = self.tick;
-        self.binaries[id].file.as_ref()
-    }
-
-    /// The process as captured.
-    pub fn process(&self, pid: u32) -> Option<&Process> {
-        self.processes.get(&pid)
-    }
-
-    /// The binary behind a mapping.
-    pub fn binary_of(&self, m: &Mapping) -> Option<BinaryId> {
-        if m.vdso {
-            return self.vdso_binary;
-        }
-        m.file.and_then(|k| self.by_file.get(&k).copied())
-    }
-
-    /// A binary by id.
-    pub fn binary(&self, id: BinaryId) -> &Binary {
-        &self.binaries[id]
-    }
-
     /// Symbolizes file offsets of one binary in one batch, filling its cache.
-    pub fn symbolize_binary(&mut self, id: BinaryId, offsets: &mut Vec<u64>) {
-        let bin = &self.binaries[id];
-        let cache = &bin.cache;
+    pub fn symbolize_binary(
+        &mut self,
+        procs: &mut ProcessTable,
+        id: BinaryId,
+        offsets: &mut Vec<u64>,
+    ) {
+        self.ensure_names(id);
+        let cache = &self.names[id].cache;
         if !uncached(
             offsets,
             |o| cache.contains_key(o),
@@ -517,50 +216,57 @@ impl Symbolizer {
         ) {
             return;
         }
-        let results: Vec<Frames> = if bin.vdso {
+        let n = offsets.len();
+        let results: Vec<Frames> = if procs.binary(id).vdso {
             match own_vdso_start() {
                 Some(base) => {
                     let addrs: Vec<u64> = offsets.iter().map(|o| base + o).collect();
                     let src = Source::Process(ProcSource::new(blazesym::Pid::Slf));
-                    self.run(&src, Input::AbsAddr(&addrs[..]), addrs.len())
+                    self.run(&src, Input::AbsAddr(&addrs[..]), n)
                 }
-                None => vec![Frames::from([]); offsets.len()],
+                None => vec![Frames::from([]); n],
             }
-        } else if self.reopen(id) && self.indexable(id) {
-            let bin = &self.binaries[id];
-            let f = bin.file.as_ref().expect("reopened");
-            let mut elf = Elf::new(fd_path(f));
-            elf.debug_syms = bin.dwarf;
+        } else if procs.open(id).is_some() && {
+            // Opening may have closed others: drop their parses first.
+            self.sync(procs);
+            self.indexable(procs, id)
+        } {
+            let b = procs.binary(id);
+            let path = fd_path(b.file().expect("opened"));
+            let mut elf = Elf::new(&path);
+            elf.debug_syms = b.trusted();
             let src = Source::Elf(elf);
-            let n = offsets.len();
             match untrusted::guarded(|| self.run(&src, Input::FileOffset(&offsets[..]), n)) {
-                Ok(r) => r,
+                Ok(r) => {
+                    self.names[id].parsed = Some(path);
+                    r
+                }
                 Err(why) => {
                     // Truncated under blazesym: drop everything read from it.
                     untrusted::count(What::Binary, why);
-                    self.close_file(id);
-                    self.binaries[id].broken = true;
+                    self.evict(&path);
+                    self.names[id].parsed = None;
+                    procs.mark_broken(id);
                     vec![Frames::from([]); n]
                 }
             }
         } else {
-            vec![Frames::from([]); offsets.len()]
+            vec![Frames::from([]); n]
         };
-        self.tick += 1;
-        let bin = &mut self.binaries[id];
-        bin.used = self.epoch;
-        bin.touched = self.tick;
-        bin.parsed = bin.file.is_some();
+        self.sync(procs);
+        let epoch = self.epoch;
+        let names = &mut self.names[id];
+        names.used = epoch;
         for (o, frames) in offsets.iter().zip(results) {
-            bin.cache.insert(*o, frames);
+            names.cache.insert(*o, frames);
         }
     }
 
     /// Cached frames of a binary's file offset (after `symbolize_binary`).
     pub fn binary_frames(&self, id: BinaryId, offset: u64) -> Frames {
-        self.binaries[id]
-            .cache
-            .get(&offset)
+        self.names
+            .get(id)
+            .and_then(|n| n.cache.get(&offset))
             .cloned()
             .unwrap_or_else(|| Frames::from([]))
     }
@@ -604,14 +310,11 @@ impl Symbolizer {
     }
 
     /// Names a process's JIT addresses (code outside every file mapping)
-    /// from its perf map in one pass, filling the cache [`jit_name`]
-    /// reads. The map is opened inside the process's root without
-    /// following links and must belong to the process's user or root (as
-    /// perf requires); after the process exited, only if it shared
-    /// ember's root.
+    /// from its perf map ([`ProcessTable::open_perf_map`]) in one pass,
+    /// filling the cache [`jit_name`] reads.
     ///
     /// [`jit_name`]: Self::jit_name
-    pub fn symbolize_jit(&mut self, pid: u32, addrs: &mut Vec<u64>) {
+    pub fn symbolize_jit(&mut self, procs: &ProcessTable, pid: u32, addrs: &mut Vec<u64>) {
         addrs.sort_unstable();
         addrs.dedup();
         addrs.retain(|a| !self.jit.contains_key(&(pid, *a)));
@@ -619,7 +322,7 @@ impl Symbolizer {
             return;
         }
         let budget = untrusted::PERF_MAP_BUDGET_BYTES.saturating_sub(self.perf_map_bytes);
-        let names = match self.open_perf_map(pid) {
+        let names = match procs.open_perf_map(pid) {
             Some(_) if budget == 0 => {
                 untrusted::count(What::PerfMap, Refusal::ReadBudget);
                 vec![None; addrs.len()]
@@ -634,35 +337,6 @@ impl Symbolizer {
         for (a, n) in addrs.iter().zip(names) {
             self.jit.insert((pid, *a), n);
         }
-    }
-
-    fn open_perf_map(&self, pid: u32) -> Option<File> {
-        let p = self.processes.get(&pid);
-        let ns_pid = p.map(|p| p.ns_pid).unwrap_or(pid);
-        let creds = match p.and_then(|p| p.creds.clone()) {
-            Some(c) => c,
-            None => untrusted::Creds::of(pid).ok()?,
-        };
-        let path = format!("/tmp/perf-{ns_pid}.map");
-        let policy = Policy {
-            no_symlinks: true,
-            owner_or_root: true,
-            max_bytes: untrusted::MAX_PERF_MAP_BYTES,
-        };
-        let alive = !p.is_some_and(|p| p.exited);
-        if alive {
-            match untrusted::open_in_root(Root::Process(pid), &path, &creds, policy, What::PerfMap)
-            {
-                Ok(f) => return Some(f),
-                // Refused for cause: do not try another way round.
-                Err(Refusal::Io) => {}
-                Err(_) => return None,
-            }
-        }
-        if p.is_some_and(|p| p.same_mount_ns) {
-            return untrusted::open_in_root(Root::Own, &path, &creds, policy, What::PerfMap).ok();
-        }
-        None
     }
 
     /// The perf-map name of a JIT address (after [`symbolize_jit`]).
@@ -695,28 +369,29 @@ impl Symbolizer {
     /// info of busy binaries every window.
     pub fn evict_idle(&mut self, idle: u64) {
         self.epoch += 1;
-        for b in &mut self.binaries {
-            if b.parsed && self.epoch.saturating_sub(b.used) > idle {
-                if let Some(f) = &b.file {
-                    let _ = self.blaze.evict(&blazesym::symbolize::evict::Evict::Elf(
-                        blazesym::symbolize::evict::Elf::new(fd_path(f)),
-                    ));
-                }
-                b.parsed = false;
-            }
+        let epoch = self.epoch;
+        let idle: Vec<String> = self
+            .names
+            .iter_mut()
+            .filter(|n| epoch.saturating_sub(n.used) > idle)
+            .filter_map(|n| n.parsed.take())
+            .collect();
+        for path in idle {
+            self.evict(&path);
         }
     }
 
-    /// Cache sizes.
-    pub fn stats(&self) -> SymStats {
+    /// Cache sizes and counts, with the process table's.
+    pub fn stats(&self, procs: &ProcessTable) -> SymStats {
+        let t = procs.stats();
         SymStats {
-            processes: self.processes.len(),
-            binaries: self.binaries.len(),
+            processes: t.processes,
+            binaries: t.binaries,
             cached_addresses: self.kernel.len()
-                + self.binaries.iter().map(|b| b.cache.len()).sum::<usize>(),
+                + self.names.iter().map(|n| n.cache.len()).sum::<usize>(),
             lookups: self.lookups,
             misses: self.misses,
-            open_files: self.open_files,
+            open_files: t.open_files,
             unnamed: self.unnamed,
         }
     }
@@ -780,29 +455,6 @@ impl KernelWorker {
     }
 }
 
-impl Binary {
-    /// Whether ember could read the file (it may still lack symbols).
-    pub fn readable(&self) -> bool {
-        self.vdso || (self.key.is_some() && !self.broken && (self.file.is_some() || self.parsed))
-    }
-
-    fn new(path: Arc<str>, key: Option<FileKey>, file: Option<File>, vdso: bool) -> Binary {
-        Binary {
-            path,
-            build_id: None,
-            vdso,
-            key,
-            file,
-            dwarf: false,
-            broken: false,
-            cache: HashMap::new(),
-            parsed: false,
-            used: 0,
-            touched: 0,
-        }
-    }
-}
-
 /// Sorts and deduplicates a batch of addresses, keeps those not `cached`,
 /// counts lookups and misses, and says whether any are left to resolve.
 fn uncached(
@@ -817,11 +469,6 @@ fn uncached(
     addrs.retain(|a| !cached(a));
     *misses += addrs.len() as u64;
     !addrs.is_empty()
-}
-
-/// The path blazesym opens a held file by.
-fn fd_path(f: &File) -> String {
-    format!("/proc/self/fd/{}", f.as_raw_fd())
 }
 
 /// Converts blazesym's outermost-first result into frames innermost first.

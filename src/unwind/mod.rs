@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapFlags, MapHandle, MapType};
 
+use crate::process::{FileKey, ProcessTable};
 use crate::sample::abi::{
     self, ProcUnwind, UnwindMapping, MAPPING_SLOTS, MAX_MAPPINGS, MAX_TABLES,
 };
 use crate::sample::Sampler;
-use crate::symbolize::{FileKey, Symbolizer};
 pub use table::Table;
 
 /// Unreferenced tables are freed after this many [`Unwinder::gc`] calls.
@@ -121,7 +121,7 @@ fn own_vdso() -> Option<Vec<u8>> {
     Some(unsafe { std::slice::from_raw_parts(start as *const u8, end - start) }.to_vec())
 }
 
-fn mapping_starts(p: &crate::symbolize::Process) -> Vec<u64> {
+fn mapping_starts(p: &crate::process::Process) -> Vec<u64> {
     p.mappings.iter().map(|m| m.start).collect()
 }
 
@@ -212,7 +212,7 @@ impl Unwinder {
         // time for the map-in-map update): do the vDSO's now, not while
         // the new process already runs.
         self.ensure_vdso(sampler);
-        let Ok(maps) = crate::symbolize::procmap::read_mappings(std::process::id()) else {
+        let Ok(maps) = crate::process::maps::read_mappings(std::process::id()) else {
             return;
         };
         let me = std::env::current_exe().ok();
@@ -224,12 +224,12 @@ impl Unwinder {
         }
     }
 
-    /// Handles a sampler event after the symbolizer captured the process:
+    /// Handles a sampler event after the process table captured the process:
     /// registers its mappings (rate-limited for new-mapping events).
     pub fn on_event(
         &mut self,
         sampler: &Sampler,
-        sym: &mut Symbolizer,
+        procs: &mut ProcessTable,
         e: crate::sample::ProcessEvent,
     ) {
         if e.new_mapping {
@@ -244,13 +244,13 @@ impl Unwinder {
                 }
                 return;
             }
-            sym.refresh(e.pid);
+            procs.refresh(e.pid);
             self.stats.refreshes += 1;
         }
         if self.blocking {
-            self.register_now(sampler, sym, e.pid);
+            self.register_now(sampler, procs, e.pid);
         } else {
-            self.register(sampler, sym, e.pid);
+            self.register(sampler, procs, e.pid);
         }
     }
 
@@ -267,7 +267,7 @@ impl Unwinder {
 
     /// Processes deferred new-mapping refreshes that are now due. Call
     /// regularly (each loop iteration).
-    pub fn tick(&mut self, sampler: &Sampler, sym: &mut Symbolizer) {
+    pub fn tick(&mut self, sampler: &Sampler, procs: &mut ProcessTable) {
         while let Ok((key, built, took)) = self.done.try_recv() {
             if let Some(s) = self.slots.get_mut(&key) {
                 s.building = false;
@@ -275,7 +275,7 @@ impl Unwinder {
             self.install(sampler, key, built, took);
             for pid in self.waiting.remove(&key).unwrap_or_default() {
                 if self.procs.contains_key(&pid) {
-                    self.register(sampler, sym, pid);
+                    self.register(sampler, procs, pid);
                 }
             }
         }
@@ -295,9 +295,9 @@ impl Unwinder {
             !ready
         });
         for pid in due {
-            sym.refresh(pid);
+            procs.refresh(pid);
             self.stats.refreshes += 1;
-            self.register(sampler, sym, pid);
+            self.register(sampler, procs, pid);
         }
     }
 
@@ -305,8 +305,10 @@ impl Unwinder {
     /// it: for a process already running when profiling starts (`--pid`),
     /// so its first samples unwind fully instead of waiting for the
     /// background builder.
-    pub fn register_now(&mut self, sampler: &Sampler, sym: &mut Symbolizer, pid: u32) {
-        let Some(proc) = sym.process(pid) else { return };
+    pub fn register_now(&mut self, sampler: &Sampler, procs: &mut ProcessTable, pid: u32) {
+        let Some(proc) = procs.process(pid) else {
+            return;
+        };
         let keys: Vec<FileKey> = proc
             .mappings
             .iter()
@@ -315,17 +317,19 @@ impl Unwinder {
             .filter_map(|m| m.file)
             .collect();
         for key in keys {
-            if let Some(f) = sym.file_of(key).and_then(|f| f.try_clone().ok()) {
+            if let Some(f) = procs.file_of(key).and_then(|f| f.try_clone().ok()) {
                 self.ensure_now(sampler, key, &f);
             }
         }
-        self.register(sampler, sym, pid);
+        self.register(sampler, procs, pid);
     }
 
-    /// Writes a process's mappings (as the symbolizer captured them) and
+    /// Writes a process's mappings (as the process table captured them) and
     /// their tables into the kernel, building tables not yet built.
-    pub fn register(&mut self, sampler: &Sampler, sym: &mut Symbolizer, pid: u32) {
-        let Some(proc) = sym.process(pid) else { return };
+    pub fn register(&mut self, sampler: &Sampler, procs: &mut ProcessTable, pid: u32) {
+        let Some(proc) = procs.process(pid) else {
+            return;
+        };
         if proc.exited {
             return;
         }
@@ -351,7 +355,7 @@ impl Unwinder {
                     self.ensure_vdso(sampler)
                 } else {
                     self.ensure_async(key, pid, || {
-                        sym.file_of(key).and_then(|f| f.try_clone().ok())
+                        procs.file_of(key).and_then(|f| f.try_clone().ok())
                     })
                 };
                 if loaded {
@@ -712,7 +716,7 @@ pub fn survey(pids: &[u32]) -> Vec<SurveyEntry> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for pid in pids {
-        let Ok(maps) = crate::symbolize::procmap::read_mappings(pid) else {
+        let Ok(maps) = crate::process::maps::read_mappings(pid) else {
             continue;
         };
         for m in maps {

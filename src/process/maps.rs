@@ -43,7 +43,7 @@ pub struct Process {
     pub start_time: u64,
     /// Seen exited by the previous garbage collection.
     pub gone_seen: bool,
-    /// Its exit was reported (see `Symbolizer::mark_exited`).
+    /// Its exit was reported (see `ProcessTable::mark_exited`).
     pub exit_reported: bool,
     /// The credentials it accesses files with (for perf maps).
     pub creds: Option<crate::untrusted::Creds>,
