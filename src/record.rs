@@ -136,31 +136,9 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
     })?;
     let mut agg = Aggregate::default();
-    let mut alive: Vec<u32> = Vec::new();
-    match &opts.what {
-        What::Pids(pids) => {
-            for &p in pids {
-                cap.watch(p)?;
-            }
-            alive = pids.clone();
-        }
-        What::Command(argv) => cap.preload(find_program(&argv[0]).as_deref()),
-        What::All => {}
-    }
     let start_wall = SystemTime::now();
-    let start = Instant::now();
-    let mut child: Option<Child> =
-        match &opts.what {
-            What::Command(argv) => Some(Command::new(&argv[0]).args(&argv[1..]).spawn().map_err(
-                |e| anyhow::anyhow!("cannot run `{}`: {}", argv[0], export::plain_io(&e)),
-            )?),
-            _ => None,
-        };
-    if let Some(c) = &child {
-        cap.adopt(c.id());
-    }
+    let mut target = Target::begin(opts, &mut cap)?;
     let progress = opts.progress && std::io::stderr().is_terminal();
-    let mut notes = Vec::new();
     let (mut last_gc, mut last_progress) = (Instant::now(), None::<Instant>);
     loop {
         cap.wait(POLL, &mut |_| {});
@@ -170,49 +148,17 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             // the end; their unwind tables can go.
             cap.gc(false);
         }
-        let elapsed = start.elapsed();
-        if crate::signal::stop_requested() {
-            notes.push(format!(
-                "stopped by signal after {:.1} s",
-                elapsed.as_secs_f64()
-            ));
-            break;
-        }
-        if opts.duration.is_some_and(|d| elapsed >= d) {
-            break;
-        }
-        if let Some(status) = child.as_mut().map(|c| c.try_wait()).transpose()?.flatten() {
-            notes.push(format!(
-                "the command exited after {:.1} s ({status})",
-                elapsed.as_secs_f64()
-            ));
-            child = None;
-            break;
-        }
-        alive.retain(|&p| {
-            let up = preflight::is_running(p);
-            if !up {
-                notes.push(format!(
-                    "process {p} exited after {:.1} s; writing what was collected",
-                    elapsed.as_secs_f64()
-                ));
-            }
-            up
-        });
-        if matches!(opts.what, What::Pids(_)) && alive.is_empty() {
+        if target.done(opts.duration)? {
             break;
         }
         cap.drain_if_due(&mut agg, opts.drain_interval)?;
         if progress && last_progress.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
             last_progress = Some(Instant::now());
-            show_progress(
-                elapsed,
-                opts.duration,
-                cap.stats().map(|s| s.samples).unwrap_or(0),
-            );
+            let samples = cap.stats().map(|s| s.samples).unwrap_or(0);
+            show_progress(target.start.elapsed(), opts.duration, samples);
         }
     }
-    let duration = start.elapsed();
+    let duration = target.start.elapsed();
     let end = Instant::now();
     if progress {
         eprint!("\r\x1b[2K");
@@ -228,7 +174,6 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     );
     let unwind = cap.unwind_stats();
     let (mut procs, mut sym) = cap.into_naming();
-
     let build = BuildOptions {
         start: start_wall,
         duration,
@@ -245,33 +190,116 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         export::write_file(&profile, *format, path, eo)?;
         written.push(path.clone());
     }
-    let finish_time = end.elapsed();
-    if let Some(mut c) = child {
-        // Stopped early: leave the command running, as perf does.
-        let _ = c.try_wait();
-    }
-    let threads = {
-        let mut t: Vec<u32> = agg.counts.keys().map(|k| k.tid).collect();
-        t.sort_unstable();
-        t.dedup();
-        t.len()
-    };
     Ok(Recording {
         drained: agg.total(),
         processes: agg.processes(),
-        threads,
+        threads: agg.threads(),
         profile,
         stats,
         written,
-        notes,
+        notes: target.finish(),
         event,
         cpus,
         map_bytes,
-        finish_time,
+        finish_time: end.elapsed(),
         bpf_cost,
         unwind,
         unnamed,
     })
+}
+
+/// What a recording watches, and its stop rule: the duration, a signal,
+/// the command exiting, or every watched process exiting. Each reason
+/// becomes a note for the user.
+struct Target {
+    start: Instant,
+    /// The command ember started, until it exits.
+    child: Option<Child>,
+    /// Watched pids still running (`--pid`).
+    alive: Vec<u32>,
+    pids: bool,
+    notes: Vec<String>,
+}
+
+impl Target {
+    /// Watches the pids, or preloads and starts the command.
+    fn begin(opts: &RecordOptions, cap: &mut Capture) -> Result<Target> {
+        let mut t = Target {
+            start: Instant::now(),
+            child: None,
+            alive: Vec::new(),
+            pids: matches!(opts.what, What::Pids(_)),
+            notes: Vec::new(),
+        };
+        match &opts.what {
+            What::Pids(pids) => {
+                for &p in pids {
+                    cap.watch(p)?;
+                }
+                t.alive = pids.clone();
+                t.start = Instant::now();
+            }
+            What::Command(argv) => {
+                cap.preload(find_program(&argv[0]).as_deref());
+                t.start = Instant::now();
+                let c = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .spawn()
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot run `{}`: {}", argv[0], export::plain_io(&e))
+                    })?;
+                cap.adopt(c.id());
+                t.child = Some(c);
+            }
+            What::All => {}
+        }
+        Ok(t)
+    }
+
+    /// Whether the recording should stop now.
+    fn done(&mut self, limit: Option<Duration>) -> Result<bool> {
+        let secs = self.start.elapsed().as_secs_f64();
+        if crate::signal::stop_requested() {
+            self.notes
+                .push(format!("stopped by signal after {secs:.1} s"));
+            return Ok(true);
+        }
+        if limit.is_some_and(|d| self.start.elapsed() >= d) {
+            return Ok(true);
+        }
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .map(|c| c.try_wait())
+            .transpose()?
+            .flatten()
+        {
+            self.notes
+                .push(format!("the command exited after {secs:.1} s ({status})"));
+            self.child = None;
+            return Ok(true);
+        }
+        let notes = &mut self.notes;
+        self.alive.retain(|&p| {
+            let up = preflight::is_running(p);
+            if !up {
+                notes.push(format!(
+                    "process {p} exited after {secs:.1} s; writing what was collected"
+                ));
+            }
+            up
+        });
+        Ok(self.pids && self.alive.is_empty())
+    }
+
+    /// The notes for the user. A command stopped early is left running,
+    /// as perf does.
+    fn finish(mut self) -> Vec<String> {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.try_wait();
+        }
+        self.notes
+    }
 }
 
 /// How long the loop waits for process events at most (it also paces the

@@ -102,6 +102,14 @@ impl Aggregate {
         pids.dedup();
         pids.len()
     }
+
+    /// Distinct threads with samples.
+    pub fn threads(&self) -> usize {
+        let mut tids: Vec<u32> = self.counts.keys().map(|k| k.tid).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        tids.len()
+    }
 }
 
 /// What one drain moved.
