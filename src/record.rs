@@ -445,7 +445,7 @@ pub fn summary(r: &Recording) -> String {
         let _ = writeln!(
             s,
             "  unwind tables: {} binaries, {} rows, {:.1} MiB in the kernel (peak {:.1} MiB), built in {:.0} ms; {} registrations, {} re-reads{}",
-            u.built - u.failed,
+            u.built - u.no_cfi - u.load_failed,
             u.rows,
             u.bytes as f64 / 1048576.0,
             u.peak_bytes as f64 / 1048576.0,

@@ -72,6 +72,10 @@ pub struct Metrics {
     pub unwind_table_bytes: AtomicU64,
     /// Tables not loaded: over the memory budget.
     pub unwind_tables_over_budget: AtomicU64,
+    /// Binaries without a table: no usable CFI.
+    pub unwind_tables_no_cfi: AtomicU64,
+    /// Binaries without a table: the kernel refused it.
+    pub unwind_tables_load_failed: AtomicU64,
     /// Push counters per backend index.
     pub push: Mutex<Vec<PushMetrics>>,
 }
@@ -147,6 +151,16 @@ impl Metrics {
             "counter",
             "Unwind tables not loaded because sampler.unwind_memory was used up.",
             format!(" {}", g(&self.unwind_tables_over_budget)),
+        );
+        line(
+            "ember_unwind_tables_failed_total",
+            "counter",
+            "Binaries walked with frame pointers only, by reason: no usable CFI, or the kernel refused the table.",
+            format!(
+                "{{reason=\"no_cfi\"}} {}\nember_unwind_tables_failed_total{{reason=\"load_failed\"}} {}",
+                g(&self.unwind_tables_no_cfi),
+                g(&self.unwind_tables_load_failed)
+            ),
         );
         line(
             "ember_samples_dropped_by_relabel_total",

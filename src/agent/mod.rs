@@ -339,6 +339,9 @@ fn update_unwind_metrics(m: &Metrics, u: &crate::unwind::UnwindStats) {
     m.unwind_table_bytes.store(u.bytes, Ordering::Relaxed);
     m.unwind_tables_over_budget
         .store(u.over_budget, Ordering::Relaxed);
+    m.unwind_tables_no_cfi.store(u.no_cfi, Ordering::Relaxed);
+    m.unwind_tables_load_failed
+        .store(u.load_failed, Ordering::Relaxed);
 }
 
 fn update_kernel_metrics(m: &Metrics, sampler: &Sampler) {

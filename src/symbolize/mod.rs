@@ -222,7 +222,8 @@ impl Symbolizer {
                 Some(base) => {
                     let addrs: Vec<u64> = offsets.iter().map(|o| base + o).collect();
                     let src = Source::Process(ProcSource::new(blazesym::Pid::Slf));
-                    self.run(&src, Input::AbsAddr(&addrs[..]), n)
+                    self.run(&src, Input::AbsAddr(&addrs[..]))
+                        .unwrap_or_else(|_| vec![Frames::from([]); n])
                 }
                 None => vec![Frames::from([]); n],
             }
@@ -236,14 +237,19 @@ impl Symbolizer {
             let mut elf = Elf::new(&path);
             elf.debug_syms = b.trusted();
             let src = Source::Elf(elf);
-            match untrusted::guarded(|| self.run(&src, Input::FileOffset(&offsets[..]), n)) {
-                Ok(r) => {
+            let outcome = untrusted::guarded(|| self.run(&src, Input::FileOffset(&offsets[..])));
+            match outcome {
+                Ok(Ok(r)) => {
                     self.names[id].parsed = Some(path);
                     r
                 }
-                Err(why) => {
-                    // Truncated under blazesym: drop everything read from it.
-                    untrusted::count(What::Binary, why);
+                failed => {
+                    // Truncated under blazesym (counted as a refusal) or
+                    // not a readable ELF file: drop everything read from
+                    // it; its frames count as an unreadable binary's.
+                    if let Err(why) = failed {
+                        untrusted::count(What::Binary, why);
+                    }
                     self.evict(&path);
                     self.names[id].parsed = None;
                     procs.mark_broken(id);
@@ -396,11 +402,9 @@ impl Symbolizer {
         }
     }
 
-    fn run(&self, src: &Source<'_>, input: Input<&[u64]>, n: usize) -> Vec<Frames> {
-        match self.blaze.symbolize(src, input) {
-            Ok(syms) => syms.into_iter().map(|s| to_frames(&s)).collect(),
-            Err(_) => vec![Frames::from([]); n],
-        }
+    fn run(&self, src: &Source<'_>, input: Input<&[u64]>) -> blazesym::Result<Vec<Frames>> {
+        let syms = self.blaze.symbolize(src, input)?;
+        Ok(syms.into_iter().map(|s| to_frames(&s)).collect())
     }
 }
 

@@ -55,8 +55,11 @@ pub struct UnwindStats {
     pub built: u64,
     /// Time spent building tables.
     pub build_time: Duration,
-    /// Binaries without usable CFI (frame pointers for them).
-    pub failed: u64,
+    /// Binaries without usable CFI (frame pointers for them): no
+    /// `.eh_frame`/`.debug_frame`, not x86-64, or past the read bounds.
+    pub no_cfi: u64,
+    /// Tables the kernel refused to take (map creation or fill failed).
+    pub load_failed: u64,
     /// Tables not loaded because the memory budget was used up.
     pub over_budget: u64,
     /// Processes not registered: the shared mappings array was full.
@@ -92,6 +95,26 @@ struct Slot {
 
 type Built = (FileKey, anyhow::Result<Table>, Duration);
 
+/// Why a binary's table is not in the kernel (yet): its frames are walked
+/// with frame pointers meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoTable {
+    /// Queued on the builder thread; the process is registered again when
+    /// it is loaded.
+    Building,
+    /// The binary's file could not be opened (gone, refused).
+    Unreadable,
+    /// No usable CFI (remembered: the file is not read again).
+    NoCfi,
+    /// The memory budget (`--unwind-memory`) is used up.
+    OverBudget,
+    /// The kernel refused the table (remembered).
+    LoadFailed,
+}
+
+/// Whether a binary's table is loaded.
+type Loaded = Result<(), NoTable>;
+
 impl Slot {
     fn empty() -> Slot {
         Slot {
@@ -102,6 +125,19 @@ impl Slot {
             idle: 0,
             failed: false,
             building: false,
+        }
+    }
+
+    /// The settled outcome of this slot, if any (None: not tried yet).
+    fn state(&self) -> Option<Loaded> {
+        if self.id != 0 {
+            Some(Ok(()))
+        } else if self.failed {
+            Some(Err(NoTable::NoCfi))
+        } else if self.building {
+            Some(Err(NoTable::Building))
+        } else {
+            None
         }
     }
 }
@@ -197,7 +233,7 @@ impl Unwinder {
         let Ok(meta) = file.metadata() else { return };
         let dev = meta.dev();
         let key: FileKey = (libc::major(dev) as i32, libc::minor(dev) as i32, meta.ino());
-        if self.ensure_now(sampler, key, &file) {
+        if self.ensure_now(sampler, key, &file).is_ok() {
             // Held by nobody yet: freed by gc if no process maps it.
             if let Some(s) = self.slots.get_mut(&key) {
                 s.idle = 0;
@@ -211,7 +247,7 @@ impl Unwinder {
         // Loading a table costs an RCU grace period (10-20 ms of wall
         // time for the map-in-map update): do the vDSO's now, not while
         // the new process already runs.
-        self.ensure_vdso(sampler);
+        let _ = self.ensure_vdso(sampler);
         let Ok(maps) = crate::process::maps::read_mappings(std::process::id()) else {
             return;
         };
@@ -272,7 +308,7 @@ impl Unwinder {
             if let Some(s) = self.slots.get_mut(&key) {
                 s.building = false;
             }
-            self.install(sampler, key, built, took);
+            let _ = self.install(sampler, key, built, took);
             for pid in self.waiting.remove(&key).unwrap_or_default() {
                 if self.procs.contains_key(&pid) {
                     self.register(sampler, procs, pid);
@@ -318,7 +354,7 @@ impl Unwinder {
             .collect();
         for key in keys {
             if let Some(f) = procs.file_of(key).and_then(|f| f.try_clone().ok()) {
-                self.ensure_now(sampler, key, &f);
+                let _ = self.ensure_now(sampler, key, &f);
             }
         }
         self.register(sampler, procs, pid);
@@ -358,7 +394,7 @@ impl Unwinder {
                         procs.file_of(key).and_then(|f| f.try_clone().ok())
                     })
                 };
-                if loaded {
+                if loaded.is_ok() {
                     let slot = &self.slots[&key];
                     let t = slot.table.as_ref().expect("a loaded slot has its table");
                     if let Some(b) = t.bias(m.start, m.offset) {
@@ -500,10 +536,10 @@ impl Unwinder {
 
     /// The vDSO's table, built from ember's own copy: every process on the
     /// host maps the same image.
-    fn ensure_vdso(&mut self, sampler: &Sampler) -> bool {
+    fn ensure_vdso(&mut self, sampler: &Sampler) -> Loaded {
         if let Some(s) = self.slots.get(&VDSO_KEY) {
-            if s.id != 0 || s.failed {
-                return s.id != 0;
+            if let Some(state) = s.state() {
+                return state;
             }
         }
         let t0 = Instant::now();
@@ -513,27 +549,26 @@ impl Unwinder {
         self.install(sampler, VDSO_KEY, built, t0.elapsed())
     }
 
-    /// True if the binary's table is loaded; otherwise queues its build
+    /// Whether the binary's table is loaded; if not, queues its build
     /// (once) and notes that `pid` waits for it.
     fn ensure_async(
         &mut self,
         key: FileKey,
         pid: u32,
         file: impl FnOnce() -> Option<File>,
-    ) -> bool {
+    ) -> Loaded {
         let slot = self.slots.entry(key).or_insert_with(Slot::empty);
-        if slot.id != 0 {
-            return true;
-        }
-        if slot.failed {
-            return false;
+        match slot.state() {
+            Some(Err(NoTable::Building)) | None => {}
+            Some(settled) => return settled,
         }
         if !slot.building {
             let Some(f) = file() else {
-                return false;
+                return Err(NoTable::Unreadable);
             };
             if self.jobs.send((key, f)).is_err() {
-                return false;
+                // The builder thread is gone: build nothing more.
+                return Err(NoTable::Unreadable);
             }
             slot.building = true;
         }
@@ -541,19 +576,13 @@ impl Unwinder {
         if !w.contains(&pid) {
             w.push(pid);
         }
-        false
+        Err(NoTable::Building)
     }
 
-    /// Builds and loads the binary's table on this thread; false if it has
-    /// none (no CFI, not x86-64, over budget).
-    fn ensure_now(&mut self, sampler: &Sampler, key: FileKey, file: &File) -> bool {
-        if let Some(s) = self.slots.get(&key) {
-            if s.id != 0 {
-                return true;
-            }
-            if s.failed || s.building {
-                return false;
-            }
+    /// Builds and loads the binary's table on this thread.
+    fn ensure_now(&mut self, sampler: &Sampler, key: FileKey, file: &File) -> Loaded {
+        if let Some(state) = self.slots.get(&key).and_then(Slot::state) {
+            return state;
         }
         let t0 = Instant::now();
         let built = Table::build(file);
@@ -567,15 +596,15 @@ impl Unwinder {
         key: FileKey,
         built: anyhow::Result<Table>,
         took: Duration,
-    ) -> bool {
+    ) -> Loaded {
         self.stats.built += 1;
         self.stats.build_time += took;
         let table = match built {
             Ok(t) if !t.rows.is_empty() => t,
             _ => {
-                self.stats.failed += 1;
+                self.stats.no_cfi += 1;
                 self.mark_failed(key);
-                return false;
+                return Err(NoTable::NoCfi);
             }
         };
         let need = table.bytes();
@@ -584,12 +613,23 @@ impl Unwinder {
         }
         if self.stats.bytes + need > self.budget {
             self.stats.over_budget += 1;
-            return false;
+            if let Some(s) = self.slots.get_mut(&key) {
+                s.building = false;
+            }
+            return Err(NoTable::OverBudget);
         }
-        let Some((id, handle)) = self.load(sampler, &table) else {
-            self.stats.failed += 1;
-            self.mark_failed(key);
-            return false;
+        let (id, handle) = match self.load(sampler, &table) {
+            Ok(loaded) => loaded,
+            Err(why) => {
+                self.stats.load_failed += 1;
+                self.mark_failed(key);
+                if self.stats.load_failed == 1 {
+                    eprintln!(
+                        "ember: the kernel refused an unwind table ({why}); those binaries are walked with frame pointers"
+                    );
+                }
+                return Err(NoTable::LoadFailed);
+            }
         };
         self.stats.tables += 1;
         self.stats.rows += table.rows.len() as u64;
@@ -597,10 +637,11 @@ impl Unwinder {
         self.stats.peak_bytes = self.stats.peak_bytes.max(self.stats.bytes);
         let slot = self.slots.entry(key).or_insert_with(Slot::empty);
         slot.id = id;
+        slot.building = false;
         // The rows are in the kernel now; keep only where they apply.
         slot.table = Some(table.placement());
         slot.handle = Some(handle);
-        true
+        Ok(())
     }
 
     // A binary without usable CFI is remembered so it is not re-read.
@@ -627,7 +668,7 @@ impl Unwinder {
         }
     }
 
-    fn load(&mut self, sampler: &Sampler, table: &Table) -> Option<(u32, MapHandle)> {
+    fn load(&mut self, sampler: &Sampler, table: &Table) -> anyhow::Result<(u32, MapHandle)> {
         let opts = libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
             map_flags: libbpf_sys::BPF_F_INNER_MAP | libbpf_sys::BPF_F_MMAPABLE,
@@ -635,17 +676,25 @@ impl Unwinder {
         };
         let index = table.page_index();
         let n = (index.len() + table.rows.len()) as u32;
-        let id = self.free_ids.pop()?;
-        let handle =
-            MapHandle::create(MapType::Array, Some("ember_unwind"), 4, 8, n, &opts).ok()?;
-        let fd = handle.as_fd().as_raw_fd() as u32;
-        if !fill_mmapable(&handle, &[&index, &table.rows])
-            || abi::update(sampler.unwind_tables_map(), &id, &fd, MapFlags::ANY).is_err()
-        {
-            self.free_ids.push(id);
-            return None;
+        let id = self
+            .free_ids
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("all table ids in use"))?;
+        let loaded = MapHandle::create(MapType::Array, Some("ember_unwind"), 4, 8, n, &opts)
+            .map_err(anyhow::Error::from)
+            .and_then(|handle| {
+                fill_mmapable(&handle, &[&index, &table.rows])?;
+                let fd = handle.as_fd().as_raw_fd() as u32;
+                abi::update(sampler.unwind_tables_map(), &id, &fd, MapFlags::ANY)?;
+                Ok(handle)
+            });
+        match loaded {
+            Ok(handle) => Ok((id, handle)),
+            Err(e) => {
+                self.free_ids.push(id);
+                Err(e)
+            }
         }
-        Some((id, handle))
     }
 
     /// Counters.
@@ -657,10 +706,10 @@ impl Unwinder {
 /// Fills an mmapable array of u64 with `parts` back to back, through a
 /// shared mapping: a memcpy instead of the kernel copying row by row (the
 /// per-row batch update was about 17% of a short `record --all`'s CPU).
-fn fill_mmapable(map: &impl AsFd, parts: &[&[u64]]) -> bool {
+fn fill_mmapable(map: &impl AsFd, parts: &[&[u64]]) -> std::io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len() * 8).sum();
     if len == 0 {
-        return true;
+        return Ok(());
     }
     // SAFETY: maps the array's value area (the kernel rounds it to pages);
     // writes stay within `len` bytes, which the array holds, and the
@@ -675,7 +724,7 @@ fn fill_mmapable(map: &impl AsFd, parts: &[&[u64]]) -> bool {
             0,
         );
         if p == libc::MAP_FAILED {
-            return false;
+            return Err(std::io::Error::last_os_error());
         }
         let mut dst = p as *mut u64;
         for part in parts {
@@ -684,7 +733,7 @@ fn fill_mmapable(map: &impl AsFd, parts: &[&[u64]]) -> bool {
         }
         libc::munmap(p, len);
     }
-    true
+    Ok(())
 }
 
 /// One binary's table, as [`survey`] reports it.
