@@ -186,30 +186,44 @@ pub fn format_size(b: u64) -> String {
 /// `store.retention = "24h"`) and checks it is within `min..=max`; every
 /// error is one sentence naming the subject and the accepted range.
 pub fn duration_in(subject: &str, raw: &str, min: Duration, max: Duration) -> Result<Duration> {
-    let range = format!("use {} to {}", format_duration(min), format_duration(max));
-    match parse_duration(raw) {
-        Ok(d) if (min..=max).contains(&d) => Ok(d),
-        Ok(_) | Err(ParseError::TooLarge) => bail!("{subject} is out of range; {range}"),
-        Err(ParseError::Zero) => bail!("{subject} must be greater than zero; {range}"),
-        Err(ParseError::Syntax) => bail!(
-            "{subject} is not a valid duration; use a number with a unit (ms, s, m, h or d) such as 30s, 2m, 1h or 500ms, from {} to {}",
-            format_duration(min),
-            format_duration(max)
-        ),
-    }
+    value_in(
+        subject,
+        parse_duration(raw),
+        (min, max),
+        format_duration,
+        "is not a valid duration; use a number with a unit (ms, s, m, h or d) such as 30s, 2m, 1h or 500ms",
+    )
 }
 
 /// [`duration_in`] for sizes (`queue.max_size = "64MiB"`).
 pub fn size_in(subject: &str, raw: &str, min: u64, max: u64) -> Result<u64> {
-    let range = format!("use {} to {}", format_size(min), format_size(max));
-    match parse_size(raw) {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
+    value_in(
+        subject,
+        parse_size(raw),
+        (min, max),
+        format_size,
+        "is not a size; use a number with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB) such as 64MiB or 1GiB",
+    )
+}
+
+/// Checks a parsed value against its range, with one error sentence per
+/// way it can be wrong.
+fn value_in<T: PartialOrd + Copy>(
+    subject: &str,
+    parsed: std::result::Result<T, ParseError>,
+    (min, max): (T, T),
+    format: fn(T) -> String,
+    syntax: &str,
+) -> Result<T> {
+    let range = format!("use {} to {}", format(min), format(max));
+    match parsed {
+        Ok(v) if min <= v && v <= max => Ok(v),
         Ok(_) | Err(ParseError::TooLarge) => bail!("{subject} is out of range; {range}"),
         Err(ParseError::Zero) => bail!("{subject} must be greater than zero; {range}"),
         Err(ParseError::Syntax) => bail!(
-            "{subject} is not a size; use a number with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB) such as 64MiB or 1GiB, from {} to {}",
-            format_size(min),
-            format_size(max)
+            "{subject} {syntax}, from {} to {}",
+            format(min),
+            format(max)
         ),
     }
 }
