@@ -384,7 +384,7 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
     let settings = c.validate()?;
     if a.check_config {
         // Header values may be credentials: never printed.
-        print!("{}", toml::to_string_pretty(&settings.raw.redacted())?);
+        print!("{}", settings.redacted_toml()?);
         eprintln!("ember: the configuration is valid");
         return Ok(());
     }

@@ -214,13 +214,21 @@ impl Default for SamplerConfig {
     }
 }
 
-/// The config with every value parsed and checked.
+/// The config with every value parsed and checked: what the agent runs
+/// with. The config as written is kept only for [`Settings::redacted_toml`].
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The config as written (for `--check-config`).
-    pub raw: Config,
+    raw: Config,
+    /// Samples per second per CPU.
+    pub frequency: u64,
     /// Window length.
     pub window: Duration,
+    /// Capture kernel stacks.
+    pub kernel_stacks: bool,
+    /// Directory of stored windows; `None` when local history is disabled
+    /// (`store.dir` empty).
+    pub store_dir: Option<PathBuf>,
     /// Store retention by age.
     pub retention: Duration,
     /// Store size bound in bytes.
@@ -235,15 +243,104 @@ pub struct Settings {
     pub node: String,
     /// Compiled relabel rules.
     pub rules: Vec<super::relabel::Rule>,
-    /// Per-backend request timeouts.
-    pub push_timeouts: Vec<Duration>,
-    /// Per-backend `Authorization` header values (read from the files at
-    /// validation, so what was checked is what is sent).
-    pub push_auth: Vec<Option<Secret>>,
+    /// The push backends, in config order.
+    pub push: Vec<PushTarget>,
+    /// Count-map entries per generation.
+    pub count_map_size: u32,
+    /// Stack-map entries per generation.
+    pub stack_map_size: u32,
     /// Walk user stacks with unwind tables.
     pub unwind_tables: bool,
     /// Unwind table memory bound in bytes.
     pub unwind_memory: u64,
+}
+
+impl Settings {
+    /// The config as written, with inline secrets and URL user information
+    /// redacted ([`Config::redacted`]), as TOML: what `--check-config`
+    /// prints.
+    pub fn redacted_toml(&self) -> Result<String> {
+        toml::to_string_pretty(&self.raw.redacted())
+            .map_err(|e| anyhow::anyhow!("cannot show the configuration as TOML ({e})"))
+    }
+}
+
+/// The protocol of a push backend (`kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    /// `pyroscope`: Pyroscope's Connect `Push` API.
+    Pyroscope,
+    /// `pyroscope-ingest`: Pyroscope's `/ingest` API.
+    PyroscopeIngest,
+    /// `parca`: Parca's gRPC `WriteRaw`, over h2c or TLS.
+    Parca,
+    /// `parca-json`: Parca's grpc-gateway `/api/profiles/writeraw`.
+    ParcaJson,
+}
+
+impl PushKind {
+    /// The kind named `name` in the config, if there is one.
+    pub fn parse(name: &str) -> Option<PushKind> {
+        [
+            PushKind::Pyroscope,
+            PushKind::PyroscopeIngest,
+            PushKind::Parca,
+            PushKind::ParcaJson,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
+    /// The name the config uses for this kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            PushKind::Pyroscope => "pyroscope",
+            PushKind::PyroscopeIngest => "pyroscope-ingest",
+            PushKind::Parca => "parca",
+            PushKind::ParcaJson => "parca-json",
+        }
+    }
+}
+
+/// One `[[push]]` backend, checked. `Debug` shows the URL redacted and
+/// header values as `<redacted>`.
+#[derive(Clone)]
+pub struct PushTarget {
+    /// The protocol.
+    pub kind: PushKind,
+    /// Base URL as written: http(s), with a host, without user information,
+    /// query or fragment.
+    pub url: String,
+    /// `url`, parsed.
+    pub uri: hyper::Uri,
+    /// `X-Scope-OrgID` tenant.
+    pub tenant: Option<String>,
+    /// Extra request headers (values may be credentials).
+    pub headers: Vec<(String, Secret)>,
+    /// PEM file of extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// The `Authorization` value sent (read from the credential files at
+    /// validation, so what was checked is what is sent).
+    pub auth: Option<Secret>,
+    /// Gzip request bodies where the protocol allows it.
+    pub gzip: bool,
+}
+
+impl std::fmt::Debug for PushTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushTarget")
+            .field("kind", &self.kind)
+            .field("url", &crate::util::redact_url(&self.url))
+            .field("tenant", &self.tenant)
+            .field("headers", &self.headers)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("auth", &self.auth)
+            .field("gzip", &self.gzip)
+            .finish()
+    }
 }
 
 /// Largest config file read.
@@ -408,15 +505,16 @@ fn read_secret(n: usize, key: &str, path: &std::path::Path, token: bool) -> Resu
 }
 
 impl PushConfig {
-    /// Checks one backend and returns the `Authorization` value it sends.
-    fn validate(&self, n: usize) -> Result<Option<Secret>> {
+    /// Checks backend number `n` (counted from 1) and returns what the
+    /// pusher sends with, credential files read.
+    fn validate(&self, n: usize) -> Result<PushTarget> {
         use base64::Engine as _;
-        if !["pyroscope", "pyroscope-ingest", "parca", "parca-json"].contains(&self.kind.as_str()) {
+        let Some(kind) = PushKind::parse(&self.kind) else {
             bail!(
                 "push #{n}: kind = {} is unknown; use pyroscope, pyroscope-ingest, parca or parca-json",
                 crate::util::quote(&self.kind)
             );
-        }
+        };
         let shown = crate::util::quote(&crate::util::redact_url(&self.url));
         let uri: hyper::Uri = self
             .url
@@ -496,7 +594,26 @@ impl PushConfig {
         } else {
             None
         };
-        Ok(auth.map(Secret))
+        let timeout = duration_key(
+            &format!("push #{n} timeout"),
+            &self.timeout,
+            limits::PUSH_TIMEOUT,
+        )?;
+        Ok(PushTarget {
+            kind,
+            url: self.url.clone(),
+            uri,
+            tenant: self.tenant.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Secret(v.clone())))
+                .collect(),
+            ca_file: self.ca_file.clone(),
+            timeout,
+            auth: auth.map(Secret),
+            gzip: self.gzip,
+        })
     }
 }
 
@@ -552,27 +669,21 @@ impl Config {
             &self.sampler.unwind_memory,
             limits::UNWIND_MEMORY,
         )?;
-        let mut push_timeouts = Vec::new();
-        let mut push_auth = Vec::new();
-        for (i, p) in self.push.iter().enumerate() {
-            let n = i + 1;
-            push_auth.push(p.validate(n)?);
-            push_timeouts.push(duration_key(
-                &format!("push #{n} timeout"),
-                &p.timeout,
-                limits::PUSH_TIMEOUT,
-            )?);
-        }
-        let rules = self
-            .relabel
+        let push = self
+            .push
             .iter()
             .enumerate()
-            .map(|(i, r)| super::relabel::Rule::compile(r, i + 1).map_err(|e| anyhow::anyhow!(e)))
+            .map(|(i, p)| p.validate(i + 1))
             .collect::<Result<Vec<_>>>()?;
+        let rules = super::relabel::compile_all(&self.relabel)?;
         let node = self.node.clone().unwrap_or_else(crate::util::hostname);
+        let store_dir = (!self.store.dir.as_os_str().is_empty()).then(|| self.store.dir.clone());
         Ok(Settings {
             raw: self.clone(),
+            frequency: self.frequency,
             window,
+            kernel_stacks: self.kernel,
+            store_dir,
             retention,
             store_max_bytes,
             queue_max_bytes,
@@ -580,8 +691,9 @@ impl Config {
             http_access,
             node,
             rules,
-            push_timeouts,
-            push_auth,
+            push,
+            count_map_size: self.sampler.count_map_size,
+            stack_map_size: self.sampler.stack_map_size,
             unwind_tables,
             unwind_memory,
         })
@@ -640,6 +752,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("queue.max_size"));
+    }
+
+    #[test]
+    fn settings_carry_typed_values() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.store_dir, Some(PathBuf::from("/var/lib/ember")));
+        assert_eq!((s.frequency, s.kernel_stacks), (19, true));
+        assert_eq!((s.count_map_size, s.stack_map_size), (8192, 4096));
+        assert!(s.push.is_empty());
+        let c = parse(
+            "frequency = 49\nkernel = false\n[store]\ndir = \"\"\n[sampler]\nstack_map_size = 2048\n\
+             [[push]]\nkind = \"parca-json\"\nurl = \"https://p:7070/\"\ntimeout = \"3s\"\n\
+             headers = { \"x-key\" = \"hunter2\" }\ngzip = false",
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.store_dir, None, "an empty store.dir disables the store");
+        assert_eq!(
+            (s.frequency, s.kernel_stacks, s.stack_map_size),
+            (49, false, 2048)
+        );
+        let p = &s.push[0];
+        assert_eq!(p.kind, PushKind::ParcaJson);
+        assert_eq!(PushKind::parse(p.kind.name()), Some(p.kind));
+        assert_eq!(p.uri.host(), Some("p"));
+        assert_eq!((p.timeout, p.gzip), (Duration::from_secs(3), false));
+        assert_eq!(p.headers[0].0, "x-key");
+        assert_eq!(p.headers[0].1.expose(), "hunter2");
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "Debug shows a header value"
+        );
+        let shown = s.redacted_toml().unwrap();
+        assert_eq!(shown, toml::to_string_pretty(&c.redacted()).unwrap());
+        assert!(shown.contains("x-key = \"<redacted>\"") && !shown.contains("hunter2"));
     }
 
     fn push_err(extra: &str) -> String {

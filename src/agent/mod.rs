@@ -174,14 +174,9 @@ fn cstr(raw: &[u8; 16]) -> String {
 /// Opens the store (indexing what it holds on a thread of its own) and
 /// the state the sampler, HTTP and push threads share.
 fn open_shared(s: &Settings) -> Result<Arc<Shared>> {
-    let store = if s.raw.store.dir.as_os_str().is_empty() {
-        None
-    } else {
-        Some(store::Store::open(
-            &s.raw.store.dir,
-            s.retention,
-            s.store_max_bytes,
-        )?)
+    let store = match &s.store_dir {
+        None => None,
+        Some(dir) => Some(store::Store::open(dir, s.retention, s.store_max_bytes)?),
     };
     let shared = Arc::new(Shared {
         metrics: Metrics::default(),
@@ -218,12 +213,12 @@ pub fn run(s: Settings) -> Result<()> {
 
     let mut cap = Capture::start(&CaptureConfig {
         sample: sample::Config {
-            frequency: s.raw.frequency,
+            frequency: s.frequency,
             event: sample::Event::CpuClock,
             targets: Targets::All,
-            kernel_stacks: s.raw.kernel,
-            count_map_entries: s.raw.sampler.count_map_size,
-            stack_map_entries: s.raw.sampler.stack_map_size,
+            kernel_stacks: s.kernel_stacks,
+            count_map_entries: s.count_map_size,
+            stack_map_entries: s.stack_map_size,
             unwind_tables: s.unwind_tables,
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
@@ -236,7 +231,7 @@ pub fn run(s: Settings) -> Result<()> {
     };
     eprintln!(
         "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
-        s.raw.frequency,
+        s.frequency,
         s.window.as_secs(),
         shared
             .store
@@ -247,10 +242,10 @@ pub fn run(s: Settings) -> Result<()> {
             .map(|a| format!(", http://{a}"))
             .unwrap_or_default()
     );
-    let per_second = (s.raw.frequency * cap.sampler().cpus() as u64).max(1);
+    let per_second = (s.frequency * cap.sampler().cpus() as u64).max(1);
     let drain_every = DRAIN_EVERY
         .min(Duration::from_secs_f64(
-            s.raw.sampler.stack_map_size as f64 / 2.0 / per_second as f64,
+            s.stack_map_size as f64 / 2.0 / per_second as f64,
         ))
         .max(Duration::from_secs(1));
     shared
@@ -421,7 +416,7 @@ impl Sink<'_> {
             let opts = BuildOptions {
                 start,
                 duration,
-                frequency: s.raw.frequency,
+                frequency: s.frequency,
                 target: format!("{target} on {}", s.node),
             };
             let mut p = profile::build_entries(&entries, &agg.stacks, procs, sym, &opts);
@@ -484,7 +479,7 @@ impl Sink<'_> {
             let opts = BuildOptions {
                 start: r.started,
                 duration: r.started.elapsed().unwrap_or_default(),
-                frequency: s.raw.frequency,
+                frequency: s.frequency,
                 target: what,
             };
             let (procs, sym) = cap.naming();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
-use super::config::{PushConfig, Secret, Settings};
+use super::config::{PushKind as Kind, PushTarget, Settings};
 use super::metrics::PushMetrics;
 use super::Shared;
 use crate::profile::pprof;
@@ -113,14 +113,6 @@ const MAX_REDIRECTS: u64 = 3;
 /// Characters of backend text (bodies, messages, errors) in one log line.
 const LOGGED_CHARS: usize = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Pyroscope,
-    PyroscopeIngest,
-    Parca,
-    ParcaJson,
-}
-
 struct Item {
     uri: String,
     body: Bytes,
@@ -129,13 +121,12 @@ struct Item {
 
 struct Backend {
     kind: Kind,
-    cfg: PushConfig,
+    /// The backend's checked config, credentials read.
+    cfg: PushTarget,
     /// `kind url` with the URL redacted: what logs and metrics show.
     name: String,
     /// Scheme and authority of the configured URL: credentials go only there.
     origin: (String, String),
-    timeout: Duration,
-    auth: Option<Secret>,
     queue: Mutex<VecDeque<Item>>,
     queued_bytes: Mutex<u64>,
     notify: tokio::sync::Notify,
@@ -153,37 +144,23 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Prepares the backends (reading credentials now, so a missing file is
-    /// a start-up error). Nothing is sent until [`Pusher::run`].
+    /// Prepares the backends (credentials were read by
+    /// [`Config::validate`](super::config::Config::validate), so a missing
+    /// file is a start-up error). Nothing is sent until [`Pusher::run`].
     pub fn new(s: &Settings, shared: Arc<Shared>) -> Result<Pusher> {
         let mut backends = Vec::new();
         let mut metrics = Vec::new();
-        for (i, cfg) in s.raw.push.iter().enumerate() {
-            let kind = match cfg.kind.as_str() {
-                "pyroscope" => Kind::Pyroscope,
-                "pyroscope-ingest" => Kind::PyroscopeIngest,
-                "parca" => Kind::Parca,
-                _ => Kind::ParcaJson,
-            };
-            // Validated (and the credential files read) by Config::validate.
-            let auth = s.push_auth.get(i).cloned().flatten();
-            let uri: hyper::Uri = cfg
-                .url
-                .parse()
-                .with_context(|| format!("push #{}: url is not a URL", i + 1))?;
-            let origin = origin_of(&uri);
-            let name = format!("{} {}", cfg.kind, crate::util::redact_url(&cfg.url));
+        for (i, cfg) in s.push.iter().enumerate() {
+            let name = format!("{} {}", cfg.kind.name(), crate::util::redact_url(&cfg.url));
             metrics.push(PushMetrics {
                 name: name.clone(),
                 ..Default::default()
             });
             backends.push(Arc::new(Backend {
-                kind,
+                kind: cfg.kind,
                 cfg: cfg.clone(),
                 name,
-                origin,
-                timeout: s.push_timeouts[i],
-                auth,
+                origin: origin_of(&cfg.uri),
                 queue: Mutex::new(VecDeque::new()),
                 queued_bytes: Mutex::new(0),
                 notify: tokio::sync::Notify::new(),
@@ -199,7 +176,7 @@ impl Pusher {
             backends: Arc::new(backends),
             shared,
             max_bytes: s.queue_max_bytes,
-            frequency: s.raw.frequency,
+            frequency: s.frequency,
             closed: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -300,8 +277,9 @@ impl Pusher {
             };
             if self.closed.load(Ordering::SeqCst) {
                 // On shutdown, give the queue a bounded time to drain.
-                let d = *flush_deadline
-                    .get_or_insert_with(|| Instant::now() + b.timeout.max(Duration::from_secs(5)));
+                let d = *flush_deadline.get_or_insert_with(|| {
+                    Instant::now() + b.cfg.timeout.max(Duration::from_secs(5))
+                });
                 if Instant::now() > d {
                     return;
                 }
@@ -493,30 +471,26 @@ fn next_hop(
     status: StatusCode,
     loc: &str,
     followed: u64,
-) -> std::result::Result<hyper::Uri, String> {
+) -> Result<hyper::Uri> {
     let shown = crate::util::redact_url(loc);
     if !matches!(
         status,
         StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
     ) {
-        return Err(format!(
+        bail!(
             "HTTP {status} to {shown:?} is not followed (only 307 and 308 keep a POST and its body); set url to where the server lives"
-        ));
+        );
     }
     if followed >= MAX_REDIRECTS {
-        return Err(format!(
-            "HTTP {status} to {shown:?}: more than {MAX_REDIRECTS} redirects in a row"
-        ));
+        bail!("HTTP {status} to {shown:?}: more than {MAX_REDIRECTS} redirects in a row");
     }
-    match resolve_location(target, loc) {
-        None => Err(format!(
-            "HTTP {status} to {shown:?}: not an http(s) URL ember can follow"
-        )),
-        Some(u) if target.scheme_str() == Some("https") && u.scheme_str() != Some("https") => Err(
-            format!("HTTP {status} to {shown:?} is refused: it would leave https for plain http"),
-        ),
-        Some(u) => Ok(u),
+    let u = resolve_location(target, loc).ok_or_else(|| {
+        anyhow!("HTTP {status} to {shown:?}: not an http(s) URL ember can follow")
+    })?;
+    if target.scheme_str() == Some("https") && u.scheme_str() != Some("https") {
+        bail!("HTTP {status} to {shown:?} is refused: it would leave https for plain http");
     }
+    Ok(u)
 }
 
 /// The response body, at most [`MAX_RESPONSE_BYTES`] of it (the rest is
@@ -577,13 +551,13 @@ fn build_request(
     // go only to the configured scheme and host, never after a redirect
     // elsewhere.
     if origin_of(uri) == b.origin {
-        if let Some(a) = &b.auth {
+        if let Some(a) = &b.cfg.auth {
             let mut v = hyper::header::HeaderValue::from_str(a.expose())?;
             v.set_sensitive(true);
             req = req.header("authorization", v);
         }
         for (k, v) in &b.cfg.headers {
-            req = req.header(k.as_str(), v.as_str());
+            req = req.header(k.as_str(), v.expose());
         }
     }
     req.body(Full::new(body))
@@ -605,7 +579,7 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, 
                 )
             }
         };
-        let resp = match tokio::time::timeout(b.timeout, c.request(req)).await {
+        let resp = match tokio::time::timeout(b.cfg.timeout, c.request(req)).await {
             Err(_) => return (Outcome::Retry("timed out".into()), hops),
             Ok(Err(e)) => return (Outcome::Retry(error_chain(&e)), hops),
             Ok(Ok(r)) => r,
@@ -613,7 +587,7 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, 
         let status = resp.status();
         let headers = resp.headers().clone();
         let (bytes, trailers, cut) =
-            match tokio::time::timeout(b.timeout, read_capped(resp.into_body())).await {
+            match tokio::time::timeout(b.cfg.timeout, read_capped(resp.into_body())).await {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => return (Outcome::Retry(error_chain(&e)), hops),
                 Err(_) => {
@@ -638,9 +612,9 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, 
                     target = u;
                     continue;
                 }
-                Err(msg) => {
+                Err(e) => {
                     hops.refused += 1;
-                    return (Outcome::Reject(status.as_u16(), msg), hops);
+                    return (Outcome::Reject(status.as_u16(), e.to_string()), hops);
                 }
             }
         }
@@ -943,7 +917,9 @@ mod tests {
             .parse()
             .unwrap();
         let go = |status: u16, loc: &str, n: u64| {
-            next_hop(&base, StatusCode::from_u16(status).unwrap(), loc, n).map(|u| u.to_string())
+            next_hop(&base, StatusCode::from_u16(status).unwrap(), loc, n)
+                .map(|u| u.to_string())
+                .map_err(|e| e.to_string())
         };
         assert_eq!(go(307, "/b/x", 0).unwrap(), "https://pyro:4040/b/x");
         assert_eq!(

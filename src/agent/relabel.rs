@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::{anyhow, bail, Result};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -118,33 +119,30 @@ pub struct Rule {
 impl Rule {
     /// Checks and compiles one rule; `index` is the rule's number in error
     /// messages (the caller counts `[[relabel]]` tables from 1).
-    pub fn compile(cfg: &RuleConfig, index: usize) -> Result<Rule, String> {
-        let err = |msg: String| format!("relabel rule {index}: {msg}");
+    pub fn compile(cfg: &RuleConfig, index: usize) -> Result<Rule> {
         let action_name = cfg.action.as_deref().unwrap_or("replace");
-        let action = Action::parse(action_name).ok_or_else(|| {
+        let Some(action) = Action::parse(action_name) else {
             let names: Vec<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
-            err(format!(
-                "unknown action {action_name:?}; use one of {}",
+            bail!(
+                "relabel rule {index}: unknown action {action_name:?}; use one of {}",
                 names.join(", ")
-            ))
-        })?;
+            );
+        };
         let name = action.name();
 
         for s in &cfg.source_labels {
             if !is_valid_label_name(s) {
-                return Err(err(format!("source label {s:?} is not a valid label name")));
+                bail!("relabel rule {index}: source label {s:?} is not a valid label name");
             }
         }
 
         // Prometheus rejects options that an action would silently ignore,
         // because they usually mean the user picked the wrong action.
-        let set_but_unused = |fields: &[(&str, bool)]| -> Result<(), String> {
-            match fields.iter().find(|(_, set)| *set) {
-                Some((field, _)) => Err(err(format!(
-                    "action {name:?} does not use {field}, but it is set"
-                ))),
-                None => Ok(()),
+        let set_but_unused = |fields: &[(&str, bool)]| -> Result<()> {
+            if let Some((field, _)) = fields.iter().find(|(_, set)| *set) {
+                bail!("relabel rule {index}: action {name:?} does not use {field}, but it is set");
             }
+            Ok(())
         };
         let differs =
             |v: &Option<String>, default: &str| v.as_deref().is_some_and(|v| v != default);
@@ -183,15 +181,15 @@ impl Rule {
         let target_label = cfg.target_label.clone().unwrap_or_default();
         if needs_target {
             if target_label.is_empty() {
-                return Err(err(format!("action {name:?} needs target_label")));
+                bail!("relabel rule {index}: action {name:?} needs target_label");
             }
             // Only replace expands capture references in the target name, so
             // only there may the name be a template checked at apply time.
             let templated = action == Action::Replace && target_label.contains('$');
             if !templated && !is_valid_label_name(&target_label) {
-                return Err(err(format!(
-                    "target_label {target_label:?} is not a valid label name"
-                )));
+                bail!(
+                    "relabel rule {index}: target_label {target_label:?} is not a valid label name"
+                );
             }
         }
 
@@ -203,16 +201,12 @@ impl Rule {
             && !replacement.contains('$')
             && !is_valid_label_name(&replacement)
         {
-            return Err(err(format!(
-                "replacement {replacement:?} is not a valid label name"
-            )));
+            bail!("relabel rule {index}: replacement {replacement:?} is not a valid label name");
         }
 
         let modulus = cfg.modulus.unwrap_or(0);
         if action == Action::HashMod && modulus == 0 {
-            return Err(err(format!(
-                "action {name:?} needs a modulus greater than 0"
-            )));
+            bail!("relabel rule {index}: action {name:?} needs a modulus greater than 0");
         }
 
         let re = cfg.regex.as_deref().unwrap_or(DEFAULT_REGEX);
@@ -220,7 +214,12 @@ impl Rule {
         // escaping the anchoring group and meaning something else.
         let regex = Regex::new(re)
             .and_then(|_| Regex::new(&format!("^(?:{re})$")))
-            .map_err(|e| err(format!("invalid regex {re:?}: {}", regex_error(&e))))?;
+            .map_err(|e| {
+                anyhow!(
+                    "relabel rule {index}: invalid regex {re:?}: {}",
+                    regex_error(&e)
+                )
+            })?;
 
         Ok(Rule {
             source_labels: cfg.source_labels.clone(),
@@ -301,7 +300,7 @@ impl Rule {
 }
 
 /// Compiles every rule, numbering them from 1 in error messages.
-pub fn compile_all(cfgs: &[RuleConfig]) -> Result<Vec<Rule>, String> {
+pub fn compile_all(cfgs: &[RuleConfig]) -> Result<Vec<Rule>> {
     cfgs.iter()
         .enumerate()
         .map(|(i, c)| Rule::compile(c, i + 1))
@@ -446,7 +445,9 @@ mod tests {
 
     fn compile_err(toml_text: &str) -> String {
         let cfg: RuleConfig = toml::from_str(toml_text).expect("rule parses");
-        Rule::compile(&cfg, 3).expect_err("rule must not compile")
+        Rule::compile(&cfg, 3)
+            .expect_err("rule must not compile")
+            .to_string()
     }
 
     fn hex(bytes: &[u8]) -> String {

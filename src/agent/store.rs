@@ -613,7 +613,13 @@ impl Store {
     /// deleted, and only while their file is still the one indexed; nothing
     /// is deleted before the index is built. Returns how many were deleted.
     pub fn enforce_retention(&self) -> usize {
-        let now = now_ns();
+        self.enforce_retention_at(now_ns())
+    }
+
+    /// [`Store::enforce_retention`] with the age measured from `now` (ns
+    /// since the epoch) instead of the clock: a window is past retention
+    /// when it ended before `now - retention`.
+    fn enforce_retention_at(&self, now: u64) -> usize {
         let oldest = now.saturating_sub(self.retention.as_nanos().min(u64::MAX as u128) as u64);
         let victims: Vec<(Key, Indexed)> = {
             let idx = self.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -1022,5 +1028,333 @@ mod tests {
         assert!(e.contains("chmod go-w"), "{e}");
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    // Rotation, without root or BPF: windows with made-up timestamps in a
+    // private temporary directory, rotated with an explicit clock.
+
+    /// 2023-11-14T22:13:20Z, in ns: the fixed "now" of the rotation tests.
+    const T0: u64 = 1_700_000_000_000_000_000;
+    const WINDOW_NS: u64 = 15_000_000_000;
+    const HOUR_NS: u64 = 3_600_000_000_000;
+
+    /// What a test window holds: it is written from this and every read
+    /// back is checked against it.
+    #[derive(Debug, Clone)]
+    struct Spec {
+        service: String,
+        start_ns: u64,
+        leaf: String,
+        count: u64,
+        pid: u32,
+    }
+
+    impl Spec {
+        fn new(i: u64, start_ns: u64) -> Spec {
+            Spec {
+                service: format!("svc-{i}"),
+                start_ns,
+                leaf: format!("work_{i}"),
+                count: 10 + i,
+                pid: 1000 + i as u32,
+            }
+        }
+
+        /// A window of one stack, `leaf` called by `main`.
+        fn profile(&self) -> Profile {
+            use crate::profile::{FrameKind, Function, Line, Location, Sample};
+            let func = |name: &str| Function {
+                name: name.into(),
+                system_name: name.into(),
+                filename: "".into(),
+            };
+            let loc = |function: u32, address: u64| Location {
+                mapping: None,
+                address,
+                lines: vec![Line { function, line: 7 }],
+                kind: FrameKind::User,
+            };
+            Profile {
+                start: UNIX_EPOCH + Duration::from_nanos(self.start_ns),
+                duration: Duration::from_nanos(WINDOW_NS),
+                frequency: 19,
+                target: format!("{} on test", self.service),
+                labels: [("service_name".to_string(), self.service.clone())]
+                    .into_iter()
+                    .collect(),
+                mappings: Vec::new(),
+                functions: vec![func(&self.leaf), func("main")],
+                locations: vec![loc(0, 0x1010), loc(1, 0x2020)],
+                samples: vec![Sample {
+                    locations: vec![0, 1],
+                    count: self.count,
+                    pid: self.pid,
+                    tid: self.pid,
+                    comm: "worker".into(),
+                    thread_name: "worker".into(),
+                }],
+            }
+        }
+
+        fn id(&self) -> String {
+            id_of(self.key())
+        }
+
+        fn key(&self) -> Key {
+            let p = self.profile();
+            (self.start_ns, WINDOW_NS, labels_hash(&p.labels))
+        }
+
+        /// Bytes of the stored file (the store writes exactly this).
+        fn stored_len(&self) -> u64 {
+            let mut out = Vec::new();
+            pprof::write(&self.profile(), &mut out).unwrap();
+            out.len() as u64
+        }
+    }
+
+    /// A store on `dir` whose (empty or not) directory has been indexed,
+    /// as the agent has it once started.
+    fn open_indexed(dir: &Path, retention: Duration, max_bytes: u64) -> Store {
+        let store = Store::open(dir, retention, max_bytes).unwrap();
+        store.rebuild_index(&mut |w| panic!("unexpected warning: {w}"));
+        store
+    }
+
+    /// Names in `dir` that look like windows (ember's or planted).
+    fn window_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".pb.gz"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The index, the files on disk and the windows read back all say that
+    /// the store holds exactly `want`, each with the content it was
+    /// written with.
+    fn assert_store_holds(store: &Store, dir: &Path, want: &[&Spec]) {
+        let mut want: Vec<&Spec> = want.to_vec();
+        want.sort_by_key(|w| w.key());
+        let listed = store.list(0, usize::MAX);
+        let listed_ids: Vec<&str> = listed.iter().map(|e| e.id.as_str()).collect();
+        let want_ids: Vec<String> = want.iter().map(|w| w.id()).collect();
+        assert_eq!(listed_ids, want_ids, "the index lists other windows");
+        assert_eq!(store.indexed(), want.len());
+        let on_disk: Vec<String> = window_files(dir)
+            .into_iter()
+            .filter(|n| want_ids.iter().any(|id| *n == format!("{id}.pb.gz")))
+            .collect();
+        assert_eq!(on_disk.len(), want.len(), "indexed windows missing on disk");
+        for (e, w) in listed.iter().zip(&want) {
+            let path = dir.join(format!("{}.pb.gz", e.id));
+            let disk = std::fs::read(&path).unwrap();
+            assert_eq!(e.bytes, disk.len() as u64, "{}: indexed size", e.id);
+            assert_eq!((e.start_ns, e.duration_ns), (w.start_ns, WINDOW_NS));
+            assert_eq!(e.labels.get("service_name"), Some(&w.service));
+            let served = store.read_window(&e.id).expect("an indexed window reads");
+            assert_eq!(served, disk, "{}: served bytes differ from the file", e.id);
+            let p = pprof::read_profile(&served).unwrap();
+            assert_eq!(p.labels.get("service_name"), Some(&w.service));
+            assert_eq!(p.samples.len(), 1, "{}", e.id);
+            let s = &p.samples[0];
+            assert_eq!((s.count, s.pid), (w.count, w.pid), "{}", e.id);
+            let frames: Vec<&str> = s
+                .locations
+                .iter()
+                .map(|&l| &*p.functions[p.locations[l as usize].lines[0].function as usize].name)
+                .collect();
+            assert_eq!(frames, [w.leaf.as_str(), "main"], "{}", e.id);
+            assert_eq!(
+                p.start.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
+                w.start_ns
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_past_the_size_bound_deletes_the_oldest_windows_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        // Ten windows a minute apart, all well inside retention.
+        let specs: Vec<Spec> = (0..10)
+            .map(|i| Spec::new(i, T0 - HOUR_NS + i * 60_000_000_000))
+            .collect();
+        let sizes: Vec<u64> = specs.iter().map(Spec::stored_len).collect();
+        // Room for the newest four and all but one byte of the fifth.
+        let newest4: u64 = sizes[6..].iter().sum();
+        let bound = newest4 + sizes[5] - 1;
+        let store = open_indexed(&dir, Duration::from_secs(24 * 3600), bound);
+        for w in &specs {
+            store.write(&w.profile()).unwrap();
+        }
+        assert_store_holds(&store, &dir, &specs.iter().collect::<Vec<_>>());
+
+        assert_eq!(store.enforce_retention_at(T0), 6);
+        let kept: Vec<&Spec> = specs[6..].iter().collect();
+        assert_store_holds(&store, &dir, &kept);
+        let total: u64 = store.list(0, usize::MAX).iter().map(|e| e.bytes).sum();
+        assert_eq!(total, newest4);
+        assert!(total <= bound);
+        assert_eq!(window_files(&dir).len(), 4, "deleted windows left files");
+
+        // Within the bound nothing more goes; one more window pushes out
+        // exactly the oldest remaining one.
+        assert_eq!(store.enforce_retention_at(T0), 0);
+        // A window a little larger than the deleted fifth (so it does not
+        // fit beside the four) but smaller than the fifth and sixth
+        // together (so one deletion makes room).
+        let mut next = Spec::new(10, T0 - HOUR_NS + 10 * 60_000_000_000);
+        next.leaf.push_str("_with_a_longer_name");
+        let n = next.stored_len();
+        assert!(sizes[5] <= n && n < sizes[5] + sizes[6], "{n} {sizes:?}");
+        store.write(&next.profile()).unwrap();
+        assert_eq!(store.enforce_retention_at(T0), 1);
+        let kept: Vec<&Spec> = specs[7..].iter().chain([&next]).collect();
+        assert_store_holds(&store, &dir, &kept);
+    }
+
+    #[test]
+    fn rotation_deletes_windows_older_than_retention_by_the_given_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let store = open_indexed(&dir, Duration::from_secs(3600), 1 << 30);
+        // By their end: two hours before T0, one ns past the one-hour
+        // retention, exactly at it, and ten minutes before T0.
+        let end = |ago: u64| T0 - ago - WINDOW_NS;
+        let specs = [
+            Spec::new(0, end(2 * HOUR_NS)),
+            Spec::new(1, end(HOUR_NS + 1)),
+            Spec::new(2, end(HOUR_NS)),
+            Spec::new(3, end(600_000_000_000)),
+        ];
+        for w in &specs {
+            store.write(&w.profile()).unwrap();
+        }
+        assert_eq!(store.enforce_retention_at(T0), 2);
+        assert_store_holds(&store, &dir, &[&specs[2], &specs[3]]);
+        assert_eq!(window_files(&dir).len(), 2);
+
+        // The clock moves on: one ns later the window at the limit is past it.
+        assert_eq!(store.enforce_retention_at(T0 + 1), 1);
+        assert_store_holds(&store, &dir, &[&specs[3]]);
+        // And a fresh index of the directory agrees.
+        let again = open_indexed(&dir, Duration::from_secs(3600), 1 << 30);
+        assert_store_holds(&again, &dir, &[&specs[3]]);
+        assert_eq!(again.enforce_retention_at(T0 + 2 * HOUR_NS), 1);
+        assert_store_holds(&again, &dir, &[]);
+        assert!(window_files(&dir).is_empty());
+    }
+
+    #[test]
+    fn after_rotation_a_fresh_index_of_the_directory_matches_the_live_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let specs: Vec<Spec> = (0..8)
+            .map(|i| Spec::new(i, T0 - 4 * HOUR_NS + i * HOUR_NS / 2))
+            .collect();
+        // Retention keeps the windows that ended in the last 2 h (4..8);
+        // the size bound then keeps the newest three of those.
+        let bound: u64 = specs[5..].iter().map(Spec::stored_len).sum();
+        let store = open_indexed(&dir, Duration::from_secs(2 * 3600), bound);
+        for w in &specs {
+            store.write(&w.profile()).unwrap();
+        }
+        assert_eq!(store.enforce_retention_at(T0), 5);
+        let kept: Vec<&Spec> = specs[5..].iter().collect();
+        assert_store_holds(&store, &dir, &kept);
+        let live: Vec<(String, u64)> = store
+            .list(0, usize::MAX)
+            .into_iter()
+            .map(|e| (e.id, e.bytes))
+            .collect();
+        let fresh = open_indexed(&dir, Duration::from_secs(2 * 3600), bound);
+        let rebuilt: Vec<(String, u64)> = fresh
+            .list(0, usize::MAX)
+            .into_iter()
+            .map(|e| (e.id, e.bytes))
+            .collect();
+        assert_eq!(rebuilt, live);
+        assert_store_holds(&fresh, &dir, &kept);
+        assert_eq!(fresh.enforce_retention_at(T0), 0);
+    }
+
+    #[test]
+    fn rotation_neither_follows_nor_deletes_symlinks_or_foreign_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let store = open_indexed(&dir, Duration::from_secs(3600), 1 << 30);
+        let old = |i: u64| Spec::new(i, T0 - 5 * HOUR_NS + i * WINDOW_NS);
+        let (mine, swapped, fresh) = (old(0), old(1), Spec::new(2, T0 - WINDOW_NS));
+        for w in [&mine, &swapped, &fresh] {
+            store.write(&w.profile()).unwrap();
+        }
+
+        // After indexing, an attacker swaps one of ember's old windows for
+        // a symlink to a file elsewhere (the window itself, moved out).
+        let swapped_name = format!("{}.pb.gz", swapped.id());
+        let moved = outside.join(&swapped_name);
+        std::fs::rename(dir.join(&swapped_name), &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, dir.join(&swapped_name)).unwrap();
+        // And plants, under old window names: a symlink to a precious file,
+        // a regular file that is not ember's, and a file of another name.
+        let precious = outside.join("precious");
+        std::fs::write(&precious, b"keep me").unwrap();
+        let link_name = file_name((T0 - 6 * HOUR_NS, WINDOW_NS, 1));
+        std::os::unix::fs::symlink(&precious, dir.join(&link_name)).unwrap();
+        let foreign_name = file_name((T0 - 6 * HOUR_NS, WINDOW_NS, 2));
+        std::fs::write(dir.join(&foreign_name), b"someone else's").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"not a window").unwrap();
+
+        assert!(
+            store.read_window(&swapped.id()).is_none(),
+            "a symlink was followed"
+        );
+        // Both old windows are past retention; only the one still ember's
+        // own file is deleted, the symlink in place of the other is left.
+        assert_eq!(store.enforce_retention_at(T0), 1);
+        assert!(!dir.join(format!("{}.pb.gz", mine.id())).exists());
+        assert!(std::fs::symlink_metadata(dir.join(&swapped_name))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            pprof::read_profile(&std::fs::read(&moved).unwrap())
+                .unwrap()
+                .samples[0]
+                .count,
+            swapped.count,
+            "the symlink's target was changed"
+        );
+        assert_store_holds(&store, &dir, &[&fresh]);
+
+        // A fresh agent on the directory skips every planted file (the
+        // symlinks as not regular, the other as foreign) and, even with
+        // everything past retention, deletes only its own window.
+        let again = Store::open(&dir, Duration::from_secs(3600), 1 << 30).unwrap();
+        let mut warnings = Vec::new();
+        again.rebuild_index(&mut |w| warnings.push(w));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert_eq!(again.skipped(SkipReason::NotRegular), 2);
+        assert_eq!(again.skipped(SkipReason::Unreadable), 1);
+        assert_store_holds(&again, &dir, &[&fresh]);
+        assert_eq!(again.enforce_retention_at(T0 + 10 * HOUR_NS), 1);
+        assert_store_holds(&again, &dir, &[]);
+        assert_eq!(
+            window_files(&dir),
+            {
+                let mut v = vec![swapped_name, link_name, foreign_name];
+                v.sort();
+                v
+            },
+            "a planted file was deleted"
+        );
+        assert!(dir.join("notes.txt").exists());
+        assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+        assert!(moved.exists());
     }
 }
