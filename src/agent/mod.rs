@@ -229,6 +229,62 @@ pub fn run(s: Settings) -> Result<()> {
         pusher: &pusher,
         targeting: Targeting::default(),
     };
+    announce(&s, &shared);
+    let drain_every = drain_interval(&s, cap.sampler().cpus());
+    shared
+        .metrics
+        .bpf_map_bytes
+        .store(cap.sampler().map_memory_bytes(), Ordering::Relaxed);
+    let mut tick = Aggregate::default();
+    let mut window = Window::begin();
+    // Labels are read as each process appears, while it lives; exec
+    // refreshes them.
+    let learn = |t: &mut Targeting, e: sample::ProcessEvent| t.learn(e.pid, &s);
+    loop {
+        // Events wake the wait at once; its limit paces the drains and
+        // wakes the loop in time to cut the window on schedule.
+        let until_cut = s.window.saturating_sub(window.began.elapsed());
+        cap.wait(MAX_WAIT.min(until_cut), &mut |e| {
+            learn(&mut sink.targeting, e)
+        });
+        let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
+        let cut = stopping || window.began.elapsed() >= s.window;
+        let t0 = Instant::now();
+        let drained = if stopping {
+            cap.finish(&mut tick, &mut |e| learn(&mut sink.targeting, e))?;
+            true
+        } else if cut {
+            cap.drain(&mut tick)?;
+            true
+        } else {
+            let live = sink.live_waiting();
+            cap.drain_if_due(&mut tick, if live { LIVE_DRAIN } else { drain_every })?
+        };
+        if drained {
+            sink.drained(&tick, t0.elapsed(), &mut cap, stopping);
+            window.agg.merge_from(&tick);
+            tick.clear();
+        }
+        if cut {
+            sink.cut_window(&window.agg, window.start, window.began.elapsed(), &mut cap);
+            window.restart();
+            sink.housekeeping(&mut cap);
+        }
+        if stopping {
+            break;
+        }
+    }
+    eprintln!("ember agent: stopping; flushing the push queue");
+    pusher.close();
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.stopped.notify_one();
+    let _ = io_thread.join();
+    Ok(())
+}
+
+/// The one line the agent logs at start: what it samples and where its
+/// profiles go.
+fn announce(s: &Settings, shared: &Shared) {
     eprintln!(
         "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
         s.frequency,
@@ -242,79 +298,42 @@ pub fn run(s: Settings) -> Result<()> {
             .map(|a| format!(", http://{a}"))
             .unwrap_or_default()
     );
-    let per_second = (s.frequency * cap.sampler().cpus() as u64).max(1);
-    let drain_every = DRAIN_EVERY
+}
+
+/// How often the kernel maps are drained: every [`DRAIN_EVERY`], or
+/// sooner when half the stack map would fill first at the full sample
+/// rate; at least every second.
+fn drain_interval(s: &Settings, cpus: usize) -> Duration {
+    let per_second = (s.frequency * cpus as u64).max(1);
+    DRAIN_EVERY
         .min(Duration::from_secs_f64(
             s.stack_map_size as f64 / 2.0 / per_second as f64,
         ))
-        .max(Duration::from_secs(1));
-    shared
-        .metrics
-        .bpf_map_bytes
-        .store(cap.sampler().map_memory_bytes(), Ordering::Relaxed);
-    let (mut tick, mut window) = (Aggregate::default(), Aggregate::default());
-    let (mut window_start, mut window_began) = (SystemTime::now(), Instant::now());
-    // Labels are read as each process appears, while it lives; exec
-    // refreshes them.
-    let learn = |t: &mut Targeting, e: sample::ProcessEvent| t.learn(e.pid, &s);
-    loop {
-        // Events wake the wait at once; its limit paces the drains and
-        // wakes the loop in time to cut the window on schedule.
-        let until_cut = s.window.saturating_sub(window_began.elapsed());
-        cap.wait(MAX_WAIT.min(until_cut), &mut |e| {
-            learn(&mut sink.targeting, e)
-        });
-        let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
-        let cut = stopping || window_began.elapsed() >= s.window;
-        let live_waiting = !shared
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
-        let t0 = Instant::now();
-        let drained = if stopping {
-            cap.finish(&mut tick, &mut |e| learn(&mut sink.targeting, e))?;
-            true
-        } else if cut {
-            cap.drain(&mut tick)?;
-            true
-        } else {
-            cap.drain_if_due(
-                &mut tick,
-                if live_waiting {
-                    LIVE_DRAIN
-                } else {
-                    drain_every
-                },
-            )?
-        };
-        if drained {
-            let m = &shared.metrics;
-            m.drain_ns
-                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            m.drains.fetch_add(1, Ordering::Relaxed);
-            window.merge_from(&tick);
-            sink.serve_live(&tick, &mut cap, stopping);
-            tick.clear();
-            update_kernel_metrics(m, cap.sampler());
-        }
-        if cut {
-            sink.cut_window(&window, window_start, window_began.elapsed(), &mut cap);
-            window.clear();
-            window_start = SystemTime::now();
-            window_began = Instant::now();
-            sink.housekeeping(&mut cap);
-        }
-        if stopping {
-            break;
+        .max(Duration::from_secs(1))
+}
+
+/// The window being collected.
+struct Window {
+    agg: Aggregate,
+    start: SystemTime,
+    began: Instant,
+}
+
+impl Window {
+    fn begin() -> Window {
+        Window {
+            agg: Aggregate::default(),
+            start: SystemTime::now(),
+            began: Instant::now(),
         }
     }
-    eprintln!("ember agent: stopping; flushing the push queue");
-    pusher.close();
-    shared.stop.store(true, Ordering::SeqCst);
-    shared.stopped.notify_one();
-    let _ = io_thread.join();
-    Ok(())
+
+    /// Starts the next window, keeping the aggregate's allocations.
+    fn restart(&mut self) {
+        self.agg.clear();
+        self.start = SystemTime::now();
+        self.began = Instant::now();
+    }
 }
 
 fn update_symbolizer_metrics(m: &Metrics, st: &crate::symbolize::SymStats) {
@@ -353,6 +372,27 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// Whether live requests wait for samples (they are drained sooner).
+    fn live_waiting(&self) -> bool {
+        !self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// After each drain: its cost and the kernel counters in the metrics,
+    /// its samples to the live requests.
+    fn drained(&mut self, tick: &Aggregate, took: Duration, cap: &mut Capture, all_due: bool) {
+        let m = &self.shared.metrics;
+        m.drain_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        m.drains.fetch_add(1, Ordering::Relaxed);
+        self.serve_live(tick, cap, all_due);
+        update_kernel_metrics(&self.shared.metrics, cap.sampler());
+    }
+
     /// After each window: forgets exited processes (symbols, labels,
     /// unwind tables), releases idle parsed binaries and freed heap,
     /// updates the gauges and applies the store's retention.
