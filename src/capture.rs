@@ -19,6 +19,7 @@ use anyhow::Result;
 
 use crate::aggregate::{Aggregate, DrainStats, Drainer};
 use crate::process::ProcessTable;
+use crate::sample::mappings::MapEvents;
 use crate::sample::{self, KernelStats, ProcessEvent, Sampler};
 use crate::symbolize::Symbolizer;
 use crate::unwind::{UnwindStats, Unwinder};
@@ -35,12 +36,17 @@ pub struct CaptureConfig {
     /// Kernel memory the unwind tables may take, in bytes; `None` walks
     /// user stacks with frame pointers only.
     pub unwind_memory: Option<u64>,
+    /// Learn processes' mappings from the kernel's mmap records as they
+    /// are made ([`sample::mappings`]), so processes that exit within
+    /// milliseconds are still named. Off, mappings come from `/proc` only.
+    pub kernel_mappings: bool,
 }
 
 /// One profiling session. Fields drop in order: the event ring buffer
 /// before the sampler it reads.
 pub struct Capture {
     events: sample::ProcessEvents,
+    maps: Option<MapEvents>,
     unw: Option<Unwinder>,
     sampler: Sampler,
     procs: ProcessTable,
@@ -55,6 +61,22 @@ impl Capture {
     /// Loads the BPF program, attaches it to every CPU and starts reading
     /// kernel symbols (when kernel stacks are on) while sampling runs.
     pub fn start(cfg: &CaptureConfig) -> Result<Capture> {
+        // The records before the sampler: every process sampled has its
+        // mappings recorded from its exec on.
+        let maps = if cfg.kernel_mappings {
+            match sample::perf::online_cpus().and_then(|cpus| MapEvents::open(&cpus)) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    eprintln!(
+                        "ember: the kernel's mapping records are unavailable ({}); processes that exit within milliseconds may lose their names",
+                        crate::export::plain_io(&e)
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let sampler = Sampler::start(&cfg.sample)?;
         let events = sampler.process_events()?;
         let mut sym = Symbolizer::new();
@@ -63,6 +85,7 @@ impl Capture {
         }
         Ok(Capture {
             events,
+            maps,
             unw: cfg.unwind_memory.map(Unwinder::new),
             sampler,
             procs: ProcessTable::new(),
@@ -122,6 +145,12 @@ impl Capture {
     }
 
     fn intake(&mut self, unwind: bool, on_process: &mut dyn FnMut(ProcessEvent)) {
+        // The kernel's records first: written when the mappings were made,
+        // they are older than any sampler event taken below.
+        if let Some(maps) = self.maps.as_mut() {
+            let procs = &mut self.procs;
+            maps.read(&mut |e| procs.on_map_event(e));
+        }
         let events = self.events.take();
         // Capture every new process first: short-lived ones may exit any
         // moment, while their unwind tables can wait a few milliseconds.
@@ -181,8 +210,9 @@ impl Capture {
     /// Applies the exit rule: releases the kernel-side unwind state of
     /// processes that exited and unloads tables nothing uses any more.
     /// With `forget`, also drops the symbols of processes found exited at
-    /// an earlier call (an agent, after each window); without, they stay
-    /// until the session ends (a recording builds its one profile last).
+    /// an earlier call (an agent, after each window); without, those of
+    /// sampled processes stay until the session ends (a recording builds
+    /// its one profile last) and only processes never sampled go.
     /// Returns the processes forgotten.
     pub fn gc(&mut self, forget: bool) -> Vec<u32> {
         let exited = self.procs.mark_exited();
@@ -192,11 +222,7 @@ impl Capture {
             }
             u.gc(&self.sampler);
         }
-        if forget {
-            self.procs.forget_exited()
-        } else {
-            Vec::new()
-        }
+        self.procs.forget_exited(forget)
     }
 
     /// The process table and the symbolizer, to build profiles with.
@@ -212,6 +238,12 @@ impl Capture {
     /// The kernel's counters now.
     pub fn stats(&self) -> Result<KernelStats> {
         self.sampler.stats()
+    }
+
+    /// Mapping records lost: the kernel's rings overflowed, or too many
+    /// processes the sampler never announced.
+    pub fn map_records_lost(&self) -> u64 {
+        self.maps.as_ref().map_or(0, |m| m.lost()) + self.procs.stats().records_dropped
     }
 
     /// The unwind tables' figures (`None` with frame pointers only).

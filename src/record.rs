@@ -134,6 +134,9 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             unwind_tables: opts.unwind_tables,
         },
         unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
+        // A process watched by pid is read while it lives; its mappings
+        // come from /proc.
+        kernel_mappings: !matches!(opts.what, What::Pids(_)),
     })?;
     let mut agg = Aggregate::default();
     let start_wall = SystemTime::now();

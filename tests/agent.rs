@@ -708,15 +708,19 @@ fn push_rejections_are_not_retried() {
     assert_eq!(log.matches("rejected a profile").count(), 1, "{log}");
 }
 
-/// Hundreds of short processes: they are labeled and symbolized, and the
-/// caches shrink back once they are gone.
+/// Hundreds of 10 ms processes on a busy host (a busy loop per CPU): they
+/// are labeled and named (their mappings come from the kernel's mmap
+/// records, not from a race with their exit), and the caches shrink back
+/// once they are gone.
 #[test]
 fn fork_exec_storm_keeps_caches_bounded() {
     let tiny = fixture("tiny.c");
     let dir = scratch("agent_storm");
     let agent = Agent::start_alone(&dir, &["--window", "1s", "-F", "499"]);
+    let hogs = Hogs::start();
     let script = format!("for i in $(seq 200); do {}; done", tiny.display());
     let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+    drop(hogs);
     assert!(st.success());
     std::thread::sleep(Duration::from_millis(3000));
     let tracked = agent.metric("ember_processes_tracked");
@@ -755,9 +759,9 @@ fn fork_exec_storm_keeps_caches_bounded() {
         .filter(|(s, _)| s.contains("tiny_hot"))
         .map(|x| x.1)
         .sum();
-    let leaf_named: u64 = f
+    let unknown: u64 = f
         .iter()
-        .filter(|(s, _)| s.rsplit(';').next() != Some("[unknown]"))
+        .filter(|(s, _)| s.split(';').any(|fr| fr == "[unknown]"))
         .map(|x| x.1)
         .sum();
     assert!(
@@ -768,8 +772,8 @@ fn fork_exec_storm_keeps_caches_bounded() {
     // loader; what matters is that its frames are named.
     assert!(hot as f64 >= 0.4 * all as f64, "{hot}/{all} in tiny_hot");
     assert!(
-        leaf_named as f64 >= 0.8 * all as f64,
-        "{leaf_named}/{all} with a named leaf"
+        unknown * 100 <= all,
+        "{unknown} of {all} samples have an unnamed frame"
     );
 }
 

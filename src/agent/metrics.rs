@@ -72,6 +72,9 @@ pub struct Metrics {
     pub unwind_table_bytes: AtomicU64,
     /// Tables not loaded: over the memory budget.
     pub unwind_tables_over_budget: AtomicU64,
+    /// Mapping records lost (kernel ring full, or too many processes not
+    /// yet sampled): those processes' mappings come from /proc only.
+    pub mapping_records_lost: AtomicU64,
     /// Binaries without a table: no usable CFI.
     pub unwind_tables_no_cfi: AtomicU64,
     /// Binaries without a table: the kernel refused it.
@@ -151,6 +154,12 @@ impl Metrics {
             "counter",
             "Unwind tables not loaded because sampler.unwind_memory was used up.",
             format!(" {}", g(&self.unwind_tables_over_budget)),
+        );
+        line(
+            "ember_mapping_records_lost_total",
+            "counter",
+            "Records of new executable mappings lost (a kernel ring was full, or too many processes not yet sampled); those processes' mappings are read from /proc, which a process that exits at once may beat.",
+            format!(" {}", g(&self.mapping_records_lost)),
         );
         line(
             "ember_unwind_tables_failed_total",

@@ -222,6 +222,7 @@ pub fn run(s: Settings) -> Result<()> {
             unwind_tables: s.unwind_tables,
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
+        kernel_mappings: true,
     })?;
     let mut sink = Sink {
         s: &s,
@@ -401,6 +402,8 @@ impl Sink<'_> {
             self.targeting.labels.remove(&pid);
         }
         let m = &self.shared.metrics;
+        m.mapping_records_lost
+            .store(cap.map_records_lost(), Ordering::Relaxed);
         if let Some(u) = cap.unwind_stats() {
             update_unwind_metrics(m, &u);
         }

@@ -49,6 +49,12 @@ pub struct Process {
     pub creds: Option<crate::untrusted::Creds>,
     /// It lives in ember's own mount namespace.
     pub same_mount_ns: bool,
+    /// The sampler announced it (it ran while sampled); processes known
+    /// from the kernel's mmap records only are not.
+    pub sampled: bool,
+    /// The kernel's records reported its last exec: the sampler's exec
+    /// event must not drop the mappings recorded since.
+    pub exec_recorded: bool,
 }
 
 impl Process {
@@ -134,40 +140,64 @@ pub fn parse_maps_line(line: &str) -> Option<Mapping> {
         return None;
     }
     let (major, minor) = dev.split_once(':')?;
-    let major = i32::from_str_radix(major, 16).ok()?;
-    let minor = i32::from_str_radix(minor, 16).ok()?;
-    let cut = |p: &str| -> Arc<str> {
-        // File names are whatever their creator chose.
-        let p = &*crate::util::clean_name(p);
-        if p.len() <= MAX_PATH_BYTES {
-            return Arc::from(p);
-        }
-        let mut end = MAX_PATH_BYTES;
-        while !p.is_char_boundary(end) {
-            end -= 1;
-        }
-        Arc::from(&p[..end])
-    };
-    let (path, file, vdso): (Arc<str>, _, _) = if path == "[vdso]" {
-        (Arc::from("[vdso]"), None, true)
-    } else if path.starts_with('/') && inode != 0 {
-        (cut(path), Some((major, minor, inode)), false)
-    } else if path.starts_with('[') {
-        (cut(path), None, false)
-    } else if path.is_empty() {
-        (Arc::from("[anon]"), None, false)
-    } else {
-        // memfd:, anon_inode:... and paths the kernel shows otherwise.
-        (cut(&format!("[{path}]")), None, false)
-    };
-    Some(Mapping {
+    let major = u32::from_str_radix(major, 16).ok()?;
+    let minor = u32::from_str_radix(minor, 16).ok()?;
+    Some(Mapping::new(
         start,
         end,
         offset,
+        (major, minor),
+        inode,
         path,
-        file,
-        vdso,
-    })
+    ))
+}
+
+impl Mapping {
+    /// A mapping of `start..end` at file `offset`, as `/proc/PID/maps` or
+    /// the kernel's mmap records give it: `path` as the kernel shows it
+    /// (a file's, or `[vdso]`, `//anon`...), cleaned and cut, since file
+    /// names are whatever their creator chose.
+    pub fn new(
+        start: u64,
+        end: u64,
+        offset: u64,
+        dev: (u32, u32),
+        inode: u64,
+        path: &str,
+    ) -> Mapping {
+        let cut = |p: &str| -> Arc<str> {
+            let p = &*crate::util::clean_name(p);
+            if p.len() <= MAX_PATH_BYTES {
+                return Arc::from(p);
+            }
+            let mut end = MAX_PATH_BYTES;
+            while !p.is_char_boundary(end) {
+                end -= 1;
+            }
+            Arc::from(&p[..end])
+        };
+        let key = (dev.0 as i32, dev.1 as i32, inode);
+        let (path, file, vdso): (Arc<str>, _, _) = if path == "[vdso]" {
+            (Arc::from("[vdso]"), None, true)
+        } else if path.starts_with('/') && !path.starts_with("//") && inode != 0 {
+            (cut(path), Some(key), false)
+        } else if path.starts_with('[') {
+            (cut(path), None, false)
+        } else if path.is_empty() || path.starts_with("//anon") {
+            (Arc::from("[anon]"), None, false)
+        } else {
+            // memfd:, anon_inode:... and paths the kernel shows otherwise.
+            (cut(&format!("[{path}]")), None, false)
+        };
+        Mapping {
+            start,
+            end,
+            offset,
+            path,
+            file,
+            vdso,
+        }
+    }
 }
 
 /// The innermost pid namespace's pid of `pid` (NSpid's last field).

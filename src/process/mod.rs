@@ -24,7 +24,13 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::sample::mappings::MapEvent;
 use crate::untrusted::{self, Policy, Refusal, Root, What};
+
+/// Most processes known from the kernel's mmap records only (not yet
+/// announced by the sampler) kept at once; they are forgotten at the
+/// second garbage collection that finds them not sampled.
+pub const MAX_UNSAMPLED: usize = 4096;
 
 pub use maps::{is_live, FileKey, Mapping, Process};
 
@@ -107,6 +113,9 @@ pub struct TableStats {
     pub binaries: usize,
     /// Binary files held open.
     pub open_files: usize,
+    /// Mapping records ignored: too many processes the sampler had not
+    /// announced.
+    pub records_dropped: u64,
 }
 
 /// Every process and binary of a capture session.
@@ -121,6 +130,10 @@ pub struct ProcessTable {
     fd_budget: usize,
     tick: u64,
     releases: Vec<Release>,
+    /// Processes known from records only, and records ignored past
+    /// [`MAX_UNSAMPLED`].
+    unsampled: usize,
+    records_dropped: u64,
 }
 
 impl Default for ProcessTable {
@@ -142,6 +155,8 @@ impl ProcessTable {
             fd_budget: untrusted::binary_fd_budget(),
             tick: 0,
             releases: Vec::new(),
+            unsampled: 0,
+            records_dropped: 0,
         }
     }
 
@@ -166,16 +181,109 @@ impl ProcessTable {
         self.capture_inner(e.pid, e.exec);
     }
 
+    /// Takes in what the kernel reported of a mapping, exec or fork (see
+    /// [`crate::sample::mappings`]): a process's mappings are known, and
+    /// its binaries opened, even when it exits before `/proc` is read.
+    pub fn on_map_event(&mut self, e: MapEvent) {
+        match e {
+            MapEvent::Mmap {
+                pid,
+                start,
+                len,
+                pgoff,
+                dev,
+                ino,
+                path,
+            } => {
+                let m = Mapping::new(start, start.saturating_add(len), pgoff, dev, ino, &path);
+                if m.end <= m.start || !self.recorded(pid) {
+                    return;
+                }
+                let p = &self.processes[&pid];
+                if p.mappings.len() >= maps::MAX_EXEC_MAPPINGS {
+                    return;
+                }
+                let same_ns = p.same_mount_ns;
+                if let Some(key) = m.file {
+                    self.register_binary(pid, key, &m, same_ns);
+                } else if m.vdso && self.vdso_binary.is_none() {
+                    let id = self.add_binary(Binary::new(m.path.clone(), None, None, true));
+                    self.vdso_binary = Some(id);
+                }
+                if let Some(p) = self.processes.get_mut(&pid) {
+                    p.merge(vec![m]);
+                }
+            }
+            MapEvent::Exec { pid } => {
+                // The old image's mappings stay until new ones overlap
+                // them: samples taken inside execve (after the new image
+                // is set up, before the old registers are replaced) still
+                // point into the old one.
+                if self.recorded(pid) {
+                    if let Some(p) = self.processes.get_mut(&pid) {
+                        p.exec_recorded = true;
+                    }
+                }
+            }
+            MapEvent::Fork { pid, ppid } => {
+                let Some(parent) = self.processes.get(&ppid) else {
+                    return;
+                };
+                if self.processes.contains_key(&pid) {
+                    return;
+                }
+                let mappings = parent.mappings.clone();
+                if self.recorded(pid) {
+                    if let Some(p) = self.processes.get_mut(&pid) {
+                        p.mappings = mappings;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes sure `pid` has an entry for the kernel's records, within the
+    /// bound on processes the sampler has not announced; false past it.
+    fn recorded(&mut self, pid: u32) -> bool {
+        if self.processes.contains_key(&pid) {
+            return true;
+        }
+        if self.unsampled >= MAX_UNSAMPLED {
+            self.records_dropped += 1;
+            return false;
+        }
+        self.unsampled += 1;
+        // Only what telling a reused pid apart and reading DWARF need: the
+        // rest is read when the sampler announces it.
+        self.processes.insert(
+            pid,
+            Process {
+                ns_pid: pid,
+                start_time: maps::start_time(pid).unwrap_or(0),
+                same_mount_ns: maps::same_mount_ns(pid).unwrap_or(false),
+                ..Default::default()
+            },
+        );
+        true
+    }
+
     fn capture_inner(&mut self, pid: u32, replace: bool) {
         let started = maps::start_time(pid).unwrap_or(0);
+        // From here on it is a process of the session's, not only one the
+        // kernel's records told of.
+        if self.processes.get(&pid).is_some_and(|p| !p.sampled) {
+            self.unsampled -= 1;
+        }
         let Ok(found) = maps::read_mappings(pid) else {
-            self.processes
-                .entry(pid)
-                .or_insert_with(|| Process {
-                    ns_pid: pid,
-                    ..Default::default()
-                })
-                .exited = true;
+            let p = self.processes.entry(pid).or_insert_with(|| Process {
+                ns_pid: pid,
+                ..Default::default()
+            });
+            p.exited = true;
+            if !p.sampled {
+                p.sampled = true;
+                p.gone_seen = false;
+            }
             return;
         };
         let same_ns = maps::same_mount_ns(pid);
@@ -190,9 +298,19 @@ impl ProcessTable {
         let ns_pid = maps::ns_pid(pid);
         let creds = untrusted::Creds::of(pid).ok();
         let p = self.processes.entry(pid).or_default();
-        // A reused pid is another process: nothing of the old one applies.
-        if replace || p.start_time != started {
+        // A reused pid is another process: nothing of the old one applies
+        // (an unknown start time is a process known from records only).
+        // After an exec the old image is gone, unless the kernel's records
+        // already replaced it.
+        if (replace && !p.exec_recorded) || (p.start_time != started && p.start_time != 0) {
             p.mappings.clear();
+        }
+        if replace {
+            p.exec_recorded = false;
+        }
+        if !p.sampled {
+            p.sampled = true;
+            p.gone_seen = false;
         }
         p.start_time = started;
         p.ns_pid = ns_pid;
@@ -237,18 +355,28 @@ impl ProcessTable {
     /// just after an exit still symbolize), and forgets binaries no tracked
     /// process maps any more: memory and descriptors stay bounded under
     /// process churn. Call once per window, after
-    /// [`mark_exited`](Self::mark_exited). Returns the pids forgotten.
-    pub fn forget_exited(&mut self) -> Vec<u32> {
+    /// [`mark_exited`](Self::mark_exited). Without `sampled_too`, only
+    /// processes the sampler never announced go (a recording keeps every
+    /// sampled process for its one build at the end). Returns the pids
+    /// forgotten.
+    pub fn forget_exited(&mut self, sampled_too: bool) -> Vec<u32> {
         let mut gone = Vec::new();
         for (&pid, p) in self.processes.iter_mut() {
-            if p.exited && p.gone_seen {
+            // Known from the kernel's records only: kept for one round,
+            // long enough for a process that runs to be announced; one that
+            // does not run costs nothing past it (if it runs later, it is
+            // read from /proc while it lives).
+            let idle = !p.sampled;
+            if (p.exited || idle) && p.gone_seen && (sampled_too || idle) {
                 gone.push(pid);
                 continue;
             }
-            p.gone_seen = p.exited;
+            p.gone_seen = p.exited || idle;
         }
         for pid in &gone {
-            self.processes.remove(pid);
+            if self.processes.remove(pid).is_some_and(|p| !p.sampled) {
+                self.unsampled -= 1;
+            }
         }
         let live: HashSet<FileKey> = self
             .processes
@@ -492,6 +620,7 @@ impl ProcessTable {
             processes: self.processes.len(),
             binaries: self.binaries.len(),
             open_files: self.open_files,
+            records_dropped: self.records_dropped,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! [`stats`] is the one table of the program's counters.
 
 pub mod abi;
+pub mod mappings;
 pub mod perf;
 pub mod stats;
 

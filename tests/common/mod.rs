@@ -222,3 +222,46 @@ pub fn go_pprof_total(path: &Path) -> u64 {
     }
     total
 }
+
+/// Processes that keep every CPU busy (one shell loop per CPU) until
+/// dropped: "a busy host" for tests of races with the profiled processes.
+pub struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    /// One busy loop per online CPU.
+    pub fn start() -> Hogs {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Hogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("starting a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Samples of process `comm` (the root frame), and those of them with an
+/// unnamed frame (`[unknown]`: code in no mapping ember knew of).
+pub fn comm_unknown(f: &BTreeMap<String, u64>, comm: &str) -> (u64, u64) {
+    let prefix = format!("{comm};");
+    let mine = f.iter().filter(|(s, _)| s.starts_with(&prefix));
+    let all = mine.clone().map(|(_, n)| n).sum();
+    let unknown = mine
+        .filter(|(s, _)| s.split(';').any(|fr| fr == "[unknown]"))
+        .map(|(_, n)| n)
+        .sum();
+    (all, unknown)
+}
