@@ -792,3 +792,58 @@ fn process_table_names_own_code_within_a_one_file_budget() {
     assert_eq!(st.unnamed.unreadable, 0, "{:?}", st.unnamed);
     assert_eq!(own_marker_function(1), 31);
 }
+
+/// The kernel's mapping records build a process's mappings with no /proc
+/// read: a fork inherits them, an exec keeps the old image's until new
+/// ones overlap them, processes the sampler never announces are bounded
+/// and forgotten at the second collection (pids above any pid_max, so no
+/// process of this host).
+#[test]
+fn process_table_learns_mappings_from_kernel_records() {
+    use ember::process::{ProcessTable, MAX_UNSAMPLED};
+    use ember::sample::mappings::MapEvent;
+    let mmap = |pid: u32, start: u64, path: &str, ino: u64| MapEvent::Mmap {
+        pid,
+        start,
+        len: 0x1000,
+        pgoff: 0x2000,
+        dev: (8, 1),
+        ino,
+        path: path.into(),
+    };
+    let (parent, child) = (0x7fff_ff00, 0x7fff_ff01);
+    let mut t = ProcessTable::new();
+    t.on_map_event(mmap(parent, 0x10000, "/usr/bin/sh", 11));
+    t.on_map_event(mmap(parent, 0x20000, "/usr/lib/libc.so.6\u{1b}[31m", 12));
+    let p = t.process(parent).expect("known from records");
+    let m = p.find(0x20010).expect("mapped");
+    assert_eq!(m.file_offset(0x20010), 0x2010);
+    assert_eq!(&*m.path, "/usr/lib/libc.so.6\u{fffd}[31m", "cleaned");
+    assert!(t.binary_of(m).is_some());
+    t.on_map_event(MapEvent::Fork { pid: child, ppid: parent });
+    assert_eq!(t.process(child).unwrap().mappings.len(), 2, "inherited");
+    t.on_map_event(MapEvent::Exec { pid: child });
+    t.on_map_event(mmap(child, 0x10800, "/usr/bin/tiny", 13));
+    let c = t.process(child).unwrap();
+    assert_eq!(&*c.find(0x10900).unwrap().path, "/usr/bin/tiny", "new wins");
+    assert_eq!(&*c.find(0x20010).unwrap().path, "/usr/lib/libc.so.6\u{fffd}[31m");
+    assert!(c.find(0x10010).is_none(), "overlapped old mapping gone");
+    // Anonymous executable memory (a JIT's) has no file.
+    t.on_map_event(mmap(child, 0x40000, "//anon", 0));
+    let anon = t.process(child).unwrap().find(0x40000).unwrap().clone();
+    assert!(anon.file.is_none() && t.binary_of(&anon).is_none());
+
+    // Bounded: past MAX_UNSAMPLED, records of new processes are dropped.
+    for i in 0..MAX_UNSAMPLED as u32 + 10 {
+        t.on_map_event(mmap(0x7000_0000 + i, 0x10000, "/usr/bin/sh", 11));
+    }
+    let st = t.stats();
+    assert!(st.processes <= MAX_UNSAMPLED, "{} processes", st.processes);
+    assert!(st.records_dropped >= 10 + 2, "{} dropped", st.records_dropped);
+    // Never announced by the sampler: gone at the second collection.
+    assert!(t.forget_exited(false).is_empty());
+    assert!(!t.forget_exited(false).is_empty());
+    assert_eq!(t.stats().processes, 0);
+    t.on_map_event(mmap(0x7000_0000, 0x10000, "/usr/bin/sh", 11));
+    assert!(t.process(0x7000_0000).is_some(), "room again");
+}

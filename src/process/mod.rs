@@ -52,6 +52,9 @@ pub struct Binary {
     broken: bool,
     /// Last use, for closing the least recently used file.
     touched: u64,
+    /// It was opened at least once (closing it for the budget does not
+    /// make it unknown).
+    opened_once: bool,
 }
 
 impl Binary {
@@ -65,6 +68,7 @@ impl Binary {
             dwarf: false,
             broken: false,
             touched: 0,
+            opened_once: false,
         }
     }
 
@@ -100,7 +104,8 @@ pub enum Release {
         /// The path the file was read by (`/proc/self/fd/N`).
         fd_path: String,
     },
-    /// The binary was forgotten; its id will name another binary.
+    /// The binary was forgotten (its id will name another binary), or
+    /// became readable: what was cached of it must go.
     Forgotten(BinaryId),
 }
 
@@ -482,9 +487,17 @@ impl ProcessTable {
         Some(f)
     }
 
+    /// Registers the binary a process maps at `m` and opens it. A binary
+    /// seen before is opened again only if it never could be (its first
+    /// process was gone, or in a root ember could not enter): this one
+    /// may let ember in.
     fn register_binary(&mut self, pid: u32, key: FileKey, m: &Mapping, same_ns: bool) {
-        if self.by_file.contains_key(&key) {
-            return;
+        let known = self.by_file.get(&key).copied();
+        if let Some(id) = known {
+            let b = &self.binaries[id];
+            if b.opened_once || b.broken {
+                return;
+            }
         }
         self.make_room();
         let file = Self::open_binary(pid, key, m);
@@ -505,17 +518,30 @@ impl ProcessTable {
         });
         let dwarf = same_ns && file.as_ref().is_some_and(untrusted::root_controlled);
         let file = if broken { None } else { file };
+        if known.is_some() && file.is_none() && !broken {
+            return;
+        }
         if file.is_some() {
             self.open_files += 1;
         }
         self.tick += 1;
         let mut b = Binary::new(m.path.clone(), Some(key), file, false);
+        b.opened_once = b.file.is_some();
         b.build_id = build_id;
         b.dwarf = dwarf;
         b.broken = broken;
         b.touched = self.tick;
-        let id = self.add_binary(b);
-        self.by_file.insert(key, id);
+        match known {
+            Some(id) => {
+                self.binaries[id] = b;
+                // Names cached while it was unreadable are empty: drop them.
+                self.releases.push(Release::Forgotten(id));
+            }
+            None => {
+                let id = self.add_binary(b);
+                self.by_file.insert(key, id);
+            }
+        }
     }
 
     /// The open file of a binary, reopened (through a live process that
