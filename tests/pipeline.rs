@@ -820,13 +820,19 @@ fn process_table_learns_mappings_from_kernel_records() {
     assert_eq!(m.file_offset(0x20010), 0x2010);
     assert_eq!(&*m.path, "/usr/lib/libc.so.6\u{fffd}[31m", "cleaned");
     assert!(t.binary_of(m).is_some());
-    t.on_map_event(MapEvent::Fork { pid: child, ppid: parent });
+    t.on_map_event(MapEvent::Fork {
+        pid: child,
+        ppid: parent,
+    });
     assert_eq!(t.process(child).unwrap().mappings.len(), 2, "inherited");
     t.on_map_event(MapEvent::Exec { pid: child });
     t.on_map_event(mmap(child, 0x10800, "/usr/bin/tiny", 13));
     let c = t.process(child).unwrap();
     assert_eq!(&*c.find(0x10900).unwrap().path, "/usr/bin/tiny", "new wins");
-    assert_eq!(&*c.find(0x20010).unwrap().path, "/usr/lib/libc.so.6\u{fffd}[31m");
+    assert_eq!(
+        &*c.find(0x20010).unwrap().path,
+        "/usr/lib/libc.so.6\u{fffd}[31m"
+    );
     assert!(c.find(0x10010).is_none(), "overlapped old mapping gone");
     // Anonymous executable memory (a JIT's) has no file.
     t.on_map_event(mmap(child, 0x40000, "//anon", 0));
@@ -839,7 +845,11 @@ fn process_table_learns_mappings_from_kernel_records() {
     }
     let st = t.stats();
     assert!(st.processes <= MAX_UNSAMPLED, "{} processes", st.processes);
-    assert!(st.records_dropped >= 10 + 2, "{} dropped", st.records_dropped);
+    assert!(
+        st.records_dropped >= 10 + 2,
+        "{} dropped",
+        st.records_dropped
+    );
     // Never announced by the sampler: gone at the second collection.
     assert!(t.forget_exited(false).is_empty());
     assert!(!t.forget_exited(false).is_empty());
