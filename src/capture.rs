@@ -40,6 +40,9 @@ pub struct CaptureConfig {
     /// are made ([`sample::mappings`]), so processes that exit within
     /// milliseconds are still named. Off, mappings come from `/proc` only.
     pub kernel_mappings: bool,
+    /// Directories searched for separate debug files by build ID, besides
+    /// [`crate::symbolize::DEFAULT_DEBUG_DIR`].
+    pub debug_dirs: Vec<std::path::PathBuf>,
 }
 
 /// One profiling session. Fields drop in order: the event ring buffer
@@ -80,6 +83,7 @@ impl Capture {
         let sampler = Sampler::start(&cfg.sample)?;
         let events = sampler.process_events()?;
         let mut sym = Symbolizer::new();
+        sym.add_debug_dirs(&cfg.debug_dirs);
         if cfg.sample.kernel_stacks {
             sym.preload_kernel();
         }

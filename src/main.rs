@@ -92,6 +92,10 @@ struct AgentArgs {
     /// Leave kernel frames out.
     #[arg(long)]
     no_kernel: bool,
+    /// Also look for separate debug files by build ID in DIR/.build-id/
+    /// (after /usr/lib/debug; repeatable; adds to the config's debug_dirs).
+    #[arg(long, value_name = "DIR")]
+    debug_dir: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -166,6 +170,10 @@ struct RecordArgs {
     /// Kernel memory the unwind tables may take, in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     unwind_memory: u64,
+    /// Also look for separate debug files by build ID in DIR/.build-id/
+    /// (after /usr/lib/debug; repeatable).
+    #[arg(long, value_name = "DIR")]
+    debug_dir: Vec<PathBuf>,
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -290,6 +298,7 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         progress: !a.quiet,
         unwind_tables: !a.frame_pointers,
         unwind_memory: a.unwind_memory << 20,
+        debug_dirs: a.debug_dir.clone(),
     };
     for (flag, v, (lo, hi)) in [
         ("--count-map-size", a.count_map_size, limits::COUNT_MAP),
@@ -362,6 +371,7 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
     if let Some(n) = a.node {
         c.node = Some(n);
     }
+    c.debug_dirs.extend(a.debug_dir.iter().cloned());
     if a.no_kernel {
         c.kernel = false;
     }

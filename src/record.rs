@@ -56,6 +56,8 @@ pub struct RecordOptions {
     pub unwind_tables: bool,
     /// Kernel memory the unwind tables may take, in bytes.
     pub unwind_memory: u64,
+    /// More directories with separate debug files by build ID.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// The outcome, for the summary.
@@ -137,6 +139,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         // A process watched by pid is read while it lives; its mappings
         // come from /proc.
         kernel_mappings: !matches!(opts.what, What::Pids(_)),
+        debug_dirs: opts.debug_dirs.clone(),
     })?;
     let mut agg = Aggregate::default();
     let start_wall = SystemTime::now();

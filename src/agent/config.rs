@@ -36,6 +36,10 @@ pub struct Config {
     pub push: Vec<PushConfig>,
     /// Prometheus-style relabel rules, applied to every process's labels.
     pub relabel: Vec<RuleConfig>,
+    /// More directories with separate debug files by build ID
+    /// (`DIR/.build-id/xx/rest.debug`), searched after /usr/lib/debug.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// `[store]`
@@ -170,6 +174,7 @@ impl Default for Config {
             sampler: SamplerConfig::default(),
             push: Vec::new(),
             relabel: Vec::new(),
+            debug_dirs: Vec::new(),
         }
     }
 }
@@ -253,6 +258,8 @@ pub struct Settings {
     pub unwind_tables: bool,
     /// Unwind table memory bound in bytes.
     pub unwind_memory: u64,
+    /// More directories with separate debug files.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -678,6 +685,12 @@ impl Config {
         let rules = super::relabel::compile_all(&self.relabel)?;
         let node = self.node.clone().unwrap_or_else(crate::util::hostname);
         let store_dir = (!self.store.dir.as_os_str().is_empty()).then(|| self.store.dir.clone());
+        if let Some(d) = self.debug_dirs.iter().find(|d| !d.is_absolute()) {
+            bail!(
+                "debug_dirs: {} is not an absolute path; give each directory from /",
+                crate::util::quote(&d.to_string_lossy())
+            );
+        }
         Ok(Settings {
             raw: self.clone(),
             frequency: self.frequency,
@@ -696,6 +709,7 @@ impl Config {
             stack_map_size: self.sampler.stack_map_size,
             unwind_tables,
             unwind_memory,
+            debug_dirs: self.debug_dirs.clone(),
         })
     }
 

@@ -223,6 +223,7 @@ pub fn run(s: Settings) -> Result<()> {
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
         kernel_mappings: true,
+        debug_dirs: s.debug_dirs.clone(),
     })?;
     let mut sink = Sink {
         s: &s,

@@ -41,13 +41,25 @@ pub struct SymFrame {
 /// The frames of one address, innermost (inlined) first; empty if unknown.
 pub type Frames = Arc<[SymFrame]>;
 
+/// Where separate debug files are looked up by build ID, as gdb and perf
+/// do (`DIR/.build-id/xx/rest.debug`); `--debug-dir` adds more.
+pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
+
+/// A separate debug file's path and the segments (file offset, address,
+/// size) of the binary it describes.
+type DebugFile = (String, Vec<(u64, u64, u64)>);
+
 /// What the symbolizer keeps of one binary of the process table.
 #[derive(Default)]
 struct Names {
     cache: HashMap<u64, Frames>,
-    /// The descriptor path blazesym parsed it through, while it holds
-    /// that parse.
+    /// The path blazesym parsed it through (its descriptor's, or its
+    /// debug file's), while it holds that parse.
     parsed: Option<String>,
+    /// Its separate debug file, once looked up (None inside: none found),
+    /// and the binary's loadable segments (file offset, address, size)
+    /// that turn its file offsets into the debug file's addresses.
+    debug: Option<Option<DebugFile>>,
     /// The last epoch (see [`Symbolizer::evict_idle`]) it was symbolized in.
     used: u64,
 }
@@ -67,6 +79,8 @@ pub struct Symbolizer {
     lookups: u64,
     misses: u64,
     epoch: u64,
+    debug_dirs: Vec<std::path::PathBuf>,
+    debug_files: u64,
 }
 
 impl Default for Symbolizer {
@@ -119,6 +133,8 @@ pub struct SymStats {
     pub open_files: usize,
     /// Frames left unnamed so far, by reason.
     pub unnamed: Unnamed,
+    /// Binaries named through a separate debug file found by build ID.
+    pub debug_files: u64,
 }
 
 impl Symbolizer {
@@ -144,7 +160,51 @@ impl Symbolizer {
             lookups: 0,
             misses: 0,
             epoch: 0,
+            debug_dirs: vec![DEFAULT_DEBUG_DIR.into()],
+            debug_files: 0,
         }
+    }
+
+    /// Searches these directories too (after [`DEFAULT_DEBUG_DIR`]) for
+    /// separate debug files by build ID.
+    pub fn add_debug_dirs(&mut self, dirs: &[std::path::PathBuf]) {
+        self.debug_dirs.extend(dirs.iter().cloned());
+    }
+
+    /// The separate debug file of a binary, found by its build ID in the
+    /// debug directories (looked up once per binary). Only a file only
+    /// root can change is used (its path is then safe to hand to blazesym,
+    /// which reads its DWARF).
+    fn debug_file(&mut self, procs: &ProcessTable, id: BinaryId) -> Option<DebugFile> {
+        if let Some(found) = &self.names[id].debug {
+            return found.clone();
+        }
+        let bin = procs.binary(id);
+        let segments = bin.file().map(load_segments).unwrap_or_default();
+        let found = bin
+            .build_id
+            .as_deref()
+            .filter(|b| b.len() > 2 && !segments.is_empty())
+            .and_then(|b| {
+                self.debug_dirs.iter().find_map(|dir| {
+                    let path = dir
+                        .join(".build-id")
+                        .join(&b[..2])
+                        .join(format!("{}.debug", &b[2..]));
+                    let f = untrusted::open_regular(&path).ok()?;
+                    if !untrusted::root_controlled(&f) {
+                        untrusted::count(What::DebugFile, Refusal::NotOwner);
+                        return None;
+                    }
+                    let real = std::fs::read_link(fd_path(&f)).ok()?;
+                    Some((real.to_str()?.to_string(), segments.clone()))
+                })
+            });
+        if found.is_some() {
+            self.debug_files += 1;
+        }
+        self.names[id].debug = Some(found.clone());
+        found
     }
 
     /// Drops what was parsed of files the table closed and the names of
@@ -156,10 +216,15 @@ impl Symbolizer {
                 Release::Closed { id, fd_path } => {
                     self.evict(&fd_path);
                     if let Some(n) = self.names.get_mut(id) {
-                        n.parsed = None;
+                        if n.parsed.as_deref() == Some(&*fd_path) {
+                            n.parsed = None;
+                        }
                     }
                 }
                 Release::Forgotten(id) => {
+                    if let Some(path) = self.names.get_mut(id).and_then(|n| n.parsed.take()) {
+                        self.evict(&path);
+                    }
                     if let Some(n) = self.names.get_mut(id) {
                         *n = Names::default();
                     }
@@ -232,12 +297,26 @@ impl Symbolizer {
             self.sync(procs);
             self.indexable(procs, id)
         } {
-            let b = procs.binary(id);
-            let path = fd_path(b.file().expect("opened"));
+            // A separate debug file (only root can change it) is asked by
+            // address: its sections are laid out apart from the binary's.
+            let (path, trusted, addrs) = match self.debug_file(procs, id) {
+                Some((debug, segments)) => {
+                    let addrs: Vec<u64> = offsets.iter().map(|&o| to_vaddr(&segments, o)).collect();
+                    (debug, true, Some(addrs))
+                }
+                None => {
+                    let b = procs.binary(id);
+                    (fd_path(b.file().expect("opened")), b.trusted(), None)
+                }
+            };
             let mut elf = Elf::new(&path);
-            elf.debug_syms = b.trusted();
+            elf.debug_syms = trusted;
             let src = Source::Elf(elf);
-            let outcome = untrusted::guarded(|| self.run(&src, Input::FileOffset(&offsets[..])));
+            let input = match &addrs {
+                Some(a) => Input::VirtOffset(&a[..]),
+                None => Input::FileOffset(&offsets[..]),
+            };
+            let outcome = untrusted::guarded(|| self.run(&src, input));
             match outcome {
                 Ok(Ok(r)) => {
                     self.names[id].parsed = Some(path);
@@ -399,6 +478,7 @@ impl Symbolizer {
             misses: self.misses,
             open_files: t.open_files,
             unnamed: self.unnamed,
+            debug_files: self.debug_files,
         }
     }
 
@@ -457,6 +537,41 @@ impl KernelWorker {
         self.ask.send(addrs.to_vec()).ok()?;
         self.answers.recv().ok()
     }
+}
+
+/// The loadable segments (file offset, virtual address, file size) of an
+/// ELF64 file, from its program headers (read with two bounded reads; a
+/// malformed file has none).
+fn load_segments(file: &std::fs::File) -> Vec<(u64, u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut eh = [0u8; 64];
+    if file.read_exact_at(&mut eh, 0).is_err() || eh[..4] != *b"\x7fELF" || eh[4] != 2 {
+        return Vec::new();
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 0x20), u16_at(&eh, 0x36), u16_at(&eh, 0x38));
+    if phentsize < 56 || phnum == 0 || phnum > 256 {
+        return Vec::new();
+    }
+    let mut ph = vec![0u8; phentsize * phnum];
+    if file.read_exact_at(&mut ph, phoff).is_err() {
+        return Vec::new();
+    }
+    ph.chunks_exact(phentsize)
+        .filter(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) == 1)
+        .map(|p| (u64_at(p, 8), u64_at(p, 16), u64_at(p, 32)))
+        .collect()
+}
+
+/// The virtual address of a file offset, by the segment holding it (the
+/// offset itself when none does).
+fn to_vaddr(segments: &[(u64, u64, u64)], offset: u64) -> u64 {
+    segments
+        .iter()
+        .find(|&&(off, _, size)| offset >= off && offset - off < size)
+        .map_or(offset, |&(off, vaddr, _)| vaddr + (offset - off))
 }
 
 /// Sorts and deduplicates a batch of addresses, keeps those not `cached`,
