@@ -11,8 +11,7 @@ use common::*;
 
 /// Processes living 10 ms on a busy host (a busy loop per CPU) are named
 /// under `record --all`: their mappings come from the kernel's mmap
-/// records, not from a race between reading /proc and their exit (which
-/// left 23% of such samples with an unnamed frame before).
+/// records, not from a race between reading /proc and their exit.
 #[test]
 fn ten_ms_processes_are_named_on_a_busy_host() {
     let tiny = fixture("tiny.c");
@@ -38,7 +37,7 @@ fn ten_ms_processes_are_named_on_a_busy_host() {
     assert!(all >= 300, "only {all} samples of the 10 ms processes");
     assert!(
         unknown * 100 <= all,
-        "{unknown} of {all} samples of 10 ms processes have an unnamed frame"
+        "{unknown} of {all} samples of 10 ms processes have an unnamed leaf"
     );
     assert!(hot * 2 >= all, "{hot} of {all} samples in tiny_hot");
 }

@@ -253,14 +253,16 @@ impl Drop for Hogs {
     }
 }
 
-/// Samples of process `comm` (the root frame), and those of them with an
-/// unnamed frame (`[unknown]`: code in no mapping ember knew of).
+/// Samples of process `comm` (the root frame), and those of them whose
+/// leaf is unnamed (`[unknown]`: code in no mapping ember knew of; a frame
+/// further up may be unknown for other reasons, such as a frame-pointer
+/// walk through code without them).
 pub fn comm_unknown(f: &BTreeMap<String, u64>, comm: &str) -> (u64, u64) {
     let prefix = format!("{comm};");
     let mine = f.iter().filter(|(s, _)| s.starts_with(&prefix));
     let all = mine.clone().map(|(_, n)| n).sum();
     let unknown = mine
-        .filter(|(s, _)| s.split(';').any(|fr| fr == "[unknown]"))
+        .filter(|(s, _)| s.rsplit(';').next() == Some("[unknown]"))
         .map(|(_, n)| n)
         .sum();
     (all, unknown)
