@@ -15,8 +15,14 @@
 
 enum ember_limit {
 	EMBER_COMM_LEN = 16,
-	/* The kernel's default kernel.perf_event_max_stack. */
+	/* Frames per stored stack chunk: the kernel's default
+	 * kernel.perf_event_max_stack, also the most bpf_get_stack gives. */
 	EMBER_MAX_DEPTH = 127,
+	/* Frames of a user stack walked with unwind tables (deeper stacks are
+	 * stored as a chain of chunks, see stack_trace.next). */
+	EMBER_MAX_USER_DEPTH = 512,
+	/* Chunks of the deepest user stack: ceil(512 / 127). */
+	EMBER_MAX_CHUNKS = 5,
 	/* Executable mappings registered per process (see unwind_mapping). */
 	EMBER_MAX_MAPPINGS = 256,
 	/* Entries of the unwind_mappings array, shared by all processes. */
@@ -51,11 +57,26 @@ struct sample_key {
 	char thread_comm[EMBER_COMM_LEN]; /* thread name */
 };
 
-/* One captured stack: innermost frame first. */
+/* One captured stack, or one chunk of a deep one: innermost frame first.
+ * `next` is the hash key of the chunk with the frames above these (0 for
+ * the outermost); it is part of this chunk's hash, so the first chunk's
+ * key names the whole stack. */
 struct stack_trace {
 	__u32 len;
 	__u32 _pad;
+	__u64 next;
 	__u64 ips[EMBER_MAX_DEPTH];
+};
+
+/* A user stack being walked: the layout of stack_trace up to its frames,
+ * with room for whole chunks past EMBER_MAX_USER_DEPTH (so each is copied
+ * at a constant size); its first EMBER_MAX_DEPTH frames are stored in
+ * place as the first chunk. */
+struct user_stack {
+	__u32 len;
+	__u32 _pad;
+	__u64 next;
+	__u64 ips[EMBER_MAX_CHUNKS * EMBER_MAX_DEPTH];
 };
 
 /* Indexes of the per-CPU stats array. Userspace names, documents and

@@ -19,6 +19,8 @@ const volatile bool kernel_stacks = true;
 /* Walk user stacks with unwind tables (else frame pointers only, via
  * bpf_get_stack). */
 const volatile bool table_unwind = false;
+/* Frames of a user stack walked with tables, at most EMBER_MAX_USER_DEPTH. */
+const volatile __u32 max_user_depth = EMBER_MAX_USER_DEPTH;
 
 /* Flipped by userspace to start a new generation. */
 __u32 generation = 0;
@@ -67,6 +69,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct stack_trace);
 } scratch SEC(".maps");
+
+/* The user stack being walked (4 KiB per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct user_stack);
+} user_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -143,6 +153,8 @@ static __always_inline void stat_inc(__u32 idx)
 static __always_inline __u64 hash_stack(const struct stack_trace *st, __u64 seed)
 {
 	__u64 h = seed ^ ((__u64)st->len * 0x9e3779b97f4a7c15ULL);
+	h ^= st->next;
+	h *= 0xff51afd7ed558ccdULL;
 	for (int i = 0; i < EMBER_MAX_DEPTH; i++) {
 		if (i >= st->len)
 			break;
@@ -193,7 +205,49 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 		return 0;
 	}
 	st->len = n / sizeof(__u64);
+	st->next = 0;
 	return store(st, stacks, seed, lost, map_full);
+}
+
+/* Stores a walked user stack: in place when it fits one chunk (the common
+ * case costs nothing more); else its chunks from the outermost in, each
+ * keyed by a hash that covers the chunks above it. Returns the first
+ * chunk's hash, 0 when a chunk could not be stored. */
+static __always_inline __u64 store_user(struct user_stack *us, void *stacks, __u64 seed,
+					bool *lost, bool *map_full)
+{
+	__u32 n = us->len;
+	__u64 next = 0;
+	if (n > EMBER_MAX_DEPTH) {
+		__u32 zero = 0;
+		struct stack_trace *ch = bpf_map_lookup_elem(&scratch, &zero);
+		if (!ch) {
+			*lost = true;
+			return 0;
+		}
+		for (int c = EMBER_MAX_CHUNKS - 1; c >= 1; c--) {
+			__u32 start = c * EMBER_MAX_DEPTH;
+			if (start >= n || start >= EMBER_MAX_USER_DEPTH)
+				continue;
+			__u32 len = n - start;
+			if (len > EMBER_MAX_DEPTH)
+				len = EMBER_MAX_DEPTH;
+			if (bpf_probe_read_kernel(ch->ips, sizeof(ch->ips), &us->ips[start])) {
+				*lost = true;
+				return 0;
+			}
+			ch->len = len;
+			ch->next = next;
+			next = store(ch, stacks, seed, lost, map_full);
+			if (!next)
+				return 0;
+		}
+		us->len = EMBER_MAX_DEPTH;
+	}
+	us->next = next;
+	__u64 h = store((struct stack_trace *)us, stacks, seed, lost, map_full);
+	us->len = n;
+	return h;
 }
 
 static __always_inline void notify(__u32 tgid, enum ember_event_kind kind)
@@ -319,13 +373,13 @@ __noinline int walk_frame(struct walk *w)
 	if (!w)
 		return 1;
 	__u32 zero = 0;
-	struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
+	struct user_stack *st = bpf_map_lookup_elem(&user_scratch, &zero);
 	if (!st) {
 		w->result = WALK_READ;
 		return 1;
 	}
 	__u32 n = w->n;
-	if (n >= EMBER_MAX_DEPTH) {
+	if (n >= max_user_depth || n >= EMBER_MAX_USER_DEPTH) {
 		w->result = WALK_DEPTH;
 		return 1;
 	}
@@ -438,10 +492,10 @@ static long walk_step(__u32 i, struct walk *w)
 
 /* Walks the current task's user stack into the scratch buffer; returns
  * WALK_COMPLETE or the reason it stopped early. */
-static __always_inline __u32 walk_user(struct task_struct *task, __u32 tgid, struct stack_trace **out)
+static __always_inline __u32 walk_user(struct task_struct *task, __u32 tgid, struct user_stack **out)
 {
 	__u32 zero = 0;
-	struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
+	struct user_stack *st = bpf_map_lookup_elem(&user_scratch, &zero);
 	if (!st)
 		return WALK_READ;
 	*out = st;
@@ -460,7 +514,7 @@ static __always_inline __u32 walk_user(struct task_struct *task, __u32 tgid, str
 		w.count = p->count;
 	}
 	w.n = walk_origin;
-	bpf_loop(EMBER_MAX_DEPTH + 1, walk_step, &w, 0);
+	bpf_loop(EMBER_MAX_USER_DEPTH + 1, walk_step, &w, 0);
 	st->len = w.n;
 	return w.result == WALK_RUNNING ? WALK_DEPTH : w.result;
 }
@@ -506,7 +560,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	 * is not a loss. */
 	bool user_task = BPF_CORE_READ(task, mm) != NULL;
 	if (user_task && table_unwind) {
-		struct stack_trace *st = NULL;
+		struct user_stack *st = NULL;
 		__u32 r = walk_user(task, tgid, &st);
 		stat_inc(STAT_UNWIND_STACKS);
 		if (r == WALK_COMPLETE)
@@ -520,7 +574,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 		}
 		bool lost = false;
 		if (st && st->len)
-			key.user_stack = store(st, stacks, 0x75736572ULL, &lost, &map_full);
+			key.user_stack = store_user(st, stacks, 0x75736572ULL, &lost, &map_full);
 		if (lost || !key.user_stack) {
 			key.flags |= SAMPLE_USER_LOST;
 			if (!map_full)

@@ -174,6 +174,10 @@ struct RecordArgs {
     /// (after /usr/lib/debug; repeatable).
     #[arg(long, value_name = "DIR")]
     debug_dir: Vec<PathBuf>,
+    /// Most user frames walked with unwind tables (1 to 512; frame
+    /// pointers alone stop at the kernel's 127).
+    #[arg(long, default_value_t = 512, value_name = "FRAMES")]
+    max_depth: u32,
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -299,10 +303,12 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         unwind_tables: !a.frame_pointers,
         unwind_memory: a.unwind_memory << 20,
         debug_dirs: a.debug_dir.clone(),
+        max_depth: a.max_depth,
     };
     for (flag, v, (lo, hi)) in [
         ("--count-map-size", a.count_map_size, limits::COUNT_MAP),
         ("--stack-map-size", a.stack_map_size, limits::STACK_MAP),
+        ("--max-depth", a.max_depth, limits::MAX_DEPTH),
     ] {
         if !(lo..=hi).contains(&v) {
             anyhow::bail!("{flag} {v} is out of range; use {lo} to {hi}");

@@ -58,6 +58,8 @@ pub struct RecordOptions {
     pub unwind_memory: u64,
     /// More directories with separate debug files by build ID.
     pub debug_dirs: Vec<PathBuf>,
+    /// Most user frames walked with unwind tables.
+    pub max_depth: u32,
 }
 
 /// The outcome, for the summary.
@@ -134,6 +136,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             count_map_entries: opts.count_map_entries,
             stack_map_entries: opts.stack_map_entries,
             unwind_tables: opts.unwind_tables,
+            max_user_depth: opts.max_depth,
         },
         unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
         // A process watched by pid is read while it lives; its mappings

@@ -41,6 +41,9 @@ pub mod limits {
     pub const COUNT_MAP: (u32, u32) = (64, 1 << 20);
     /// `sampler.stack_map_size` (and `ember record --stack-map-size`).
     pub const STACK_MAP: (u32, u32) = (64, 1 << 18);
+    /// `sampler.max_depth` (and `ember record --max-depth`): user frames
+    /// walked with unwind tables.
+    pub const MAX_DEPTH: (u32, u32) = (1, crate::sample::abi::MAX_USER_DEPTH as u32);
 }
 
 /// Why a duration or size did not parse.

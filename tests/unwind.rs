@@ -368,49 +368,82 @@ fn rust_release_without_frame_pointers_reaches_main() {
     }
 }
 
+/// A 400-deep recursion (a recursive parser, deep C++ templates, a JVM)
+/// unwinds to `main`: user stacks keep up to 512 frames, stored as a chain
+/// of 127-frame chunks.
+#[test]
+fn recursion_400_deep_reaches_main() {
+    let bin = fixture_nofp("deep.c");
+    let (f, stderr) = record_folded(&bin, &["2", "400"], &[], "deep400");
+    let (in_spin, total) = share_with(&f, |s| s.ends_with(";spin"));
+    assert!(in_spin as f64 >= 0.9 * total as f64, "{stderr}");
+    let mut complete = 0;
+    for (s, n) in &f {
+        let frames: Vec<&str> = s.split(';').collect();
+        if !s.ends_with(";spin") || frames.get(1) == Some(&"[truncated]") {
+            continue;
+        }
+        // comm, main, 401 recurse frames, spin.
+        assert_eq!(frames[1], "main", "{s}");
+        assert_eq!(frames.len(), 1 + 1 + 401 + 1, "{s}");
+        complete += n;
+    }
+    assert!(
+        complete as f64 >= 0.95 * in_spin as f64,
+        "only {complete} of {in_spin} samples in spin reach main\n{stderr}"
+    );
+}
+
+/// Deeper than the limit (600 frames against 512, or against
+/// `--max-depth`): every sample is cut there and marked, and the summary
+/// counts the cut, never passing it off as a complete stack.
 #[test]
 fn recursion_deeper_than_the_limit_is_reported_not_cut_silently() {
     let bin = fixture_nofp("deep.c");
-    let (f, stderr) = record_folded(&bin, &["2"], &[], "deep");
-    let total: u64 = f.values().sum();
-    let (in_spin, _) = share_with(&f, |s| s.ends_with(";spin"));
-    assert!(in_spin as f64 >= 0.9 * total as f64, "{stderr}");
-    // Every sample in spin is 150+ frames deep: none may pass for complete.
-    // Those taken once the tables were loaded (all but the first few) are
-    // cut at exactly 127 frames.
-    let mut at_limit = 0;
-    for (s, n) in &f {
-        if !s.ends_with(";spin") {
-            continue;
+    for (depth, extra, limit) in [
+        ("600", &[][..], 512),
+        ("150", &["--max-depth", "100"][..], 100),
+    ] {
+        let (f, stderr) = record_folded(&bin, &["2", depth], extra, "deep");
+        let total: u64 = f.values().sum();
+        let (in_spin, _) = share_with(&f, |s| s.ends_with(";spin"));
+        assert!(in_spin as f64 >= 0.9 * total as f64, "{stderr}");
+        // Those taken once the tables were loaded (all but the first few)
+        // are cut at exactly the limit.
+        let mut at_limit = 0;
+        for (s, n) in &f {
+            if !s.ends_with(";spin") {
+                continue;
+            }
+            let frames: Vec<&str> = s.split(';').collect();
+            assert_eq!(frames.get(1), Some(&"[truncated]"), "not marked: {s}");
+            if frames.len() - 2 == limit {
+                at_limit += n;
+            }
         }
-        let frames: Vec<&str> = s.split(';').collect();
-        assert_eq!(frames.get(1), Some(&"[truncated]"), "not marked: {s}");
-        if frames.len() - 2 == 127 {
-            at_limit += n;
-        }
+        assert!(
+            at_limit as f64 >= 0.97 * in_spin as f64,
+            "only {at_limit} of {in_spin} samples in spin kept {limit} frames\n{stderr}"
+        );
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("user stacks:"))
+            .unwrap_or_else(|| panic!("no user stacks line\n{stderr}"));
+        let cut: u64 = line
+            .split("truncated: ")
+            .nth(1)
+            .and_then(|t| {
+                t.split(", ")
+                    .find(|c| c.ends_with("depth limit"))
+                    .and_then(|c| c.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("depth limit not reported: {line}"));
+        assert!(
+            cut >= at_limit,
+            "{cut} depth-limited < {at_limit} samples at the limit: {line}"
+        );
     }
-    assert!(
-        at_limit as f64 >= 0.97 * in_spin as f64,
-        "only {at_limit} of {in_spin} samples in spin kept 127 frames\n{stderr}"
-    );
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("user stacks:"))
-        .unwrap_or_else(|| panic!("no user stacks line\n{stderr}"));
-    let depth: u64 = line
-        .split("truncated: ")
-        .nth(1)
-        .and_then(|t| {
-            t.split(", ")
-                .find(|c| c.ends_with("depth limit"))
-                .and_then(|c| c.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("depth limit not reported: {line}"));
-    assert!(
-        depth >= at_limit,
-        "{depth} depth-limited < {at_limit} samples at the limit: {line}"
-    );
 }
 
 /// perf's stacks as folded lines (root first), from `perf script`.

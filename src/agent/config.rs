@@ -92,6 +92,8 @@ pub struct SamplerConfig {
     pub unwind: String,
     /// Kernel memory the unwind tables may take (`256MiB`).
     pub unwind_memory: String,
+    /// Most user frames walked with unwind tables (1 to 512).
+    pub max_depth: u32,
 }
 
 /// One `[[push]]` backend. `Debug` shows header values as `<redacted>`.
@@ -215,6 +217,7 @@ impl Default for SamplerConfig {
             stack_map_size: 4096,
             unwind: "tables".into(),
             unwind_memory: "256MiB".into(),
+            max_depth: crate::sample::abi::MAX_USER_DEPTH as u32,
         }
     }
 }
@@ -252,6 +255,8 @@ pub struct Settings {
     pub push: Vec<PushTarget>,
     /// Count-map entries per generation.
     pub count_map_size: u32,
+    /// Most user frames walked with unwind tables.
+    pub max_depth: u32,
     /// Stack-map entries per generation.
     pub stack_map_size: u32,
     /// Walk user stacks with unwind tables.
@@ -656,6 +661,11 @@ impl Config {
                 self.sampler.stack_map_size,
                 limits::STACK_MAP,
             ),
+            (
+                "sampler.max_depth",
+                self.sampler.max_depth,
+                limits::MAX_DEPTH,
+            ),
         ] {
             if !(lo..=hi).contains(&v) {
                 bail!("{key} = {v} is out of range; use {lo} to {hi}");
@@ -706,6 +716,7 @@ impl Config {
             rules,
             push,
             count_map_size: self.sampler.count_map_size,
+            max_depth: self.sampler.max_depth,
             stack_map_size: self.sampler.stack_map_size,
             unwind_tables,
             unwind_memory,

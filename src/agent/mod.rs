@@ -220,6 +220,7 @@ pub fn run(s: Settings) -> Result<()> {
             count_map_entries: s.count_map_size,
             stack_map_entries: s.stack_map_size,
             unwind_tables: s.unwind_tables,
+            max_user_depth: s.max_depth,
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
         kernel_mappings: true,

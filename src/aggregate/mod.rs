@@ -130,6 +130,61 @@ pub struct Drainer {
     stacks: Vec<StackTrace>,
     count_keys: Vec<SampleKey>,
     counts: Vec<u64>,
+    /// Chunks of deep stacks read this drain: hash -> (frames, next).
+    chunks: Chains,
+}
+
+/// The chunks of deep stacks (`stack_trace.next` set) of one drain, joined
+/// into whole stacks once every chunk is read.
+#[derive(Default)]
+struct Chains {
+    index: HashMap<u64, (u32, u32, u64)>,
+    frames: Vec<u64>,
+}
+
+impl Chains {
+    fn add(&mut self, hash: u64, frames: &[u64], next: u64) {
+        let start = self.frames.len() as u32;
+        self.frames.extend_from_slice(frames);
+        self.index.insert(hash, (start, frames.len() as u32, next));
+    }
+
+    /// Joins every chain whose first chunk no other chunk continues, and
+    /// interns it under that chunk's hash (which covers the whole stack).
+    /// The last chunk of a chain was interned as a stack of its own.
+    fn join_into(&mut self, stacks: &mut StackTable) {
+        if self.index.is_empty() {
+            return;
+        }
+        let continued: std::collections::HashSet<u64> =
+            self.index.values().map(|&(_, _, next)| next).collect();
+        let mut whole = Vec::with_capacity(abi::MAX_USER_DEPTH);
+        for (&head, _) in self.index.iter().filter(|(h, _)| !continued.contains(h)) {
+            whole.clear();
+            let mut at = head;
+            // Bounded: a chain is at most MAX_CHUNKS long, and a broken one
+            // (a chunk missing) keeps the frames read so far.
+            for _ in 0..abi::MAX_CHUNKS {
+                let (frames, next) = match self.index.get(&at) {
+                    Some(&(start, len, next)) => {
+                        (&self.frames[start as usize..(start + len) as usize], next)
+                    }
+                    None => match stacks.get(at) {
+                        Some(tail) => (tail, 0),
+                        None => break,
+                    },
+                };
+                whole.extend_from_slice(frames);
+                if next == 0 {
+                    break;
+                }
+                at = next;
+            }
+            stacks.insert(head, &whole);
+        }
+        self.index.clear();
+        self.frames.clear();
+    }
 }
 
 /// Entries read per batch system call (the buffers grow when one hash
@@ -143,6 +198,7 @@ impl Default for Drainer {
             stacks: vec![StackTrace::default(); BATCH],
             count_keys: vec![SampleKey::default(); BATCH],
             counts: vec![0; BATCH],
+            chunks: Chains::default(),
         }
     }
 }
@@ -152,6 +208,7 @@ impl Drainer {
     pub fn drain(&mut self, sampler: &mut Sampler, agg: &mut Aggregate) -> Result<DrainStats> {
         let g = sampler.flip_generation();
         let mut st = DrainStats::default();
+        let chunks = &mut self.chunks;
 
         // Stacks first, so every key read next finds its stacks.
         abi::drain_batch(
@@ -160,11 +217,16 @@ impl Drainer {
             &mut self.stack_keys,
             &mut self.stacks,
             |&hash, trace| {
-                agg.stacks.insert(hash, abi::frames(trace));
+                if trace.next == 0 {
+                    agg.stacks.insert(hash, abi::frames(trace));
+                } else {
+                    chunks.add(hash, abi::frames(trace), trace.next);
+                }
                 st.stacks += 1;
             },
         )
         .context("draining the stack map failed")?;
+        chunks.join_into(&mut agg.stacks);
 
         abi::drain_batch(
             sampler.counts_map(g),
@@ -179,5 +241,33 @@ impl Drainer {
         )
         .context("draining the count map failed")?;
         Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deep stack arrives as chunks keyed by hashes that chain to the
+    /// outermost one (stored as a stack of its own): joined under the
+    /// first chunk's hash, in order; a chain missing a chunk keeps what it
+    /// has, and chunks that continue others are not stacks of their own.
+    #[test]
+    fn chunks_join_into_whole_stacks() {
+        let mut stacks = StackTable::default();
+        let mut c = Chains::default();
+        let head: Vec<u64> = (0..127).collect();
+        let mid: Vec<u64> = (127..254).collect();
+        let tail: Vec<u64> = (254..300).collect();
+        stacks.insert(30, &tail);
+        c.add(20, &mid, 30);
+        c.add(10, &head, 20);
+        c.add(40, &[1, 2, 3], 99); // its next chunk was never stored
+        c.join_into(&mut stacks);
+        let whole: Vec<u64> = (0..300).collect();
+        assert_eq!(stacks.get(10), Some(&whole[..]));
+        assert_eq!(stacks.get(40), Some(&[1, 2, 3][..]));
+        assert_eq!(stacks.get(20), None, "a continuation is no stack");
+        assert!(c.index.is_empty() && c.frames.is_empty());
     }
 }

@@ -41,8 +41,15 @@ pub(crate) type ProcUnwind = types::proc_unwind;
 /// `struct ember_proc_event`: the ring buffer's message.
 pub(crate) type ProcEvent = types::ember_proc_event;
 
-/// Frames per stack (`EMBER_MAX_DEPTH`).
+/// Frames per stored stack chunk (`EMBER_MAX_DEPTH`), and the most a
+/// stack walked with frame pointers (`bpf_get_stack`) has.
 pub const MAX_DEPTH: usize = types::ember_limit::EMBER_MAX_DEPTH.0 as usize;
+/// Most frames of a user stack walked with unwind tables
+/// (`EMBER_MAX_USER_DEPTH`), stored as a chain of chunks.
+pub const MAX_USER_DEPTH: usize = types::ember_limit::EMBER_MAX_USER_DEPTH.0 as usize;
+/// Chunks of the deepest user stack (`EMBER_MAX_CHUNKS`).
+pub const MAX_CHUNKS: usize = types::ember_limit::EMBER_MAX_CHUNKS.0 as usize;
+const _: () = assert!(MAX_CHUNKS * MAX_DEPTH >= MAX_USER_DEPTH);
 /// Bytes of a process or thread name, NUL padded (`EMBER_COMM_LEN`).
 pub const COMM_LEN: usize = types::ember_limit::EMBER_COMM_LEN.0 as usize;
 /// Mappings registered per process (`EMBER_MAX_MAPPINGS`).
@@ -230,7 +237,12 @@ assert_same_layout!(SampleKey = types::sample_key {
     comm = comm,
     thread_comm = thread_comm,
 });
-assert_tiled!(StackTrace { len, _pad, ips });
+assert_tiled!(StackTrace {
+    len,
+    _pad,
+    next,
+    ips
+});
 assert_tiled!(UnwindMapping {
     start,
     end,
@@ -520,7 +532,7 @@ mod tests {
         let t = stack_trace(&[1, 2, 3]);
         assert_eq!(frames(&t), &[1, 2, 3]);
         assert_eq!(bytes_of(&t).len(), STACK_TRACE_SIZE);
-        assert_eq!(STACK_TRACE_SIZE, 8 + 8 * MAX_DEPTH);
+        assert_eq!(STACK_TRACE_SIZE, 16 + 8 * MAX_DEPTH);
         let deep: Vec<u64> = (0..MAX_DEPTH as u64 + 10).collect();
         assert_eq!(frames(&stack_trace(&deep)).len(), MAX_DEPTH);
         // A corrupt length never reads past the array.

@@ -106,6 +106,10 @@ pub struct Config {
     /// Walk user stacks with unwind tables (`.eh_frame`), falling back to
     /// frame pointers; false: frame pointers only.
     pub unwind_tables: bool,
+    /// Most user frames walked with unwind tables (1 to
+    /// [`abi::MAX_USER_DEPTH`]); frame pointers alone stop at
+    /// [`abi::MAX_DEPTH`], the kernel's limit.
+    pub max_user_depth: u32,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             count_map_entries: 16384,
             stack_map_entries: 8192,
             unwind_tables: true,
+            max_user_depth: abi::MAX_USER_DEPTH as u32,
         }
     }
 }
@@ -169,6 +174,7 @@ impl Sampler {
         rodata.kernel_stacks = cfg.kernel_stacks;
         rodata.include_idle = false;
         rodata.table_unwind = cfg.unwind_tables;
+        rodata.max_user_depth = cfg.max_user_depth.clamp(1, abi::MAX_USER_DEPTH as u32);
         for m in [&mut open.maps.counts0, &mut open.maps.counts1] {
             m.set_max_entries(cfg.count_map_entries)?;
         }
