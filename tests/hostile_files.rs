@@ -189,6 +189,8 @@ fn launch(dir: PathBuf, name: &str, secs: u32) -> Attack {
     let fat = dir.join("libfatsym.so");
     inflate_section(&lib, &fat, ".symtab");
     children.push(as_nobody(&[b, "touch", &s, fat.to_str().unwrap()]));
+    // A flood of mmap records (one mapping made and unmapped in a loop).
+    children.push(as_nobody(&[b, "remap", &s, lib.to_str().unwrap()]));
     let many = dir.join("many");
     std::fs::create_dir_all(&many).unwrap();
     chown_nobody(&many);
@@ -606,6 +608,10 @@ fn agent_survives_hostile_files() {
         );
         assert!(n > 0.0, "{what}/{why} refusals not counted in /metrics");
     }
+    // The mmap flood overflows the kernel's record rings: counted, while
+    // windows kept coming (above) and memory stayed bounded.
+    let lost = metric(http, "ember_mapping_records_lost_total", "");
+    assert!(lost > 0.0, "a flood of mmap records lost nothing?");
     drop(attack);
     // The store and the endpoint hold nothing of the secret.
     for e in std::fs::read_dir(&store).unwrap() {

@@ -72,6 +72,16 @@ impl Process {
         (addr < self.mappings[i].end).then_some(i)
     }
 
+    /// Adds one mapping the kernel reported: the mappings it overlaps are
+    /// gone (an mmap replaces what was there). No allocation past the
+    /// vector's own growth, whatever the rate of records.
+    pub fn insert(&mut self, m: Mapping) {
+        // Sorted and disjoint: ends are sorted too.
+        let lo = self.mappings.partition_point(|x| x.end <= m.start);
+        let hi = lo + self.mappings[lo..].partition_point(|x| x.start < m.end);
+        self.mappings.splice(lo..hi, [m]);
+    }
+
     /// Merges a fresh read: new mappings win; old ones that nothing new
     /// overlaps stay (a library unloaded since still explains old samples).
     pub fn merge(&mut self, fresh: Vec<Mapping>) {

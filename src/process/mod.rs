@@ -216,7 +216,7 @@ impl ProcessTable {
                     self.vdso_binary = Some(id);
                 }
                 if let Some(p) = self.processes.get_mut(&pid) {
-                    p.merge(vec![m]);
+                    p.insert(m);
                 }
             }
             MapEvent::Exec { pid } => {

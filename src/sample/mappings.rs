@@ -27,6 +27,9 @@ use libbpf_sys::perf_event_attr;
 /// loop, or while the sampler loads.
 const RING_PAGES: usize = 32;
 
+/// Most records taken from one ring per read (about a full ring).
+pub const MAX_READ_PER_RING: usize = 1024;
+
 const PERF_RECORD_LOST: u32 = 2;
 const PERF_RECORD_COMM: u32 = 3;
 const PERF_RECORD_FORK: u32 = 7;
@@ -212,15 +215,19 @@ impl MapEvents {
         })
     }
 
-    /// Reads every record the rings hold now, in order per CPU, and frees
-    /// their space.
+    /// Reads the records the rings hold now, in order per CPU, and frees
+    /// their space: at most [`MAX_READ_PER_RING`] per ring per call, so a
+    /// flood of mmaps costs ember a bounded time per loop (the rest waits,
+    /// or is lost and counted when the ring fills).
     pub fn read(&mut self, on_event: &mut dyn FnMut(MapEvent)) {
         let scratch = &mut self.scratch;
         for ring in &self.rings {
             let (head, tail) = ring.head_tail();
             let end = head.load(Ordering::Acquire);
             let mut pos = tail.load(Ordering::Relaxed);
-            while pos + 8 <= end {
+            let mut taken = 0;
+            while pos + 8 <= end && taken < MAX_READ_PER_RING {
+                taken += 1;
                 ring.copy(pos, 8, scratch);
                 let kind = u32::from_ne_bytes(scratch[0..4].try_into().unwrap_or_default());
                 let misc = u16::from_ne_bytes(scratch[4..6].try_into().unwrap_or_default());
