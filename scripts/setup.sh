@@ -3,7 +3,8 @@
 # what is missing: clang and libelf/zlib headers for the BPF build, Go's
 # pprof as an independent decoder for tests, Node for the JIT test, and perf
 # and bpftrace (and inferno's CLIs) for the benchmark, binutils (objcopy,
-# strip) for the debug-file tests. Safe to run again.
+# strip) and a debuginfod server for the debug-file tests. Safe to run
+# again.
 set -eu
 
 need=""
@@ -20,6 +21,7 @@ have_cmd perf || need="$need linux-perf"
 have_cmd bpftrace || need="$need bpftrace"
 have_cmd setpriv || need="$need util-linux"
 have_cmd objcopy || need="$need binutils"
+have_cmd debuginfod || need="$need debuginfod"
 have_cmd systemd-analyze || need="$need systemd"
 
 if [ -n "$need" ]; then

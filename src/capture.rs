@@ -43,6 +43,9 @@ pub struct CaptureConfig {
     /// Directories searched for separate debug files by build ID, besides
     /// [`crate::symbolize::DEFAULT_DEBUG_DIR`].
     pub debug_dirs: Vec<std::path::PathBuf>,
+    /// Fetch missing debug files from the servers `DEBUGINFOD_URLS` names,
+    /// each request bounded by this timeout; None: never.
+    pub debuginfod: Option<Duration>,
 }
 
 /// One profiling session. Fields drop in order: the event ring buffer
@@ -84,6 +87,14 @@ impl Capture {
         let events = sampler.process_events()?;
         let mut sym = Symbolizer::new();
         sym.add_debug_dirs(&cfg.debug_dirs);
+        sym.set_debuginfod(cfg.debuginfod.and_then(|timeout| {
+            use crate::symbolize::debuginfod;
+            debuginfod::Debuginfod::new(
+                debuginfod::urls_from_env(),
+                debuginfod::cache_from_env(),
+                timeout,
+            )
+        }));
         if cfg.sample.kernel_stacks {
             sym.preload_kernel();
         }

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod aggregate;
 pub mod capture;
 pub mod export;
+pub mod net;
 pub mod preflight;
 pub mod process;
 pub mod profile;

@@ -178,6 +178,13 @@ struct RecordArgs {
     /// pointers alone stop at the kernel's 127).
     #[arg(long, default_value_t = 512, value_name = "FRAMES")]
     max_depth: u32,
+    /// Do not fetch missing debug files from DEBUGINFOD_URLS.
+    #[arg(long)]
+    no_debuginfod: bool,
+    /// How long to wait for debuginfod after sampling ends (then the
+    /// files are written with what is there).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    debuginfod_timeout: String,
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -304,6 +311,16 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         unwind_memory: a.unwind_memory << 20,
         debug_dirs: a.debug_dir.clone(),
         max_depth: a.max_depth,
+        debuginfod_timeout: if a.no_debuginfod {
+            None
+        } else {
+            Some(util::duration_in(
+                "--debuginfod-timeout",
+                &a.debuginfod_timeout,
+                Duration::from_millis(1),
+                Duration::from_secs(600),
+            )?)
+        },
     };
     for (flag, v, (lo, hi)) in [
         ("--count-map-size", a.count_map_size, limits::COUNT_MAP),

@@ -60,6 +60,8 @@ pub struct RecordOptions {
     pub debug_dirs: Vec<PathBuf>,
     /// Most user frames walked with unwind tables.
     pub max_depth: u32,
+    /// How long to wait for debuginfod after sampling; None: do not ask.
+    pub debuginfod_timeout: Option<Duration>,
 }
 
 /// The outcome, for the summary.
@@ -143,6 +145,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         // come from /proc.
         kernel_mappings: !matches!(opts.what, What::Pids(_)),
         debug_dirs: opts.debug_dirs.clone(),
+        debuginfod: opts.debuginfod_timeout,
     })?;
     let mut agg = Aggregate::default();
     let start_wall = SystemTime::now();
@@ -189,7 +192,22 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         frequency: opts.frequency,
         target: describe(&opts.what),
     };
-    let profile = profile::build(&agg, &mut procs, &mut sym, &build);
+    let mut profile = profile::build(&agg, &mut procs, &mut sym, &build);
+    let mut notes = Vec::new();
+    if let Some(wait) = opts.debuginfod_timeout {
+        // Binaries left unnamed: their debug files may be on a debuginfod
+        // server; wait for them at most this long, then name again.
+        let t0 = Instant::now();
+        let arrived = sym.fetch_debuginfo(&procs, t0 + wait);
+        if arrived > 0 {
+            profile = profile::build(&agg, &mut procs, &mut sym, &build);
+            notes.push(format!(
+                "named {arrived} stripped binar{} from debuginfod in {:.1} s",
+                if arrived == 1 { "y" } else { "ies" },
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+    }
     let unnamed = sym.stats(&procs).unnamed;
     let eo = ExportOptions {
         threads: opts.threads,
@@ -206,7 +224,11 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         profile,
         stats,
         written,
-        notes: target.finish(),
+        notes: {
+            let mut n = target.finish();
+            n.extend(notes);
+            n
+        },
         event,
         cpus,
         map_bytes,

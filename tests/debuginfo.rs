@@ -1,11 +1,14 @@
 //! Stripped binaries named through separate debug files found by build ID
-//! (`DIR/.build-id/xx/rest.debug`, as gdb and perf look them up), as
-//! Debian's dbgsym packages install them. Root only (CI is).
+//! (`DIR/.build-id/xx/rest.debug`, as gdb and perf look them up, as
+//! Debian's dbgsym packages install them) and fetched from a real
+//! debuginfod server (elfutils', started on 127.0.0.1). Root only (CI is).
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -58,7 +61,7 @@ fn stripped_binary_is_named_from_its_debug_file_by_build_id() {
     std::fs::create_dir_all(at.parent().unwrap()).unwrap();
     std::fs::copy(&debug, &at).unwrap();
     let record = |out: &str, extra: &[&str]| {
-        let mut args = vec!["record", "-F", "499", "-o", out];
+        let mut args = vec!["record", "-F", "499", "--no-debuginfod", "-o", out];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", stripped.to_str().unwrap(), "2"]);
         ember_ok(&args, &dir)
@@ -103,4 +106,142 @@ fn stripped_binary_is_named_from_its_debug_file_by_build_id() {
     let (a, b, g, _) = burners(&dir, "open.folded");
     assert_eq!(a + b + g, 0, "named from a debug file another user owns");
     assert!(stderr.contains("debug_file"), "{stderr}");
+}
+
+/// The stripped fixture and its debug file, split as distributions do.
+fn split_fixture(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let bin = fixture("split.c");
+    let stripped = dir.join("split-stripped");
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let debug = srv.join("split.debug");
+    std::fs::copy(&bin, &stripped).unwrap();
+    run(
+        "objcopy",
+        &[
+            "--only-keep-debug",
+            bin.to_str().unwrap(),
+            debug.to_str().unwrap(),
+        ],
+    );
+    run("strip", &["--strip-all", stripped.to_str().unwrap()]);
+    let id = build_id(&stripped);
+    (stripped, srv, id)
+}
+
+/// elfutils' debuginfod serving `srv` on a free port, killed on drop.
+struct Server(Child, u16);
+
+impl Server {
+    fn start(srv: &Path, db: &Path, id: &str) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("debuginfod")
+            .args(["-F", srv.to_str().unwrap(), "-p", &port.to_string(), "-d"])
+            .arg(db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting debuginfod (scripts/setup.sh installs it)");
+        let s = Server(child, port);
+        // Ready once it has scanned the directory and serves the file.
+        let t0 = Instant::now();
+        while http_status(port, &format!("/buildid/{id}/debuginfo")) != Some(200) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "debuginfod did not serve the debug file"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The summary's "wrote ... (in X s)": end of sampling to files written.
+fn finish_secs(stderr: &str) -> f64 {
+    stderr
+        .lines()
+        .find_map(|l| l.split("(in ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no finish time\n{stderr}"))
+}
+
+#[test]
+fn stripped_binary_is_named_through_a_local_debuginfod() {
+    let dir = scratch("debuginfod");
+    let (stripped, srv, id) = split_fixture(&dir);
+    let server = Server::start(&srv, &dir.join("db.sqlite"), &id);
+    let cache = dir.join("cache");
+    let record = |out: &str, urls: &str, extra: &[&str]| {
+        let mut cmd = Command::new(EMBER);
+        cmd.args(["record", "-F", "499", "-o", out])
+            .args(extra)
+            .arg("--")
+            .arg(&stripped)
+            .arg("2")
+            .env("DEBUGINFOD_URLS", urls)
+            .env("DEBUGINFOD_CACHE_PATH", &cache)
+            .current_dir(&dir);
+        let o = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        stderr
+    };
+    let url = format!("http://127.0.0.1:{}", server.1);
+    let stderr = record("d.folded", &url, &[]);
+    let (a, b, g, unnamed) = burners(&dir, "d.folded");
+    let total = a + b + g;
+    assert!(
+        total > 500,
+        "{total} samples named in the burners\n{stderr}"
+    );
+    assert!(
+        unnamed * 20 <= total,
+        "{unnamed} unnamed beside {total}\n{stderr}"
+    );
+    for (got, want) in [(a, 1.0 / 6.0), (b, 2.0 / 6.0), (g, 3.0 / 6.0)] {
+        let share = got as f64 / total as f64;
+        assert!(
+            (share - want).abs() < 0.05,
+            "share {share:.3}, truth {want:.3}"
+        );
+    }
+    assert!(stderr.contains("from debuginfod"), "{stderr}");
+    // Cached where elfutils keeps it: gdb and perf find it there too.
+    assert!(cache.join(&id).join("debuginfo").is_file());
+    drop(server);
+
+    // A server that accepts but never answers: the files are written at
+    // most the timeout (plus slack for a busy machine) after sampling
+    // ends, with one warning, and nothing else is lost.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    std::fs::remove_dir_all(&cache).unwrap();
+    let stderr = record("s.folded", &silent_url, &["--debuginfod-timeout", "1s"]);
+    let secs = finish_secs(&stderr);
+    assert!(
+        secs < 1.0 + 3.0,
+        "files written {secs} s after sampling\n{stderr}"
+    );
+    assert_eq!(stderr.matches("debuginfod:").count(), 1, "{stderr}");
+    let f = folded(&dir.join("s.folded"));
+    assert!(f.values().sum::<u64>() > 500, "samples kept");
 }

@@ -40,6 +40,9 @@ pub struct Config {
     /// (`DIR/.build-id/xx/rest.debug`), searched after /usr/lib/debug.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub debug_dirs: Vec<PathBuf>,
+    /// Fetch missing debug files from the servers `DEBUGINFOD_URLS` names
+    /// (in the background; later windows are named once they arrive).
+    pub debuginfod: bool,
 }
 
 /// `[store]`
@@ -177,6 +180,7 @@ impl Default for Config {
             push: Vec::new(),
             relabel: Vec::new(),
             debug_dirs: Vec::new(),
+            debuginfod: true,
         }
     }
 }
@@ -265,6 +269,8 @@ pub struct Settings {
     pub unwind_memory: u64,
     /// More directories with separate debug files.
     pub debug_dirs: Vec<PathBuf>,
+    /// Fetch missing debug files from debuginfod.
+    pub debuginfod: bool,
 }
 
 impl Settings {
@@ -721,6 +727,7 @@ impl Config {
             unwind_tables,
             unwind_memory,
             debug_dirs: self.debug_dirs.clone(),
+            debuginfod: self.debuginfod,
         })
     }
 

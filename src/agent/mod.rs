@@ -225,6 +225,8 @@ pub fn run(s: Settings) -> Result<()> {
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
         kernel_mappings: true,
         debug_dirs: s.debug_dirs.clone(),
+        // In the background: later windows are named once files arrive.
+        debuginfod: s.debuginfod.then_some(Duration::from_secs(30)),
     })?;
     let mut sink = Sink {
         s: &s,
@@ -411,6 +413,7 @@ impl Sink<'_> {
         }
         let (procs, sym) = cap.naming();
         sym.evict_idle(EVICT_AFTER_WINDOWS);
+        sym.fetch_debuginfo(procs, Instant::now());
         // Symbolization frees large parse structures each window; hand the
         // freed heap back to the system so RSS tracks real use.
         // SAFETY: malloc_trim has no preconditions.

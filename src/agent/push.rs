@@ -13,18 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
 use super::config::{PushKind as Kind, PushTarget, Settings};
 use super::metrics::PushMetrics;
 use super::Shared;
+use crate::net::HttpClient;
 use crate::profile::pprof;
 use crate::profile::Profile;
 
@@ -248,7 +247,10 @@ impl Pusher {
 
     async fn sender(&self, b: Arc<Backend>) {
         let ca = b.cfg.ca_file.as_deref();
-        let (client, h2) = match (http_client(false, ca), http_client(true, ca)) {
+        let (client, h2) = match (
+            crate::net::https_client(false, ca),
+            crate::net::https_client(true, ca),
+        ) {
             (Ok(a), Ok(h)) => (a, h),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!(
@@ -364,56 +366,6 @@ enum Outcome {
     Ok,
     Retry(String),
     Reject(u16, String),
-}
-
-type HttpClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
-
-/// A client for one backend: the system's CA roots (Mozilla's if the system
-/// has none) plus the backend's `ca_file`; HTTP/2 only for gRPC.
-fn http_client(h2_only: bool, ca_file: Option<&std::path::Path>) -> Result<HttpClient> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    if let Some(path) = ca_file {
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(|e| {
-                anyhow::anyhow!("cannot read CA certificates from {}: {e}", path.display())
-            })?;
-        for c in certs {
-            roots
-                .add(c)
-                .with_context(|| format!("bad CA certificate in {}", path.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let conn = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let conn = if h2_only {
-        conn.enable_http2().build()
-    } else {
-        conn.enable_http1().enable_http2().build()
-    };
-    let mut c = Client::builder(TokioExecutor::new());
-    c.pool_idle_timeout(Duration::from_secs(30));
-    if h2_only {
-        c.http2_only(true);
-    }
-    Ok(c.build(conn))
 }
 
 /// Redirects and oversized replies seen while sending one profile.

@@ -14,6 +14,7 @@
 //! Others are named from their ELF symbol tables, once those are checked
 //! to be within bounds. Perf maps are streamed within a read budget.
 
+pub mod debuginfod;
 pub mod perfmap;
 
 use std::collections::HashMap;
@@ -81,6 +82,10 @@ pub struct Symbolizer {
     epoch: u64,
     debug_dirs: Vec<std::path::PathBuf>,
     debug_files: u64,
+    debuginfod: Option<debuginfod::Debuginfod>,
+    /// Binaries with unnamed addresses and no debug file yet: what a
+    /// debuginfod server may have.
+    wants_debug: std::collections::HashSet<BinaryId>,
 }
 
 impl Default for Symbolizer {
@@ -162,7 +167,59 @@ impl Symbolizer {
             epoch: 0,
             debug_dirs: vec![DEFAULT_DEBUG_DIR.into()],
             debug_files: 0,
+            debuginfod: None,
+            wants_debug: Default::default(),
         }
+    }
+
+    /// Fetches missing debug files from a debuginfod server (see
+    /// [`fetch_debuginfo`](Self::fetch_debuginfo)).
+    pub fn set_debuginfod(&mut self, d: Option<debuginfod::Debuginfod>) {
+        self.debuginfod = d;
+    }
+
+    /// Asks the debuginfod server for the debug files of binaries that had
+    /// unnamed addresses, waits for them until `deadline` (pass now to
+    /// not wait), and makes the binaries whose file arrived be named anew
+    /// at the next build. Returns how many arrived.
+    pub fn fetch_debuginfo(&mut self, procs: &ProcessTable, deadline: std::time::Instant) -> usize {
+        let Some(d) = &self.debuginfod else { return 0 };
+        let wanted: Vec<(BinaryId, String)> = self
+            .wants_debug
+            .iter()
+            .filter_map(|&id| Some((id, procs.binary(id).build_id.clone()?)))
+            .collect();
+        let pending: Vec<String> = wanted
+            .iter()
+            .filter(|(_, b)| d.lookup(b) == debuginfod::Lookup::Pending)
+            .map(|(_, b)| b.clone())
+            .collect();
+        d.wait(&pending, deadline);
+        let outcomes: Vec<(BinaryId, debuginfod::Lookup)> = wanted
+            .into_iter()
+            .map(|(id, b)| (id, d.lookup(&b)))
+            .collect();
+        let mut arrived = 0;
+        for (id, outcome) in outcomes {
+            match outcome {
+                debuginfod::Lookup::Pending => continue,
+                debuginfod::Lookup::Found(_) => {
+                    if let Some(path) = self.names[id].parsed.take() {
+                        self.evict(&path);
+                    }
+                    self.names[id] = Names::default();
+                    arrived += 1;
+                }
+                debuginfod::Lookup::Missing => {}
+            }
+            self.wants_debug.remove(&id);
+        }
+        arrived
+    }
+
+    /// The debuginfod client's counts, when one is set.
+    pub fn debuginfod_stats(&self) -> Option<debuginfod::FetchStats> {
+        self.debuginfod.as_ref().map(|d| d.stats())
     }
 
     /// Searches these directories too (after [`DEFAULT_DEBUG_DIR`]) for
@@ -186,11 +243,13 @@ impl Symbolizer {
             .as_deref()
             .filter(|b| b.len() > 2 && !segments.is_empty())
             .and_then(|b| {
-                self.debug_dirs.iter().find_map(|dir| {
-                    let path = dir
-                        .join(".build-id")
+                let fetched = self.debuginfod.as_ref().map(|d| d.cached_path(b));
+                let local = self.debug_dirs.iter().map(|dir| {
+                    dir.join(".build-id")
                         .join(&b[..2])
-                        .join(format!("{}.debug", &b[2..]));
+                        .join(format!("{}.debug", &b[2..]))
+                });
+                local.chain(fetched).find_map(|path| {
                     let f = untrusted::open_regular(&path).ok()?;
                     if !untrusted::root_controlled(&f) {
                         untrusted::count(What::DebugFile, Refusal::NotOwner);
@@ -222,6 +281,7 @@ impl Symbolizer {
                     }
                 }
                 Release::Forgotten(id) => {
+                    self.wants_debug.remove(&id);
                     if let Some(path) = self.names.get_mut(id).and_then(|n| n.parsed.take()) {
                         self.evict(&path);
                     }
@@ -339,6 +399,13 @@ impl Symbolizer {
             vec![Frames::from([]); n]
         };
         self.sync(procs);
+        if self.debuginfod.is_some()
+            && results.iter().any(|f| f.is_empty())
+            && self.names[id].debug == Some(None)
+            && procs.binary(id).build_id.is_some()
+        {
+            self.wants_debug.insert(id);
+        }
         let epoch = self.epoch;
         let names = &mut self.names[id];
         names.used = epoch;
