@@ -14,6 +14,7 @@
 //! Others are named from their ELF symbol tables, once those are checked
 //! to be within bounds. Perf maps are streamed within a read budget.
 
+pub mod minidebug;
 pub mod perfmap;
 
 use std::collections::HashMap;
