@@ -15,6 +15,7 @@
 //! to be within bounds. Perf maps are streamed within a read budget.
 
 pub mod debuginfod;
+pub mod minidebug;
 pub mod perfmap;
 
 use std::collections::HashMap;
