@@ -94,6 +94,9 @@ pub struct Recording {
     pub unwind: Option<crate::unwind::UnwindStats>,
     /// Frames left without a name, by reason.
     pub unnamed: crate::symbolize::Unnamed,
+    /// Binaries named through a separate debug file, their MiniDebugInfo,
+    /// and debug files fetched from debuginfod.
+    pub debug_sources: (u64, u64, u64),
 }
 
 /// Checks everything that can be checked before sampling starts.
@@ -198,7 +201,24 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         // Binaries left unnamed: their debug files may be on a debuginfod
         // server; wait for them at most this long, then name again.
         let t0 = Instant::now();
-        let arrived = sym.fetch_debuginfo(&procs, t0 + wait);
+        if let Some(d) = sym.debuginfod() {
+            d.collect_failures();
+        }
+        let (arrived, pending) = sym.fetch_debuginfo(&procs, t0 + wait);
+        // One sentence for the user, whichever came first.
+        let failure = sym.debuginfod().and_then(|d| {
+            d.mark_reported();
+            d.take_failure()
+        });
+        if pending > 0 {
+            notes.push(format!(
+                "debuginfod: no answer within {:.1} s for {pending} binar{}; their frames stay unnamed (--debuginfod-timeout waits longer)",
+                wait.as_secs_f64(),
+                if pending == 1 { "y" } else { "ies" }
+            ));
+        } else if let Some(why) = failure {
+            notes.push(why);
+        }
         if arrived > 0 {
             profile = profile::build(&agg, &mut procs, &mut sym, &build);
             notes.push(format!(
@@ -208,7 +228,13 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             ));
         }
     }
-    let unnamed = sym.stats(&procs).unnamed;
+    let st = sym.stats(&procs);
+    let unnamed = st.unnamed;
+    let debug_sources = (
+        st.debug_files,
+        st.minidebug_files,
+        sym.debuginfod_stats().map_or(0, |f| f.fetched),
+    );
     let eo = ExportOptions {
         threads: opts.threads,
     };
@@ -236,6 +262,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         bpf_cost,
         unwind,
         unnamed,
+        debug_sources,
     })
 }
 
@@ -465,6 +492,13 @@ pub fn summary(r: &Recording) -> String {
         .filter(|(_, n)| *n > 0)
         .map(|(c, n)| format!("{n} {}", c.replace('_', " ")))
         .collect();
+    let (files, mini, fetched) = r.debug_sources;
+    if files + mini + fetched > 0 {
+        let _ = writeln!(
+            s,
+            "  debug info beyond the binaries' own symbols: {files} separate debug files ({fetched} fetched from debuginfod), {mini} MiniDebugInfo"
+        );
+    }
     if !unnamed.is_empty() {
         let _ = writeln!(
             s,

@@ -241,7 +241,62 @@ fn stripped_binary_is_named_through_a_local_debuginfod() {
         secs < 1.0 + 3.0,
         "files written {secs} s after sampling\n{stderr}"
     );
+    // Said once, in the summary.
     assert_eq!(stderr.matches("debuginfod:").count(), 1, "{stderr}");
     let f = folded(&dir.join("s.folded"));
     assert!(f.values().sum::<u64>() > 500, "samples kept");
+}
+
+/// A stripped binary carrying MiniDebugInfo (`.gnu_debugdata`, an
+/// xz-compressed ELF with the function symbols `.dynsym` lacks), built the
+/// way Fedora builds it: named from it with no debug file anywhere.
+#[test]
+fn stripped_binary_is_named_from_its_minidebuginfo() {
+    let dir = scratch("minidebug");
+    let bin = fixture("split.c");
+    let script = format!(
+        "set -e; cd {d}; cp {b} prog; objcopy --only-keep-debug prog prog.debug; \
+         nm prog --format=posix --defined-only | awk '$2 ~ /[Tt]/ {{print $1}}' | sort > funcsyms; \
+         objcopy -S --remove-section .gdb_index --remove-section .comment \
+           --keep-symbols=funcsyms prog.debug mini; \
+         xz -f mini; strip --strip-all prog -o split-stripped; \
+         objcopy --add-section .gnu_debugdata=mini.xz split-stripped",
+        d = dir.display(),
+        b = bin.display()
+    );
+    run("sh", &["-c", &script]);
+    let stripped = dir.join("split-stripped");
+    let plain = Command::new("nm").arg(&stripped).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("alpha"),
+        "the stripped binary still names alpha itself"
+    );
+    let out = ember_ok(
+        &[
+            "record",
+            "-F",
+            "499",
+            "--no-debuginfod",
+            "-o",
+            "m.folded",
+            "--",
+            stripped.to_str().unwrap(),
+            "2",
+        ],
+        &dir,
+    );
+    let (a, b, g, unnamed) = burners(&dir, "m.folded");
+    let total = a + b + g;
+    assert!(total > 500, "{total} samples named in the burners\n{out}");
+    assert!(
+        unnamed * 20 <= total,
+        "{unnamed} unnamed beside {total}\n{out}"
+    );
+    for (got, want) in [(a, 1.0 / 6.0), (b, 2.0 / 6.0), (g, 3.0 / 6.0)] {
+        let share = got as f64 / total as f64;
+        assert!(
+            (share - want).abs() < 0.05,
+            "share {share:.3}, truth {want:.3}"
+        );
+    }
 }

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub unwind_table_bytes: AtomicU64,
     /// Tables not loaded: over the memory budget.
     pub unwind_tables_over_budget: AtomicU64,
+    /// debuginfod fetches (None without a server).
+    pub debuginfod: Mutex<Option<crate::symbolize::debuginfod::FetchStats>>,
     /// Mapping records lost (kernel ring full, or too many processes not
     /// yet sampled): those processes' mappings come from /proc only.
     pub mapping_records_lost: AtomicU64,
@@ -155,6 +157,18 @@ impl Metrics {
             "Unwind tables not loaded because sampler.unwind_memory was used up.",
             format!(" {}", g(&self.unwind_tables_over_budget)),
         );
+        let fetches = *self.debuginfod.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = fetches {
+            for (name, help, v) in [
+                ("ember_debuginfod_requests_total", "Requests to debuginfod servers.", f.requests),
+                ("ember_debuginfod_fetched_total", "Debug files fetched from debuginfod.", f.fetched),
+                ("ember_debuginfod_missing_total", "Build IDs no debuginfod server had.", f.missing),
+                ("ember_debuginfod_errors_total", "debuginfod requests that failed (unreachable, timed out, too large, bad status).", f.errors),
+                ("ember_debuginfod_bytes_total", "Bytes of debug files fetched from debuginfod.", f.bytes),
+            ] {
+                line(name, "counter", help, format!(" {v}"));
+            }
+        }
         line(
             "ember_mapping_records_lost_total",
             "counter",

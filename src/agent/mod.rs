@@ -413,12 +413,13 @@ impl Sink<'_> {
         }
         let (procs, sym) = cap.naming();
         sym.evict_idle(EVICT_AFTER_WINDOWS);
-        sym.fetch_debuginfo(procs, Instant::now());
+        let _ = sym.fetch_debuginfo(procs, Instant::now());
         // Symbolization frees large parse structures each window; hand the
         // freed heap back to the system so RSS tracks real use.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         update_symbolizer_metrics(m, &sym.stats(procs));
+        *m.debuginfod.lock().unwrap_or_else(|e| e.into_inner()) = sym.debuginfod_stats();
         if let Some(store) = &self.shared.store {
             store.enforce_retention();
         }

@@ -73,6 +73,9 @@ struct Shared {
     changed: Condvar,
     counters: Counters,
     warned: AtomicBool,
+    /// Keep the first failure for the caller instead of printing it.
+    quiet: AtomicBool,
+    failure: Mutex<Option<String>>,
 }
 
 /// A debuginfod client.
@@ -125,6 +128,8 @@ impl Debuginfod {
             changed: Condvar::new(),
             counters: Counters::default(),
             warned: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
+            failure: Mutex::new(None),
         });
         let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
         let (s, c) = (shared.clone(), cache.clone());
@@ -185,6 +190,27 @@ impl Debuginfod {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// Keeps the first failure for [`take_failure`](Self::take_failure)
+    /// instead of printing it (a recording says it in its summary).
+    pub fn collect_failures(&self) {
+        self.shared.quiet.store(true, Ordering::Relaxed);
+    }
+
+    /// The first failure, once, if one was kept.
+    pub fn take_failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Marks the failure as reported by the caller: the fetch thread says
+    /// nothing more.
+    pub fn mark_reported(&self) {
+        self.shared.warned.store(true, Ordering::Relaxed);
     }
 
     /// Counts so far.
@@ -252,9 +278,15 @@ fn fetcher(
                     Fetched::Failed(why) => {
                         c.errors.fetch_add(1, Ordering::Relaxed);
                         if !shared.warned.swap(true, Ordering::Relaxed) {
-                            eprintln!(
-                                "ember: debuginfod: {why}; frames of stripped binaries without local debug files stay unnamed (set DEBUGINFOD_URLS, or pass --no-debuginfod)"
+                            let msg = format!(
+                                "debuginfod: {why}; frames of stripped binaries without local debug files stay unnamed"
                             );
+                            if shared.quiet.load(Ordering::Relaxed) {
+                                *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(msg);
+                            } else {
+                                eprintln!("ember: {msg}");
+                            }
                         }
                         state.insert(id, State::Missing(Instant::now() + ERROR_TTL));
                     }

@@ -51,6 +51,9 @@ pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 /// size) of the binary it describes.
 type DebugFile = (String, Vec<(u64, u64, u64)>);
 
+/// A binary's extracted MiniDebugInfo and the binary's segments.
+type MiniDebug = (std::fs::File, Vec<(u64, u64, u64)>);
+
 /// What the symbolizer keeps of one binary of the process table.
 #[derive(Default)]
 struct Names {
@@ -58,6 +61,9 @@ struct Names {
     /// The path blazesym parsed it through (its descriptor's, or its
     /// debug file's), while it holds that parse.
     parsed: Option<String>,
+    /// Its MiniDebugInfo (an in-memory ELF) and the binary's segments, once
+    /// looked up (None inside: it has none).
+    mini: Option<Option<MiniDebug>>,
     /// Its separate debug file, once looked up (None inside: none found),
     /// and the binary's loadable segments (file offset, address, size)
     /// that turn its file offsets into the debug file's addresses.
@@ -83,6 +89,7 @@ pub struct Symbolizer {
     epoch: u64,
     debug_dirs: Vec<std::path::PathBuf>,
     debug_files: u64,
+    minidebug_files: u64,
     debuginfod: Option<debuginfod::Debuginfod>,
     /// Binaries with unnamed addresses and no debug file yet: what a
     /// debuginfod server may have.
@@ -141,6 +148,8 @@ pub struct SymStats {
     pub unnamed: Unnamed,
     /// Binaries named through a separate debug file found by build ID.
     pub debug_files: u64,
+    /// Binaries named in part from their MiniDebugInfo.
+    pub minidebug_files: u64,
 }
 
 impl Symbolizer {
@@ -168,6 +177,7 @@ impl Symbolizer {
             epoch: 0,
             debug_dirs: vec![DEFAULT_DEBUG_DIR.into()],
             debug_files: 0,
+            minidebug_files: 0,
             debuginfod: None,
             wants_debug: Default::default(),
         }
@@ -182,9 +192,16 @@ impl Symbolizer {
     /// Asks the debuginfod server for the debug files of binaries that had
     /// unnamed addresses, waits for them until `deadline` (pass now to
     /// not wait), and makes the binaries whose file arrived be named anew
-    /// at the next build. Returns how many arrived.
-    pub fn fetch_debuginfo(&mut self, procs: &ProcessTable, deadline: std::time::Instant) -> usize {
-        let Some(d) = &self.debuginfod else { return 0 };
+    /// at the next build. Returns how many arrived and how many are still
+    /// being fetched.
+    pub fn fetch_debuginfo(
+        &mut self,
+        procs: &ProcessTable,
+        deadline: std::time::Instant,
+    ) -> (usize, usize) {
+        let Some(d) = &self.debuginfod else {
+            return (0, 0);
+        };
         let wanted: Vec<(BinaryId, String)> = self
             .wants_debug
             .iter()
@@ -200,10 +217,13 @@ impl Symbolizer {
             .into_iter()
             .map(|(id, b)| (id, d.lookup(&b)))
             .collect();
-        let mut arrived = 0;
+        let (mut arrived, mut pending) = (0, 0);
         for (id, outcome) in outcomes {
             match outcome {
-                debuginfod::Lookup::Pending => continue,
+                debuginfod::Lookup::Pending => {
+                    pending += 1;
+                    continue;
+                }
                 debuginfod::Lookup::Found(_) => {
                     if let Some(path) = self.names[id].parsed.take() {
                         self.evict(&path);
@@ -215,7 +235,63 @@ impl Symbolizer {
             }
             self.wants_debug.remove(&id);
         }
-        arrived
+        (arrived, pending)
+    }
+
+    /// Names what the binary's own symbols left unnamed from its
+    /// MiniDebugInfo (`.gnu_debugdata`, extracted once, bounded; see
+    /// [`minidebug`]), asked by virtual address.
+    fn fill_from_minidebug(
+        &mut self,
+        procs: &ProcessTable,
+        id: BinaryId,
+        offsets: &[u64],
+        mut results: Vec<Frames>,
+    ) -> Vec<Frames> {
+        if self.names[id].mini.is_none() {
+            let found = procs.binary(id).file().and_then(|f| {
+                let segments = load_segments(f);
+                match minidebug::extract(f) {
+                    Ok(mini) if !segments.is_empty() => Some((mini, segments)),
+                    Ok(_) | Err(minidebug::MiniError::Absent) => None,
+                    Err(minidebug::MiniError::TooLarge) => {
+                        untrusted::count(What::DebugFile, Refusal::TooLarge);
+                        None
+                    }
+                    Err(_) => {
+                        untrusted::count(What::DebugFile, Refusal::Io);
+                        None
+                    }
+                }
+            });
+            if found.is_some() {
+                self.minidebug_files += 1;
+            }
+            self.names[id].mini = Some(found);
+        }
+        let Some(Some((mini, segments))) = &self.names[id].mini else {
+            return results;
+        };
+        let empty: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].is_empty())
+            .collect();
+        let addrs: Vec<u64> = empty
+            .iter()
+            .map(|&i| to_vaddr(segments, offsets[i]))
+            .collect();
+        let src = Source::Elf(Elf::new(fd_path(mini)));
+        if let Ok(Ok(named)) = untrusted::guarded(|| self.run(&src, Input::VirtOffset(&addrs[..])))
+        {
+            for (i, f) in empty.into_iter().zip(named) {
+                results[i] = f;
+            }
+        }
+        results
+    }
+
+    /// The debuginfod client, when one is set.
+    pub fn debuginfod(&self) -> Option<&debuginfod::Debuginfod> {
+        self.debuginfod.as_ref()
     }
 
     /// The debuginfod client's counts, when one is set.
@@ -283,6 +359,10 @@ impl Symbolizer {
                 }
                 Release::Forgotten(id) => {
                     self.wants_debug.remove(&id);
+                    if let Some(Some(Some((mini, _)))) = self.names.get(id).map(|n| &n.mini) {
+                        let path = fd_path(mini);
+                        self.evict(&path);
+                    }
                     if let Some(path) = self.names.get_mut(id).and_then(|n| n.parsed.take()) {
                         self.evict(&path);
                     }
@@ -381,7 +461,13 @@ impl Symbolizer {
             match outcome {
                 Ok(Ok(r)) => {
                     self.names[id].parsed = Some(path);
-                    r
+                    if addrs.is_none() && r.iter().any(|f| f.is_empty()) {
+                        // Stripped: names its .dynsym lacks may be in its
+                        // MiniDebugInfo.
+                        self.fill_from_minidebug(procs, id, offsets, r)
+                    } else {
+                        r
+                    }
                 }
                 failed => {
                     // Truncated under blazesym (counted as a refusal) or
@@ -547,6 +633,7 @@ impl Symbolizer {
             open_files: t.open_files,
             unnamed: self.unnamed,
             debug_files: self.debug_files,
+            minidebug_files: self.minidebug_files,
         }
     }
 
