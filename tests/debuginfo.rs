@@ -300,3 +300,60 @@ fn stripped_binary_is_named_from_its_minidebuginfo() {
         );
     }
 }
+
+/// A containerized process (a mount namespace of its own) whose debug file
+/// exists only inside its root, under `/usr/lib/debug/.build-id/`: found
+/// there, checked to carry the binary's build ID, and its symbol table
+/// names the stripped binary.
+#[test]
+fn debug_file_inside_a_containers_root_is_found() {
+    let dir = scratch("debuginfo-container");
+    let (stripped, srv, id) = split_fixture(&dir);
+    let debug = srv.join("split.debug");
+    let inner = format!(
+        "mount -t tmpfs none /usr/lib/debug && mkdir -p /usr/lib/debug/.build-id/{a} && \
+         cp {d} /usr/lib/debug/.build-id/{a}/{b}.debug && exec {s} 6",
+        a = &id[..2],
+        b = &id[2..],
+        d = debug.display(),
+        s = stripped.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &inner])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = child.id().to_string();
+    let out = ember_ok(
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "-d",
+            "2s",
+            "-F",
+            "499",
+            "--no-debuginfod",
+            "-o",
+            "c.folded",
+        ],
+        &dir,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let (a, b, g, unnamed) = burners(&dir, "c.folded");
+    let total = a + b + g;
+    assert!(total > 300, "{total} samples named in the burners\n{out}");
+    assert!(
+        unnamed * 20 <= total,
+        "{unnamed} unnamed beside {total}\n{out}"
+    );
+    // Not on the host: only the container's root has it.
+    assert!(!Path::new(&format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &id[..2],
+        &id[2..]
+    ))
+    .exists());
+}

@@ -556,20 +556,34 @@ impl ProcessTable {
         self.binaries[id].file.as_ref()
     }
 
-    fn reopen(&mut self, id: BinaryId) -> bool {
-        let b = &self.binaries[id];
-        let Some(key) = b.key.filter(|_| !b.broken) else {
-            return false;
-        };
-        let found = self.processes.iter().find_map(|(&pid, p)| {
+    /// A live process that maps the binary, with its mapping.
+    fn live_mapper(&self, key: FileKey) -> Option<(u32, &Process, &Mapping)> {
+        self.processes.iter().find_map(|(&pid, p)| {
             if p.exited {
                 return None;
             }
             p.mappings
                 .iter()
                 .find(|m| m.file == Some(key))
-                .map(|m| (pid, m.clone()))
-        });
+                .map(|m| (pid, p, m))
+        })
+    }
+
+    /// A live process that maps the binary and lives in another mount
+    /// namespace than ember's (a container's), if any: where the binary's
+    /// debug files may be found inside that process's root.
+    pub fn foreign_mapper(&self, id: BinaryId) -> Option<(u32, Option<untrusted::Creds>)> {
+        let key = self.binaries[id].key?;
+        let (pid, p, _) = self.live_mapper(key)?;
+        (!p.same_mount_ns).then(|| (pid, p.creds.clone()))
+    }
+
+    fn reopen(&mut self, id: BinaryId) -> bool {
+        let b = &self.binaries[id];
+        let Some(key) = b.key.filter(|_| !b.broken) else {
+            return false;
+        };
+        let found = self.live_mapper(key).map(|(pid, _, m)| (pid, m.clone()));
         let Some((pid, m)) = found else {
             return false;
         };

@@ -47,9 +47,17 @@ pub type Frames = Arc<[SymFrame]>;
 /// do (`DIR/.build-id/xx/rest.debug`); `--debug-dir` adds more.
 pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 
-/// A separate debug file's path and the segments (file offset, address,
-/// size) of the binary it describes.
-type DebugFile = (String, Vec<(u64, u64, u64)>);
+/// A separate debug file: the path blazesym reads it by, the segments
+/// (file offset, address, size) of the binary it describes, whether only
+/// root can change it (then its DWARF is read), and the open file when the
+/// path is its descriptor's (one inside a container's root).
+#[derive(Clone)]
+struct DebugFile {
+    path: String,
+    segments: Vec<(u64, u64, u64)>,
+    trusted: bool,
+    _held: Option<Arc<std::fs::File>>,
+}
 
 /// A binary's extracted MiniDebugInfo and the binary's segments.
 type MiniDebug = (std::fs::File, Vec<(u64, u64, u64)>);
@@ -326,15 +334,23 @@ impl Symbolizer {
                         .join(&b[..2])
                         .join(format!("{}.debug", &b[2..]))
                 });
-                local.chain(fetched).find_map(|path| {
-                    let f = untrusted::open_regular(&path).ok()?;
-                    if !untrusted::root_controlled(&f) {
-                        untrusted::count(What::DebugFile, Refusal::NotOwner);
-                        return None;
-                    }
-                    let real = std::fs::read_link(fd_path(&f)).ok()?;
-                    Some((real.to_str()?.to_string(), segments.clone()))
-                })
+                local
+                    .chain(fetched)
+                    .find_map(|path| {
+                        let f = untrusted::open_regular(&path).ok()?;
+                        if !untrusted::root_controlled(&f) {
+                            untrusted::count(What::DebugFile, Refusal::NotOwner);
+                            return None;
+                        }
+                        let real = std::fs::read_link(fd_path(&f)).ok()?;
+                        Some(DebugFile {
+                            path: real.to_str()?.to_string(),
+                            segments: segments.clone(),
+                            trusted: true,
+                            _held: None,
+                        })
+                    })
+                    .or_else(|| container_debug_file(procs, id, b, &segments))
             });
         if found.is_some() {
             self.debug_files += 1;
@@ -441,9 +457,12 @@ impl Symbolizer {
             // A separate debug file (only root can change it) is asked by
             // address: its sections are laid out apart from the binary's.
             let (path, trusted, addrs) = match self.debug_file(procs, id) {
-                Some((debug, segments)) => {
-                    let addrs: Vec<u64> = offsets.iter().map(|&o| to_vaddr(&segments, o)).collect();
-                    (debug, true, Some(addrs))
+                Some(debug) => {
+                    let addrs: Vec<u64> = offsets
+                        .iter()
+                        .map(|&o| to_vaddr(&debug.segments, o))
+                        .collect();
+                    (debug.path, debug.trusted, Some(addrs))
                 }
                 None => {
                     let b = procs.binary(id);
@@ -488,7 +507,7 @@ impl Symbolizer {
         self.sync(procs);
         if self.debuginfod.is_some()
             && results.iter().any(|f| f.is_empty())
-            && self.names[id].debug == Some(None)
+            && matches!(self.names[id].debug, Some(None))
             && procs.binary(id).build_id.is_some()
         {
             self.wants_debug.insert(id);
@@ -692,6 +711,61 @@ impl KernelWorker {
         self.ask.send(addrs.to_vec()).ok()?;
         self.answers.recv().ok()
     }
+}
+
+/// The debug file of a binary mapped in a container, by build ID under
+/// `/usr/lib/debug/.build-id/` inside that container's root (opened there
+/// under the safe-open rules, and as readable by the process's own user).
+/// Others control it: it must carry the binary's build ID and symbol tables
+/// within bounds, and only its symbol tables are read (no DWARF).
+fn container_debug_file(
+    procs: &ProcessTable,
+    id: BinaryId,
+    build_id: &str,
+    segments: &[(u64, u64, u64)],
+) -> Option<DebugFile> {
+    let (pid, creds) = procs.foreign_mapper(id)?;
+    let creds = creds.or_else(|| untrusted::Creds::of(pid).ok())?;
+    let path = format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &build_id[..2],
+        &build_id[2..]
+    );
+    let policy = crate::untrusted::Policy {
+        no_symlinks: false,
+        owner_or_root: false,
+        max_bytes: 1 << 30,
+    };
+    let f = untrusted::open_in_root(
+        crate::untrusted::Root::Process(pid),
+        &path,
+        &creds,
+        policy,
+        What::DebugFile,
+    )
+    .ok()?;
+    let fd = fd_path(&f);
+    let same =
+        untrusted::guarded(|| blazesym::helper::read_elf_build_id(std::path::Path::new(&fd)))
+            .ok()
+            .and_then(|r| r.ok().flatten())
+            .is_some_and(|got| {
+                got.iter().map(|x| format!("{x:02x}")).collect::<String>() == build_id
+            });
+    if !same {
+        untrusted::count(What::DebugFile, Refusal::Changed);
+        return None;
+    }
+    if let Err(why) = untrusted::elf_tables_within_limits(&f) {
+        untrusted::count(What::DebugFile, why);
+        return None;
+    }
+    Some(DebugFile {
+        path: fd,
+        segments: segments.to_vec(),
+        trusted: false,
+        _held: Some(Arc::new(f)),
+    })
 }
 
 /// The loadable segments (file offset, virtual address, file size) of an
