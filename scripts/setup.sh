@@ -22,6 +22,7 @@ have_cmd bpftrace || need="$need bpftrace"
 have_cmd setpriv || need="$need util-linux"
 have_cmd objcopy || need="$need binutils"
 have_cmd debuginfod || need="$need debuginfod"
+have_cmd xz || need="$need xz-utils"
 have_cmd systemd-analyze || need="$need systemd"
 
 if [ -n "$need" ]; then

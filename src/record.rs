@@ -94,9 +94,8 @@ pub struct Recording {
     pub unwind: Option<crate::unwind::UnwindStats>,
     /// Frames left without a name, by reason.
     pub unnamed: crate::symbolize::Unnamed,
-    /// Binaries named through a separate debug file, their MiniDebugInfo,
-    /// and debug files fetched from debuginfod.
-    pub debug_sources: (u64, u64, u64),
+    /// Addresses named, by where the names came from.
+    pub named: crate::symbolize::Named,
 }
 
 /// Checks everything that can be checked before sampling starts.
@@ -230,11 +229,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     }
     let st = sym.stats(&procs);
     let unnamed = st.unnamed;
-    let debug_sources = (
-        st.debug_files,
-        st.minidebug_files,
-        sym.debuginfod_stats().map_or(0, |f| f.fetched),
-    );
+    let named = st.named;
     let eo = ExportOptions {
         threads: opts.threads,
     };
@@ -262,7 +257,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         bpf_cost,
         unwind,
         unnamed,
-        debug_sources,
+        named,
     })
 }
 
@@ -492,11 +487,12 @@ pub fn summary(r: &Recording) -> String {
         .filter(|(_, n)| *n > 0)
         .map(|(c, n)| format!("{n} {}", c.replace('_', " ")))
         .collect();
-    let (files, mini, fetched) = r.debug_sources;
-    if files + mini + fetched > 0 {
+    let n = &r.named;
+    if n.debug_file + n.debuginfod + n.minidebuginfo > 0 {
         let _ = writeln!(
             s,
-            "  debug info beyond the binaries' own symbols: {files} separate debug files ({fetched} fetched from debuginfod), {mini} MiniDebugInfo"
+            "  named frames (distinct addresses): {} from the binaries' own symbols, {} from debug files, {} from debuginfod, {} from MiniDebugInfo",
+            n.own, n.debug_file, n.debuginfod, n.minidebuginfo
         );
     }
     if !unnamed.is_empty() {

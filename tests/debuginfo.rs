@@ -92,6 +92,34 @@ fn stripped_binary_is_named_from_its_debug_file_by_build_id() {
         );
     }
 
+    // A .gnu_debuglink beside the binary (CRC-checked by blazesym, for a
+    // binary only root can change).
+    let linked = dir.join("split-linked");
+    std::fs::copy(&stripped, &linked).unwrap();
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    run("objcopy", &[&link, linked.to_str().unwrap()]);
+    let out = ember_ok(
+        &[
+            "record",
+            "-F",
+            "499",
+            "--no-debuginfod",
+            "-o",
+            "link.folded",
+            "--",
+            linked.to_str().unwrap(),
+            "2",
+        ],
+        &dir,
+    );
+    let (a, b, g, _) = burners(&dir, "link.folded");
+    let linked_total = a + b + g;
+    assert!(
+        linked_total > 500,
+        "{linked_total} named through the debug link\n{out}"
+    );
+    assert!((g as f64 / linked_total as f64 - 0.5).abs() < 0.05);
+
     // A debug file others can change is not trusted: refused, counted.
     let open = dir.join("open");
     std::fs::create_dir_all(at.parent().unwrap()).unwrap();

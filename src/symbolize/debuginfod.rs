@@ -331,6 +331,12 @@ async fn fetch_one(
                 continue;
             }
         };
+        let encoding = res
+            .headers()
+            .get(hyper::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity")
+            .to_ascii_lowercase();
         match res.status().as_u16() {
             200 => {}
             404 => continue,
@@ -369,6 +375,14 @@ async fn fetch_one(
             ));
             continue;
         }
+        // A server (or a proxy) may send it compressed.
+        let tmp = match decode(tmp, &encoding, &dir) {
+            Ok(t) => t,
+            Err(why) => {
+                failed = Some(format!("{base} sent a debug file that {why}"));
+                continue;
+            }
+        };
         if tmp.persist(dir.join("debuginfo")).is_err() {
             return Fetched::Failed(format!("cannot store into {}", dir.display()));
         }
@@ -378,6 +392,38 @@ async fn fetch_one(
         Some(why) => Fetched::Failed(why),
         None => Fetched::NotThere,
     }
+}
+
+/// The body as sent, decoded per its `Content-Encoding` (gzip or xz),
+/// within [`MAX_DEBUGINFO_BYTES`].
+fn decode(
+    raw: tempfile::NamedTempFile,
+    encoding: &str,
+    dir: &Path,
+) -> Result<tempfile::NamedTempFile, &'static str> {
+    use std::io::{Read, Seek};
+    let mut input = raw.reopen().map_err(|_| "could not be read back")?;
+    input.rewind().map_err(|_| "could not be read back")?;
+    let mut reader: Box<dyn Read> = match encoding {
+        "identity" | "" => return Ok(raw),
+        "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(input)),
+        "xz" => Box::new(lzma_rust2::XzReader::new_mem_limit(
+            std::io::BufReader::new(input),
+            false,
+            super::minidebug::DECODER_MEM_LIMIT_KB,
+        )),
+        _ => return Err("is in an encoding ember cannot read"),
+    };
+    let mut out = tempfile::NamedTempFile::new_in(dir).map_err(|_| "could not be stored")?;
+    let n = std::io::copy(
+        &mut (&mut reader).take(MAX_DEBUGINFO_BYTES + 1),
+        out.as_file_mut(),
+    )
+    .map_err(|_| "did not decompress")?;
+    if n > MAX_DEBUGINFO_BYTES {
+        return Err("is too large once decompressed");
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -394,6 +440,42 @@ mod tests {
         assert!(
             Debuginfod::new(Vec::new(), PathBuf::from("/nonexistent"), Duration::ZERO).is_none()
         );
+    }
+
+    /// Bodies sent gzip- or xz-encoded are stored decoded; an unknown
+    /// encoding is refused.
+    #[test]
+    fn encoded_bodies_are_decoded() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let stored = |encoding: &str, bytes: &[u8]| {
+            let mut t = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+            t.write_all(bytes).unwrap();
+            decode(t, encoding, dir.path()).map(|out| {
+                let mut v = Vec::new();
+                out.reopen().unwrap().read_to_end(&mut v).unwrap();
+                v
+            })
+        };
+        assert_eq!(stored("identity", &content).unwrap(), content);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&content).unwrap();
+        assert_eq!(stored("gzip", &gz.finish().unwrap()).unwrap(), content);
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, &content).unwrap();
+        let st = std::process::Command::new("xz")
+            .arg("-k")
+            .arg(&raw)
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "xz (scripts/setup.sh installs it)"
+        );
+        let xz = std::fs::read(dir.path().join("raw.xz")).unwrap();
+        assert_eq!(stored("xz", &xz).unwrap(), content);
+        assert!(stored("br", &xz).is_err());
+        assert!(stored("gzip", b"not gzip").is_err());
     }
 
     /// A server that refuses connections: the lookup queues, the wait ends

@@ -28,7 +28,7 @@ pub const MAX_COMPRESSED: u64 = 8 << 20;
 pub const MAX_DECOMPRESSED: u64 = 64 << 20;
 /// Most memory (KiB) the xz decoder may take for one block's dictionary:
 /// the decompressed cap plus a little for the decoder itself.
-const DECODER_MEM_LIMIT_KB: u32 = (MAX_DECOMPRESSED / 1024) as u32 + 1024;
+pub(crate) const DECODER_MEM_LIMIT_KB: u32 = (MAX_DECOMPRESSED / 1024) as u32 + 1024;
 
 /// Size of an ELF64 file header.
 const EHDR_SIZE: usize = 64;

@@ -56,6 +56,8 @@ struct DebugFile {
     path: String,
     segments: Vec<(u64, u64, u64)>,
     trusted: bool,
+    /// Fetched from debuginfod (into its cache).
+    fetched: bool,
     _held: Option<Arc<std::fs::File>>,
 }
 
@@ -98,6 +100,7 @@ pub struct Symbolizer {
     debug_dirs: Vec<std::path::PathBuf>,
     debug_files: u64,
     minidebug_files: u64,
+    named: Named,
     debuginfod: Option<debuginfod::Debuginfod>,
     /// Binaries with unnamed addresses and no debug file yet: what a
     /// debuginfod server may have.
@@ -137,6 +140,46 @@ impl Unnamed {
     }
 }
 
+/// Where a binary's names came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    /// Its own symbol tables (and DWARF, or a debug link blazesym followed).
+    Own,
+    /// A separate debug file found by build ID on this host or in a
+    /// container's root.
+    DebugFile,
+    /// A debug file fetched from debuginfod.
+    Debuginfod,
+    /// Its MiniDebugInfo.
+    MiniDebugInfo,
+}
+
+/// Addresses named (distinct, per profile build), by where the names came
+/// from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Named {
+    /// From the binaries' own symbols.
+    pub own: u64,
+    /// From separate debug files.
+    pub debug_file: u64,
+    /// From files fetched from debuginfod.
+    pub debuginfod: u64,
+    /// From MiniDebugInfo.
+    pub minidebuginfo: u64,
+}
+
+impl Named {
+    fn add(&mut self, source: NameSource, n: usize) {
+        let n = n as u64;
+        match source {
+            NameSource::Own => self.own += n,
+            NameSource::DebugFile => self.debug_file += n,
+            NameSource::Debuginfod => self.debuginfod += n,
+            NameSource::MiniDebugInfo => self.minidebuginfo += n,
+        }
+    }
+}
+
 /// Counters for the summary and metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SymStats {
@@ -158,6 +201,8 @@ pub struct SymStats {
     pub debug_files: u64,
     /// Binaries named in part from their MiniDebugInfo.
     pub minidebug_files: u64,
+    /// Addresses named, by source.
+    pub named: Named,
 }
 
 impl Symbolizer {
@@ -186,6 +231,7 @@ impl Symbolizer {
             debug_dirs: vec![DEFAULT_DEBUG_DIR.into()],
             debug_files: 0,
             minidebug_files: 0,
+            named: Named::default(),
             debuginfod: None,
             wants_debug: Default::default(),
         }
@@ -290,6 +336,8 @@ impl Symbolizer {
         let src = Source::Elf(Elf::new(fd_path(mini)));
         if let Ok(Ok(named)) = untrusted::guarded(|| self.run(&src, Input::VirtOffset(&addrs[..])))
         {
+            let n = named.iter().filter(|f| !f.is_empty()).count();
+            self.named.add(NameSource::MiniDebugInfo, n);
             for (i, f) in empty.into_iter().zip(named) {
                 results[i] = f;
             }
@@ -334,6 +382,7 @@ impl Symbolizer {
                         .join(&b[..2])
                         .join(format!("{}.debug", &b[2..]))
                 });
+                let fetched_path = fetched.clone();
                 local
                     .chain(fetched)
                     .find_map(|path| {
@@ -347,6 +396,7 @@ impl Symbolizer {
                             path: real.to_str()?.to_string(),
                             segments: segments.clone(),
                             trusted: true,
+                            fetched: fetched_path.as_ref() == Some(&path),
                             _held: None,
                         })
                     })
@@ -456,17 +506,23 @@ impl Symbolizer {
         } {
             // A separate debug file (only root can change it) is asked by
             // address: its sections are laid out apart from the binary's.
-            let (path, trusted, addrs) = match self.debug_file(procs, id) {
+            let (path, trusted, addrs, source) = match self.debug_file(procs, id) {
                 Some(debug) => {
                     let addrs: Vec<u64> = offsets
                         .iter()
                         .map(|&o| to_vaddr(&debug.segments, o))
                         .collect();
-                    (debug.path, debug.trusted, Some(addrs))
+                    let source = if debug.fetched {
+                        NameSource::Debuginfod
+                    } else {
+                        NameSource::DebugFile
+                    };
+                    (debug.path, debug.trusted, Some(addrs), source)
                 }
                 None => {
                     let b = procs.binary(id);
-                    (fd_path(b.file().expect("opened")), b.trusted(), None)
+                    let path = fd_path(b.file().expect("opened"));
+                    (path, b.trusted(), None, NameSource::Own)
                 }
             };
             let mut elf = Elf::new(&path);
@@ -480,6 +536,8 @@ impl Symbolizer {
             match outcome {
                 Ok(Ok(r)) => {
                     self.names[id].parsed = Some(path);
+                    self.named
+                        .add(source, r.iter().filter(|f| !f.is_empty()).count());
                     if addrs.is_none() && r.iter().any(|f| f.is_empty()) {
                         // Stripped: names its .dynsym lacks may be in its
                         // MiniDebugInfo.
@@ -653,6 +711,7 @@ impl Symbolizer {
             unnamed: self.unnamed,
             debug_files: self.debug_files,
             minidebug_files: self.minidebug_files,
+            named: self.named,
         }
     }
 
@@ -764,6 +823,7 @@ fn container_debug_file(
         path: fd,
         segments: segments.to_vec(),
         trusted: false,
+        fetched: false,
         _held: Some(Arc::new(f)),
     })
 }
