@@ -384,4 +384,53 @@ fn debug_file_inside_a_containers_root_is_found() {
         &id[2..]
     ))
     .exists());
+
+    // By its .gnu_debuglink, beside a binary that exists only in the
+    // container (a tmpfs mounted there alone).
+    let linked = dir.join("split-linked");
+    std::fs::copy(&stripped, &linked).unwrap();
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    run("objcopy", &[&link, linked.to_str().unwrap()]);
+    let ct = dir.join("ct");
+    std::fs::create_dir_all(&ct).unwrap();
+    let inner = format!(
+        "mount -t tmpfs none {c} && cp {l} {c}/app && cp {d} {c}/split.debug && exec {c}/app 6",
+        c = ct.display(),
+        l = linked.display(),
+        d = debug.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &inner])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = child.id().to_string();
+    let out = ember_ok(
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "-d",
+            "2s",
+            "-F",
+            "499",
+            "--no-debuginfod",
+            "-o",
+            "l.folded",
+        ],
+        &dir,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let (a, b, g, _) = burners(&dir, "l.folded");
+    let named = a + b + g;
+    assert!(
+        named > 300,
+        "{named} samples named through the container's debug link\n{out}"
+    );
+    assert!(
+        std::fs::read_dir(&ct).unwrap().next().is_none(),
+        "the host sees the files"
+    );
 }

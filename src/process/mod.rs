@@ -570,12 +570,16 @@ impl ProcessTable {
     }
 
     /// A live process that maps the binary and lives in another mount
-    /// namespace than ember's (a container's), if any: where the binary's
-    /// debug files may be found inside that process's root.
-    pub fn foreign_mapper(&self, id: BinaryId) -> Option<(u32, Option<untrusted::Creds>)> {
+    /// namespace than ember's (a container's), if any, with its
+    /// credentials and the binary's path there: where the binary's debug
+    /// files may be found inside that process's root.
+    pub fn foreign_mapper(
+        &self,
+        id: BinaryId,
+    ) -> Option<(u32, Option<untrusted::Creds>, Arc<str>)> {
         let key = self.binaries[id].key?;
-        let (pid, p, _) = self.live_mapper(key)?;
-        (!p.same_mount_ns).then(|| (pid, p.creds.clone()))
+        let (pid, p, m) = self.live_mapper(key)?;
+        (!p.same_mount_ns).then(|| (pid, p.creds.clone(), m.path.clone()))
     }
 
     fn reopen(&mut self, id: BinaryId) -> bool {

@@ -73,7 +73,7 @@ impl std::error::Error for MiniError {}
 /// Extracts the binary's MiniDebugInfo into an anonymous in-memory file
 /// (memfd_create, MFD_CLOEXEC), checked to be an ELF file.
 pub fn extract(binary: &File) -> Result<File, MiniError> {
-    let (offset, size) = find_section(binary)?;
+    let (offset, size) = find_section(binary, SECTION_NAME)?;
     if size > MAX_COMPRESSED {
         return Err(MiniError::TooLarge);
     }
@@ -213,8 +213,20 @@ fn read_at(file: &File, offset: u64, len: u64) -> Result<Vec<u8>, MiniError> {
     Ok(buf)
 }
 
-/// Finds `.gnu_debugdata`: its file offset and size.
-fn find_section(file: &File) -> Result<(u64, u64), MiniError> {
+/// The file name a binary's `.gnu_debuglink` names (a plain name: no
+/// directory, at most 255 bytes), read with bounded reads.
+pub fn debuglink(binary: &File) -> Option<String> {
+    let (offset, size) = find_section(binary, b".gnu_debuglink").ok()?;
+    let data = read_at(binary, offset, size.min(260)).ok()?;
+    let name = data.split(|&b| b == 0).next()?;
+    let name = std::str::from_utf8(name).ok()?;
+    let plain =
+        !name.is_empty() && name.len() < 256 && !name.contains('/') && name != "." && name != "..";
+    plain.then(|| name.to_string())
+}
+
+/// Finds a section by name: its file offset and size.
+fn find_section(file: &File, wanted: &[u8]) -> Result<(u64, u64), MiniError> {
     let mut ehdr = [0u8; EHDR_SIZE];
     file.read_exact_at(&mut ehdr, 0)
         .map_err(|_| MiniError::Absent)?;
@@ -278,7 +290,7 @@ fn find_section(file: &File) -> Result<(u64, u64), MiniError> {
             continue;
         };
         let name = rest.split(|&b| b == 0).next().unwrap_or_default();
-        if name == SECTION_NAME {
+        if name == wanted {
             if s.kind == SHT_NOBITS {
                 return Err(MiniError::Corrupt);
             }

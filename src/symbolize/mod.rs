@@ -772,59 +772,71 @@ impl KernelWorker {
     }
 }
 
-/// The debug file of a binary mapped in a container, by build ID under
-/// `/usr/lib/debug/.build-id/` inside that container's root (opened there
-/// under the safe-open rules, and as readable by the process's own user).
-/// Others control it: it must carry the binary's build ID and symbol tables
-/// within bounds, and only its symbol tables are read (no DWARF).
+/// The debug file of a binary mapped in a container, inside that
+/// container's root: by build ID under `/usr/lib/debug/.build-id/`, else by
+/// its `.gnu_debuglink` name beside the binary, in its `.debug/` and under
+/// `/usr/lib/debug/` + its directory, as gdb looks. Each is opened there
+/// under the safe-open rules, as readable by the process's own user. Others
+/// control it: it must carry the binary's build ID (which also stands for
+/// the link's CRC) and symbol tables within bounds, and only its symbol
+/// tables are read (no DWARF).
 fn container_debug_file(
     procs: &ProcessTable,
     id: BinaryId,
     build_id: &str,
     segments: &[(u64, u64, u64)],
 ) -> Option<DebugFile> {
-    let (pid, creds) = procs.foreign_mapper(id)?;
+    let (pid, creds, bin_path) = procs.foreign_mapper(id)?;
     let creds = creds.or_else(|| untrusted::Creds::of(pid).ok())?;
-    let path = format!(
+    let mut candidates = vec![format!(
         "/usr/lib/debug/.build-id/{}/{}.debug",
         &build_id[..2],
         &build_id[2..]
-    );
+    )];
+    let link = procs.binary(id).file().and_then(minidebug::debuglink);
+    let dir = std::path::Path::new(&*bin_path).parent();
+    if let (Some(link), Some(dir)) = (link, dir.and_then(|d| d.to_str())) {
+        candidates.push(format!("{dir}/{link}"));
+        candidates.push(format!("{dir}/.debug/{link}"));
+        candidates.push(format!("/usr/lib/debug{dir}/{link}"));
+    }
     let policy = crate::untrusted::Policy {
         no_symlinks: false,
         owner_or_root: false,
         max_bytes: 1 << 30,
     };
-    let f = untrusted::open_in_root(
-        crate::untrusted::Root::Process(pid),
-        &path,
-        &creds,
-        policy,
-        What::DebugFile,
-    )
-    .ok()?;
-    let fd = fd_path(&f);
-    let same =
-        untrusted::guarded(|| blazesym::helper::read_elf_build_id(std::path::Path::new(&fd)))
-            .ok()
-            .and_then(|r| r.ok().flatten())
-            .is_some_and(|got| {
-                got.iter().map(|x| format!("{x:02x}")).collect::<String>() == build_id
-            });
-    if !same {
-        untrusted::count(What::DebugFile, Refusal::Changed);
-        return None;
-    }
-    if let Err(why) = untrusted::elf_tables_within_limits(&f) {
-        untrusted::count(What::DebugFile, why);
-        return None;
-    }
-    Some(DebugFile {
-        path: fd,
-        segments: segments.to_vec(),
-        trusted: false,
-        fetched: false,
-        _held: Some(Arc::new(f)),
+    candidates.into_iter().find_map(|path| {
+        let f = untrusted::open_in_root(
+            crate::untrusted::Root::Process(pid),
+            &path,
+            &creds,
+            policy,
+            What::DebugFile,
+        )
+        .ok()?;
+        let fd = fd_path(&f);
+        let same =
+            untrusted::guarded(|| blazesym::helper::read_elf_build_id(std::path::Path::new(&fd)))
+                .ok()
+                .and_then(|r| r.ok().flatten())
+                .is_some_and(|got| {
+                    got.iter().map(|x| format!("{x:02x}")).collect::<String>() == build_id
+                });
+        if !same {
+            untrusted::count(What::DebugFile, Refusal::Changed);
+            return None;
+        }
+        if let Err(why) = untrusted::elf_tables_within_limits(&f) {
+            untrusted::count(What::DebugFile, why);
+            return None;
+        }
+        Some(DebugFile {
+            path: fd,
+            segments: segments.to_vec(),
+            trusted: false,
+            fetched: false,
+            _held: Some(Arc::new(f)),
+        })
     })
 }
 
