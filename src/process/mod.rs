@@ -569,17 +569,21 @@ impl ProcessTable {
         })
     }
 
-    /// A live process that maps the binary and lives in another mount
-    /// namespace than ember's (a container's), if any, with its
-    /// credentials and the binary's path there: where the binary's debug
-    /// files may be found inside that process's root.
+    /// A live process that maps the binary, when the binary's debug files
+    /// must be looked up inside that process's root (it lives in another
+    /// mount namespace, a container's, or others can change the binary),
+    /// with its credentials and the binary's path there.
     pub fn foreign_mapper(
         &self,
         id: BinaryId,
     ) -> Option<(u32, Option<untrusted::Creds>, Arc<str>)> {
-        let key = self.binaries[id].key?;
+        let b = &self.binaries[id];
+        let key = b.key?;
         let (pid, p, m) = self.live_mapper(key)?;
-        (!p.same_mount_ns).then(|| (pid, p.creds.clone(), m.path.clone()))
+        // blazesym follows the debug links of binaries only root can
+        // change in ember's own namespace; every other binary is looked up
+        // here, inside its process's root.
+        (!p.same_mount_ns || !b.dwarf).then(|| (pid, p.creds.clone(), m.path.clone()))
     }
 
     fn reopen(&mut self, id: BinaryId) -> bool {

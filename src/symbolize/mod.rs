@@ -772,8 +772,8 @@ impl KernelWorker {
     }
 }
 
-/// The debug file of a binary mapped in a container, inside that
-/// container's root: by build ID under `/usr/lib/debug/.build-id/`, else by
+/// The debug file of a binary mapped in a container (or one others can
+/// change), inside its process's root: by build ID under `/usr/lib/debug/.build-id/`, else by
 /// its `.gnu_debuglink` name beside the binary, in its `.debug/` and under
 /// `/usr/lib/debug/` + its directory, as gdb looks. Each is opened there
 /// under the safe-open rules, as readable by the process's own user. Others
