@@ -160,6 +160,7 @@ impl Metrics {
         let fetches = *self.debuginfod.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = fetches {
             for (name, help, v) in [
+                ("ember_debuginfod_cache_hits_total", "Debug files used from the debuginfod cache.", f.hits),
                 ("ember_debuginfod_requests_total", "Requests to debuginfod servers.", f.requests),
                 ("ember_debuginfod_fetched_total", "Debug files fetched from debuginfod.", f.fetched),
                 ("ember_debuginfod_missing_total", "Build IDs no debuginfod server had.", f.missing),

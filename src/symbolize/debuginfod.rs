@@ -41,6 +41,9 @@ pub enum Lookup {
 /// Counts for the summary and `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FetchStats {
+    /// Debug files found already in the cache (fetched earlier, by ember,
+    /// gdb or perf).
+    pub hits: u64,
     /// Requests made.
     pub requests: u64,
     /// Debug files fetched.
@@ -61,6 +64,7 @@ enum State {
 
 #[derive(Default)]
 struct Counters {
+    hits: AtomicU64,
     requests: AtomicU64,
     fetched: AtomicU64,
     missing: AtomicU64,
@@ -213,10 +217,16 @@ impl Debuginfod {
         self.shared.warned.store(true, Ordering::Relaxed);
     }
 
+    /// Counts a debug file found in the cache.
+    pub fn count_hit(&self) {
+        self.shared.counters.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts so far.
     pub fn stats(&self) -> FetchStats {
         let c = &self.shared.counters;
         FetchStats {
+            hits: c.hits.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             fetched: c.fetched.load(Ordering::Relaxed),
             missing: c.missing.load(Ordering::Relaxed),

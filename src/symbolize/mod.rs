@@ -402,8 +402,13 @@ impl Symbolizer {
                     })
                     .or_else(|| container_debug_file(procs, id, b, &segments))
             });
-        if found.is_some() {
+        if let Some(f) = &found {
             self.debug_files += 1;
+            if f.fetched {
+                if let Some(d) = &self.debuginfod {
+                    d.count_hit();
+                }
+            }
         }
         self.names[id].debug = Some(found.clone());
         found
