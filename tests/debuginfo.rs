@@ -329,6 +329,37 @@ fn stripped_binary_is_named_from_its_minidebuginfo() {
     }
 }
 
+/// Runs `inner` (which ends by exec'ing the fixture for 6 s) in a mount
+/// namespace of its own, records it by pid for 2 s into `out`, and
+/// returns ember's stderr.
+fn record_in_container(dir: &Path, inner: &str, out: &str) -> String {
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", inner])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = child.id().to_string();
+    let stderr = ember_ok(
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "-d",
+            "2s",
+            "-F",
+            "499",
+            "--no-debuginfod",
+            "-o",
+            out,
+        ],
+        dir,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    stderr
+}
+
 /// A containerized process (a mount namespace of its own) whose debug file
 /// exists only inside its root, under `/usr/lib/debug/.build-id/`: found
 /// there, checked to carry the binary's build ID, and its symbol table
@@ -346,30 +377,7 @@ fn debug_file_inside_a_containers_root_is_found() {
         d = debug.display(),
         s = stripped.display()
     );
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &inner])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    let pid = child.id().to_string();
-    let out = ember_ok(
-        &[
-            "record",
-            "--pid",
-            &pid,
-            "-d",
-            "2s",
-            "-F",
-            "499",
-            "--no-debuginfod",
-            "-o",
-            "c.folded",
-        ],
-        &dir,
-    );
-    let _ = child.kill();
-    let _ = child.wait();
+    let out = record_in_container(&dir, &inner, "c.folded");
     let (a, b, g, unnamed) = burners(&dir, "c.folded");
     let total = a + b + g;
     assert!(total > 300, "{total} samples named in the burners\n{out}");
@@ -399,30 +407,7 @@ fn debug_file_inside_a_containers_root_is_found() {
         l = linked.display(),
         d = debug.display()
     );
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &inner])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    let pid = child.id().to_string();
-    let out = ember_ok(
-        &[
-            "record",
-            "--pid",
-            &pid,
-            "-d",
-            "2s",
-            "-F",
-            "499",
-            "--no-debuginfod",
-            "-o",
-            "l.folded",
-        ],
-        &dir,
-    );
-    let _ = child.kill();
-    let _ = child.wait();
+    let out = record_in_container(&dir, &inner, "l.folded");
     let (a, b, g, _) = burners(&dir, "l.folded");
     let named = a + b + g;
     assert!(

@@ -20,8 +20,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use libbpf_sys::perf_event_attr;
-
 /// Data pages per CPU ring (plus one header page): 128 KiB, about 1000
 /// records (a record is about 120 bytes) between two reads of the capture
 /// loop, or while the sampler loads.
@@ -99,9 +97,7 @@ impl Drop for Ring {
 
 impl Ring {
     fn open(cpu: u32) -> io::Result<Ring> {
-        // SAFETY: perf_event_attr is plain old data; zero is a valid value.
-        let mut attr: perf_event_attr = unsafe { std::mem::zeroed() };
-        attr.size = std::mem::size_of::<perf_event_attr>() as u32;
+        let mut attr = super::perf::attr();
         attr.type_ = libbpf_sys::PERF_TYPE_SOFTWARE;
         attr.config = libbpf_sys::PERF_COUNT_SW_DUMMY as u64;
         attr.set_mmap(1);
@@ -109,20 +105,7 @@ impl Ring {
         attr.set_comm(1);
         attr.set_comm_exec(1);
         attr.set_task(1);
-        // SAFETY: attr is initialised and outlives the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &attr as *const perf_event_attr,
-                -1i32,
-                cpu as i32,
-                -1i32,
-                libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = super::perf::open_attr(&attr, cpu)?;
         // SAFETY: a new descriptor this function owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let page = page_size();

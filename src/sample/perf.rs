@@ -23,12 +23,38 @@ impl Event {
     }
 }
 
-/// Opens the sampling event on `cpu` for every task, in frequency mode.
-/// Returns the raw fd; libbpf takes ownership when the program is attached.
-pub fn open(event: Event, cpu: u32, frequency: u64) -> io::Result<i32> {
+/// A zeroed `perf_event_attr` with its size set.
+pub fn attr() -> perf_event_attr {
     // SAFETY: perf_event_attr is plain old data; zero is a valid value.
     let mut attr: perf_event_attr = unsafe { std::mem::zeroed() };
     attr.size = std::mem::size_of::<perf_event_attr>() as u32;
+    attr
+}
+
+/// perf_event_open(2) for every task on `cpu`, closed on exec; the raw fd.
+pub fn open_attr(attr: &perf_event_attr, cpu: u32) -> io::Result<i32> {
+    // SAFETY: attr is initialised and outlives the call; the kernel copies it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr as *const perf_event_attr,
+            -1i32,
+            cpu as i32,
+            -1i32,
+            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
+        )
+    };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd as i32)
+    }
+}
+
+/// Opens the sampling event on `cpu` for every task, in frequency mode.
+/// Returns the raw fd; libbpf takes ownership when the program is attached.
+pub fn open(event: Event, cpu: u32, frequency: u64) -> io::Result<i32> {
+    let mut attr = attr();
     match event {
         Event::CpuClock => {
             attr.type_ = libbpf_sys::PERF_TYPE_SOFTWARE;
@@ -41,22 +67,7 @@ pub fn open(event: Event, cpu: u32, frequency: u64) -> io::Result<i32> {
     }
     attr.__bindgen_anon_1.sample_freq = frequency;
     attr.set_freq(1);
-    // SAFETY: attr is initialised and outlives the call; the kernel copies it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const perf_event_attr,
-            -1i32,
-            cpu as i32,
-            -1i32,
-            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
-        )
-    };
-    if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(fd as i32)
-    }
+    open_attr(&attr, cpu)
 }
 
 /// The CPUs that are online now, from /sys/devices/system/cpu/online.
