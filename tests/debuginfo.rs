@@ -26,6 +26,15 @@ fn build_id(path: &Path) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Records `bin 2` (the fixture's 2 s run) at 499 Hz into `out` with local
+/// debug info only (no debuginfod); returns ember's stderr.
+fn record_local(dir: &Path, bin: &Path, out: &str, extra: &[&str]) -> String {
+    let mut args = vec!["record", "-F", "499", "--no-debuginfod", "-o", out];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", bin.to_str().unwrap(), "2"]);
+    ember_ok(&args, dir)
+}
+
 /// Samples of the fixture in each burner, and samples with a frame of the
 /// stripped binary left unnamed (`name+0x...`).
 fn burners(dir: &Path, name: &str) -> (u64, u64, u64, u64) {
@@ -60,12 +69,7 @@ fn stripped_binary_is_named_from_its_debug_file_by_build_id() {
         .join(format!("{}.debug", &id[2..]));
     std::fs::create_dir_all(at.parent().unwrap()).unwrap();
     std::fs::copy(&debug, &at).unwrap();
-    let record = |out: &str, extra: &[&str]| {
-        let mut args = vec!["record", "-F", "499", "--no-debuginfod", "-o", out];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", stripped.to_str().unwrap(), "2"]);
-        ember_ok(&args, &dir)
-    };
+    let record = |out: &str, extra: &[&str]| record_local(&dir, &stripped, out, extra);
 
     // Stripped and without its debug file: the burners have no names.
     record("plain.folded", &[]);
@@ -98,20 +102,7 @@ fn stripped_binary_is_named_from_its_debug_file_by_build_id() {
     std::fs::copy(&stripped, &linked).unwrap();
     let link = format!("--add-gnu-debuglink={}", debug.display());
     run("objcopy", &[&link, linked.to_str().unwrap()]);
-    let out = ember_ok(
-        &[
-            "record",
-            "-F",
-            "499",
-            "--no-debuginfod",
-            "-o",
-            "link.folded",
-            "--",
-            linked.to_str().unwrap(),
-            "2",
-        ],
-        &dir,
-    );
+    let out = record_local(&dir, &linked, "link.folded", &[]);
     let (a, b, g, _) = burners(&dir, "link.folded");
     let linked_total = a + b + g;
     assert!(
@@ -299,20 +290,7 @@ fn stripped_binary_is_named_from_its_minidebuginfo() {
         !String::from_utf8_lossy(&plain.stdout).contains("alpha"),
         "the stripped binary still names alpha itself"
     );
-    let out = ember_ok(
-        &[
-            "record",
-            "-F",
-            "499",
-            "--no-debuginfod",
-            "-o",
-            "m.folded",
-            "--",
-            stripped.to_str().unwrap(),
-            "2",
-        ],
-        &dir,
-    );
+    let out = record_local(&dir, &stripped, "m.folded", &[]);
     let (a, b, g, unnamed) = burners(&dir, "m.folded");
     let total = a + b + g;
     assert!(total > 500, "{total} samples named in the burners\n{out}");
