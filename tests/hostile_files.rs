@@ -535,6 +535,15 @@ fn agent_survives_hostile_files() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let idle_fds = fds(pid);
+    // A window is stored only if something ran: on a quiet host, run a
+    // little shell loop and wait for its window (CI once saw none in 9 s).
+    let t0 = Instant::now();
+    while windows_in(&store) == 0 && t0.elapsed() < Duration::from_secs(20) {
+        let _ = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let before = windows_in(&store);
     assert!(before > 0, "no windows before the attack: {}", log_text());
 
