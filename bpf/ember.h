@@ -29,6 +29,13 @@ enum ember_limit {
 	EMBER_MAPPING_SLOTS = 65536,
 	/* Entries of the unwind_tables array; id 0 means "no table". */
 	EMBER_MAX_TABLES = 4096,
+	/* Python frames walked per sample; each takes two words of a
+	 * user_stack (code object, instruction | PY_FRAME_* << 32). */
+	EMBER_MAX_PY_DEPTH = 256,
+	/* CPython structure layouts userspace may describe (py_layouts). */
+	EMBER_PY_LAYOUTS = 16,
+	/* Bytes of a Python frame read at once (py_buf). */
+	EMBER_PY_FRAME_READ = 128,
 };
 
 /* sample_key.flags */
@@ -37,6 +44,7 @@ enum sample_flag {
 	SAMPLE_KERNEL_LOST = 2, /* kernel stack could not be stored */
 	SAMPLE_MAP_FULL = 4,    /* ...because the stack map was full */
 	SAMPLE_TRUNCATED = 8,   /* the user stack walk stopped before the end */
+	SAMPLE_PY_TRUNCATED = 16, /* the Python frame walk stopped before the end */
 };
 
 /* filter map values */
@@ -51,6 +59,7 @@ struct sample_key {
 	__u32 tid;
 	__u64 user_stack;   /* hash key into the stack map; 0 = none */
 	__u64 kernel_stack; /* hash key into the stack map; 0 = none */
+	__u64 py_stack;     /* Python frames (see py_layout), hash key; 0 = none */
 	__u32 flags;        /* SAMPLE_* */
 	__u32 _pad;
 	char comm[EMBER_COMM_LEN];        /* process (group leader) name */
@@ -95,6 +104,11 @@ enum ember_stat {
 	STAT_TRUNC_NO_TABLE,      /* ...no unwind table, frame pointers failed */
 	STAT_TRUNC_READ,          /* ...stack memory unreadable */
 	STAT_TRUNC_UNSUPPORTED,   /* ...a CFI rule ember cannot follow */
+	STAT_PY_STACKS,           /* samples of a Python thread with its frames walked */
+	STAT_PY_NO_THREAD,        /* samples in a Python process outside any Python thread */
+	STAT_PY_READ,             /* ...Python frames unreadable (walk cut short) */
+	STAT_PY_DEPTH,            /* ...Python frames cut at max_py_depth */
+	STAT_PY_LOST,             /* ...Python frames walked but not stored */
 	STAT_MAX,
 };
 
@@ -144,6 +158,54 @@ struct proc_unwind {
 	__u32 count;
 	__u32 stale; /* set by BPF when an address fell outside every mapping */
 	__u32 _pad;
+};
+
+/* ---- CPython ------------------------------------------------------------
+ * Where one CPython version keeps what the walk reads, in bytes. Userspace
+ * fills one entry of py_layouts per supported version and points each Python
+ * process (py_procs) at its entry. 0xffff: the field does not exist. */
+struct py_layout {
+	__u16 interp_next;      /* PyInterpreterState.next */
+	__u16 interp_threads;   /* PyInterpreterState: first PyThreadState */
+	__u16 tstate_next;      /* PyThreadState.next */
+	__u16 tstate_thread_id; /* PyThreadState.thread_id (pthread_self) */
+	__u16 tstate_frame;     /* PyThreadState: current frame (or _PyCFrame *) */
+	__u16 cframe_frame;     /* _PyCFrame.current_frame; 0xffff: no cframe */
+	__u16 frame_previous;   /* the caller's frame */
+	__u16 frame_code;       /* the code object */
+	__u16 frame_instr;      /* f_lasti (int) or the instruction pointer */
+	__u16 frame_owner;      /* owner byte (FRAME_OWNED_BY_CSTACK = 3 marks an
+				 * entry shim); 0xffff: none */
+	__u16 frame_is_entry;   /* is_entry byte (3.11); 0xffff: none */
+	__u16 frame_read;       /* bytes of a frame to read (<= EMBER_PY_FRAME_READ) */
+	__u8 kind;              /* enum py_kind */
+	__u8 _pad[7];
+};
+
+enum py_kind {
+	/* 3.8-3.10: PyFrameObject, one native eval call per frame, f_lasti */
+	PY_KIND_FRAME_OBJECT = 0,
+	/* 3.11+: _PyInterpreterFrame, an instruction pointer, entry frames */
+	PY_KIND_INTERP_FRAME = 1,
+};
+
+/* Flags in the high half of a Python frame's second word. */
+enum py_frame_flag {
+	/* The outermost Python frame of one native call of the eval loop. */
+	PY_FRAME_ENTRY = 1,
+};
+
+/* A CPython process: where its interpreters are, and its layout. */
+struct py_proc {
+	__u64 interp_head; /* address of _PyRuntime.interpreters.head */
+	__u32 layout;      /* index into py_layouts */
+	__u32 _pad;
+};
+
+/* A thread's PyThreadState, as last found. */
+struct py_thread {
+	__u64 tstate;  /* 0: the thread had none */
+	__u64 checked; /* when that was found (bpf_ktime_get_ns) */
 };
 
 /* Ring-buffer message: a process was sampled for the first time, or

@@ -22,6 +22,11 @@ const volatile bool table_unwind = false;
 /* Frames of a user stack walked with tables, at most EMBER_MAX_USER_DEPTH. */
 const volatile __u32 max_user_depth = EMBER_MAX_USER_DEPTH;
 
+/* Walk the frames of CPython processes userspace registered (py_procs). */
+const volatile bool python = false;
+/* Python frames walked per sample, at most EMBER_MAX_PY_DEPTH. */
+const volatile __u32 max_py_depth = EMBER_MAX_PY_DEPTH;
+
 /* Flipped by userspace to start a new generation. */
 __u32 generation = 0;
 /* Always 0, but the verifier cannot know it: the walker's frame counter
@@ -40,6 +45,8 @@ struct ember_abi {
 	enum filter_flag filter_flag;
 	enum ember_event_kind event_kind;
 	enum ember_limit limit;
+	enum py_kind py_kind;
+	enum py_frame_flag py_frame_flag;
 } ember_abi;
 
 #define COUNT_MAP(name)                                                        \
@@ -136,6 +143,42 @@ struct {
 	__type(key, __u32);
 	__type(value, struct unwind_mapping);
 } unwind_mappings SEC(".maps");
+
+/* CPython layouts, one per supported version (written once at start). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EMBER_PY_LAYOUTS);
+	__type(key, __u32);
+	__type(value, struct py_layout);
+} py_layouts SEC(".maps");
+
+/* tgid -> its CPython runtime; written by userspace when it finds one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct py_proc);
+} py_procs SEC(".maps");
+
+/* tid -> its PyThreadState, so the thread list is searched once per thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct py_thread);
+} py_threads SEC(".maps");
+
+/* One Python frame's bytes, read at once (per CPU; +8 so that a u64 read at
+ * any offset below EMBER_PY_FRAME_READ stays inside). */
+struct py_buf {
+	__u8 b[EMBER_PY_FRAME_READ + 8];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct py_buf);
+} py_buf SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -519,6 +562,188 @@ static __always_inline __u32 walk_user(struct task_struct *task, __u32 tgid, str
 	return w.result == WALK_RUNNING ? WALK_DEPTH : w.result;
 }
 
+/* ---- CPython frames ----------------------------------------------------- */
+
+#define PY_RUNNING 0
+#define PY_COMPLETE 1
+#define PY_DEPTH 2
+#define PY_READ 3
+#define PY_NOT_FOUND 4
+
+/* Thread states searched per lookup, over all interpreters. */
+#define PY_MAX_THREADS 1024
+/* A thread without a thread state is looked at again after this long. */
+#define PY_RECHECK_NS 500000000ULL
+
+struct py_walk {
+	__u64 cur;    /* thread search: the thread state; walk: the frame */
+	__u64 interp; /* thread search: the interpreter */
+	__u64 want;   /* thread search: the thread's pthread_self (fs base) */
+	struct py_layout l;
+	__u32 n;      /* frames written */
+	__u32 result; /* PY_* */
+};
+
+static __always_inline __u64 py_field(__u64 base, __u16 off)
+{
+	__u64 v = 0;
+	if (!base || off == 0xffff || bpf_probe_read_user(&v, sizeof(v), (const void *)(base + off)))
+		return 0;
+	return v;
+}
+
+/* One step of the thread-state search: the next thread state of the
+ * current interpreter, or the next interpreter. */
+static long py_thread_step(__u32 i, struct py_walk *w)
+{
+	if (!w->cur) {
+		w->interp = py_field(w->interp, w->l.interp_next);
+		if (!w->interp) {
+			w->result = PY_NOT_FOUND;
+			return 1;
+		}
+		w->cur = py_field(w->interp, w->l.interp_threads);
+		return 0;
+	}
+	if (py_field(w->cur, w->l.tstate_thread_id) == w->want) {
+		w->result = PY_COMPLETE;
+		return 1;
+	}
+	w->cur = py_field(w->cur, w->l.tstate_next);
+	return 0;
+}
+
+static __always_inline __u64 py_u64(struct py_buf *buf, __u16 off)
+{
+	__u32 o = off & (EMBER_PY_FRAME_READ - 1);
+	return *(__u64 *)&buf->b[o];
+}
+
+/* One Python frame: record (code, instruction | flags) and step to the
+ * caller. Entry shims (owner FRAME_OWNED_BY_CSTACK) are not frames: they
+ * mark the frame below them as the outermost of its native eval call. */
+static long py_frame_step(__u32 i, struct py_walk *w)
+{
+	__u32 zero = 0;
+	if (!w->cur) {
+		w->result = PY_COMPLETE;
+		return 1;
+	}
+	struct py_buf *buf = bpf_map_lookup_elem(&py_buf, &zero);
+	struct user_stack *st = bpf_map_lookup_elem(&user_scratch, &zero);
+	if (!buf || !st) {
+		w->result = PY_READ;
+		return 1;
+	}
+	__u32 size = w->l.frame_read;
+	if (size > EMBER_PY_FRAME_READ)
+		size = EMBER_PY_FRAME_READ;
+	if (size < 8 || bpf_probe_read_user(buf->b, size, (const void *)w->cur)) {
+		w->result = PY_READ;
+		return 1;
+	}
+	__u64 code = py_u64(buf, w->l.frame_code);
+	__u64 prev = py_u64(buf, w->l.frame_previous);
+	__u32 n = w->n;
+	__u64 flags = 0, instr;
+	if (w->l.kind == PY_KIND_INTERP_FRAME) {
+		if (w->l.frame_owner != 0xffff &&
+		    buf->b[w->l.frame_owner & (EMBER_PY_FRAME_READ - 1)] == 3) {
+			if (n > 0 && n <= EMBER_MAX_PY_DEPTH) {
+				/* The mask bounds the index for the verifier
+				 * (2 * EMBER_MAX_PY_DEPTH words fit the buffer). */
+				__u32 k = (2 * (n - 1) + 1) & (2 * EMBER_MAX_PY_DEPTH - 1);
+				st->ips[k] |= (__u64)PY_FRAME_ENTRY << 32;
+			}
+			w->cur = prev;
+			return 0;
+		}
+		instr = (__u32)(py_u64(buf, w->l.frame_instr) - code);
+		if (w->l.frame_is_entry != 0xffff &&
+		    buf->b[w->l.frame_is_entry & (EMBER_PY_FRAME_READ - 1)])
+			flags = PY_FRAME_ENTRY;
+	} else {
+		instr = (__u32)py_u64(buf, w->l.frame_instr);
+		flags = PY_FRAME_ENTRY;
+	}
+	if (n >= max_py_depth || n >= EMBER_MAX_PY_DEPTH) {
+		w->result = PY_DEPTH;
+		return 1;
+	}
+	__u32 k = (2 * n) & (2 * EMBER_MAX_PY_DEPTH - 2);
+	st->ips[k] = code;
+	st->ips[k + 1] = instr | (flags << 32);
+	w->n = n + 1;
+	w->cur = prev;
+	return 0;
+}
+
+/* Walks the Python frames of the current thread into the user scratch
+ * buffer (the user stack is stored already) and stores them; returns their
+ * hash, 0 when the thread has none. */
+static __always_inline __u64 walk_python(struct task_struct *task, __u32 tid, struct py_proc *pp,
+					 void *stacks, __u32 *flags, bool *map_full)
+{
+	__u32 zero = 0;
+	__u32 li = pp->layout;
+	struct py_layout *l = bpf_map_lookup_elem(&py_layouts, &li);
+	struct user_stack *st = bpf_map_lookup_elem(&user_scratch, &zero);
+	if (!l || !st)
+		return 0;
+	struct py_walk w = {};
+	w.l = *l;
+	w.want = BPF_CORE_READ(task, thread.fsbase);
+	__u64 now = bpf_ktime_get_ns();
+
+	/* The thread's state: as found before, if it still names this thread. */
+	__u64 tstate = 0;
+	struct py_thread *pt = bpf_map_lookup_elem(&py_threads, &tid);
+	if (pt && pt->tstate && py_field(pt->tstate, w.l.tstate_thread_id) == w.want) {
+		tstate = pt->tstate;
+	} else if (pt && !pt->tstate && now - pt->checked < PY_RECHECK_NS) {
+		stat_inc(STAT_PY_NO_THREAD);
+		return 0;
+	} else {
+		w.interp = py_field(pp->interp_head, 0);
+		w.cur = py_field(w.interp, w.l.interp_threads);
+		if (w.interp)
+			bpf_loop(PY_MAX_THREADS, py_thread_step, &w, 0);
+		if (w.result == PY_COMPLETE)
+			tstate = w.cur;
+		struct py_thread v = {.tstate = tstate, .checked = now};
+		bpf_map_update_elem(&py_threads, &tid, &v, BPF_ANY);
+	}
+	if (!tstate) {
+		stat_inc(STAT_PY_NO_THREAD);
+		return 0;
+	}
+
+	__u64 frame = py_field(tstate, w.l.tstate_frame);
+	if (w.l.cframe_frame != 0xffff)
+		frame = py_field(frame, w.l.cframe_frame);
+	if (!frame)
+		return 0; /* a Python thread running no Python code now */
+	w.cur = frame;
+	w.n = walk_origin;
+	w.result = PY_RUNNING;
+	bpf_loop(EMBER_MAX_PY_DEPTH + 64, py_frame_step, &w, 0);
+	stat_inc(STAT_PY_STACKS);
+	if (w.result == PY_READ)
+		stat_inc(STAT_PY_READ);
+	if (w.result == PY_DEPTH || w.result == PY_RUNNING)
+		stat_inc(STAT_PY_DEPTH);
+	if (w.result != PY_COMPLETE)
+		*flags |= SAMPLE_PY_TRUNCATED;
+	if (!w.n)
+		return 0;
+	st->len = 2 * w.n;
+	bool lost = false;
+	__u64 h = store_user(st, stacks, 0x707974686f6eULL, &lost, map_full);
+	if (!h)
+		stat_inc(STAT_PY_LOST);
+	return h;
+}
+
 SEC("perf_event")
 int on_sample(struct bpf_perf_event_data *ctx)
 {
@@ -602,6 +827,12 @@ int on_sample(struct bpf_perf_event_data *ctx)
 				stat_inc(STAT_LOST_USER_STACK);
 		}
 	}
+	/* After the user stack is stored: the Python walk reuses its buffer. */
+	if (python && user_task) {
+		struct py_proc *pp = bpf_map_lookup_elem(&py_procs, &tgid);
+		if (pp)
+			key.py_stack = walk_python(task, tid, pp, stacks, &key.flags, &map_full);
+	}
 	if (map_full) {
 		key.flags |= SAMPLE_MAP_FULL;
 		stat_inc(STAT_LOST_STACK_MAP_FULL);
@@ -659,6 +890,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	/* The old image's mappings are gone: frame pointers until userspace
 	 * loads the new ones. */
 	bpf_map_delete_elem(&proc_unwind, &tgid);
+	bpf_map_delete_elem(&py_procs, &tgid);
 	if (bpf_map_delete_elem(&known, &tgid) == 0)
 		notify(tgid, EMBER_EVENT_EXEC);
 	return 0;
@@ -669,10 +901,15 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p)
 {
-	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
+	__u32 pid = BPF_CORE_READ(p, pid);
+	/* A new thread may get this id: its thread state is its own. */
+	if (python)
+		bpf_map_delete_elem(&py_threads, &pid);
+	if (pid != BPF_CORE_READ(p, tgid))
 		return 0; /* a thread, not the process */
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 	bpf_map_delete_elem(&known, &tgid);
 	bpf_map_delete_elem(&proc_unwind, &tgid);
+	bpf_map_delete_elem(&py_procs, &tgid);
 	return 0;
 }

@@ -19,6 +19,7 @@ use anyhow::Result;
 
 use crate::aggregate::{Aggregate, DrainStats, Drainer};
 use crate::process::ProcessTable;
+use crate::python;
 use crate::sample::mappings::MapEvents;
 use crate::sample::{self, KernelStats, ProcessEvent, Sampler};
 use crate::symbolize::Symbolizer;
@@ -55,6 +56,7 @@ pub struct Capture {
     maps: Option<MapEvents>,
     unw: Option<Unwinder>,
     sampler: Sampler,
+    py: Option<python::Tracker>,
     procs: ProcessTable,
     sym: Symbolizer,
     drainer: Drainer,
@@ -98,10 +100,16 @@ impl Capture {
         if cfg.sample.kernel_stacks {
             sym.preload_kernel();
         }
+        let py = if cfg.sample.python {
+            Some(python::Tracker::new(&sampler)?)
+        } else {
+            None
+        };
         Ok(Capture {
             events,
             maps,
             unw: cfg.unwind_memory.map(Unwinder::new),
+            py,
             sampler,
             procs: ProcessTable::new(),
             sym,
@@ -118,6 +126,9 @@ impl Capture {
         self.procs.capture(pid);
         if let Some(u) = self.unw.as_mut() {
             u.register_now(&self.sampler, &mut self.procs, pid);
+        }
+        if let Some(py) = self.py.as_mut() {
+            py.check(&self.sampler, &mut self.procs, &mut self.sym.python, pid);
         }
         self.sampler.add_target(pid)
     }
@@ -176,8 +187,19 @@ impl Capture {
             }
         }
         if let (true, Some(u)) = (unwind, self.unw.as_mut()) {
-            for e in events {
+            for &e in &events {
                 u.on_event(&self.sampler, &mut self.procs, e);
+            }
+        }
+        // After the unwinder: a new-mapping event has it re-read the maps,
+        // which is how a libpython loaded after the first sample is found.
+        if let Some(py) = self.py.as_mut() {
+            for e in events {
+                if e.exec {
+                    py.forget(e.pid);
+                    self.sym.python.forget(e.pid);
+                }
+                py.check(&self.sampler, &mut self.procs, &mut self.sym.python, e.pid);
             }
         }
     }
@@ -202,10 +224,17 @@ impl Capture {
         Ok(false)
     }
 
-    /// Drains the kernel's counts into `into` now.
+    /// Drains the kernel's counts into `into` now, and reads the code
+    /// objects of new Python frames while their processes live.
     pub fn drain(&mut self, into: &mut Aggregate) -> Result<DrainStats> {
         self.last_drain = Instant::now();
-        self.drainer.drain(&mut self.sampler, into)
+        let st = self.drainer.drain(&mut self.sampler, into)?;
+        for (pid, h) in self.drainer.python_stacks() {
+            if let Some(words) = into.stacks.get(h) {
+                self.sym.python.resolve(pid, words);
+            }
+        }
+        Ok(st)
     }
 
     /// Stops sampling, takes the last process events and drains the rest:
@@ -237,7 +266,19 @@ impl Capture {
             }
             u.gc(&self.sampler);
         }
-        self.procs.forget_exited(forget)
+        let forgotten = self.procs.forget_exited(forget);
+        if let Some(py) = self.py.as_mut() {
+            for &pid in &forgotten {
+                py.forget(pid);
+                self.sym.python.forget(pid);
+            }
+        }
+        forgotten
+    }
+
+    /// What the Python tracker found (`None` with Python frames off).
+    pub fn python_stats(&self) -> Option<python::TrackerStats> {
+        self.py.as_ref().map(|p| p.stats())
     }
 
     /// The process table and the symbolizer, to build profiles with.

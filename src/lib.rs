@@ -19,6 +19,7 @@ pub mod net;
 pub mod preflight;
 pub mod process;
 pub mod profile;
+pub mod python;
 pub mod query;
 pub mod record;
 pub mod sample;

@@ -181,6 +181,10 @@ struct RecordArgs {
     /// Do not fetch missing debug files from DEBUGINFOD_URLS.
     #[arg(long)]
     no_debuginfod: bool,
+    /// Do not walk Python frames (CPython 3.8-3.13 processes then show
+    /// their interpreter's native frames only).
+    #[arg(long)]
+    no_python: bool,
     /// How long to wait for debuginfod after sampling ends (then the
     /// files are written with what is there).
     #[arg(long, default_value = "5s", value_name = "DURATION")]
@@ -305,12 +309,15 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         threads: a.threads,
         count_map_entries: a.count_map_size,
         stack_map_entries: a.stack_map_size,
-        drain_interval: Duration::from_secs(2),
+        // Often enough that Python code objects are read before their
+        // processes exit.
+        drain_interval: Duration::from_millis(500),
         progress: !a.quiet,
         unwind_tables: !a.frame_pointers,
         unwind_memory: a.unwind_memory << 20,
         debug_dirs: a.debug_dir.clone(),
         max_depth: a.max_depth,
+        python: !a.no_python,
         debuginfod_timeout: if a.no_debuginfod {
             None
         } else {

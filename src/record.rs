@@ -62,6 +62,8 @@ pub struct RecordOptions {
     pub max_depth: u32,
     /// How long to wait for debuginfod after sampling; None: do not ask.
     pub debuginfod_timeout: Option<Duration>,
+    /// Walk Python frames.
+    pub python: bool,
 }
 
 /// The outcome, for the summary.
@@ -96,6 +98,8 @@ pub struct Recording {
     pub unnamed: crate::symbolize::Unnamed,
     /// Addresses named, by where the names came from.
     pub named: crate::symbolize::Named,
+    /// Python: processes found and code objects named (None: off).
+    pub python: Option<(crate::python::TrackerStats, crate::python::code::NameStats)>,
 }
 
 /// Checks everything that can be checked before sampling starts.
@@ -141,6 +145,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             stack_map_entries: opts.stack_map_entries,
             unwind_tables: opts.unwind_tables,
             max_user_depth: opts.max_depth,
+            python: opts.python,
         },
         unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
         // A process watched by pid is read while it lives; its mappings
@@ -187,6 +192,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         sampler.bpf_cost(),
     );
     let unwind = cap.unwind_stats();
+    let py_tracker = cap.python_stats();
     let (mut procs, mut sym) = cap.into_naming();
     let build = BuildOptions {
         start: start_wall,
@@ -255,6 +261,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         map_bytes,
         finish_time: end.elapsed(),
         bpf_cost,
+        python: py_tracker.map(|t| (t, sym.python.stats())),
         unwind,
         unnamed,
         named,
@@ -501,6 +508,35 @@ pub fn summary(r: &Recording) -> String {
             "  unnamed frames (distinct addresses): {}",
             unnamed.join(", ")
         );
+    }
+    if let Some((t, n)) = &r.python {
+        let st = &r.stats;
+        if t.processes + t.unsupported_version + t.unusable_binary > 0 {
+            let _ = writeln!(
+                s,
+                "  python: {} processes; {} samples walked ({} cut short: {} unreadable frame, {} depth limit, {} not stored), {} on threads without Python; code objects: {} named, {} unreadable, {} not code{}{}",
+                t.processes,
+                st.py_stacks,
+                st.py_read + st.py_depth + st.py_lost,
+                st.py_read,
+                st.py_depth,
+                st.py_lost,
+                st.py_no_thread,
+                n.named,
+                n.unreadable,
+                n.not_code,
+                if t.unsupported_version > 0 {
+                    format!("; {} binaries of a version ember does not know (3.8-3.13 are)", t.unsupported_version)
+                } else {
+                    String::new()
+                },
+                if t.unusable_binary > 0 {
+                    format!("; {} unusable binaries (no _PyRuntime, unreadable or free-threaded)", t.unusable_binary)
+                } else {
+                    String::new()
+                },
+            );
+        }
     }
     if let Some(u) = &r.unwind {
         let _ = writeln!(

@@ -43,6 +43,8 @@ pub struct Config {
     /// Fetch missing debug files from the servers `DEBUGINFOD_URLS` names
     /// (in the background; later windows are named once they arrive).
     pub debuginfod: bool,
+    /// Walk the Python frames of CPython processes (3.8-3.13).
+    pub python: bool,
 }
 
 /// `[store]`
@@ -181,6 +183,7 @@ impl Default for Config {
             relabel: Vec::new(),
             debug_dirs: Vec::new(),
             debuginfod: true,
+            python: true,
         }
     }
 }
@@ -271,6 +274,8 @@ pub struct Settings {
     pub debug_dirs: Vec<PathBuf>,
     /// Fetch missing debug files from debuginfod.
     pub debuginfod: bool,
+    /// Walk Python frames.
+    pub python: bool,
 }
 
 impl Settings {
@@ -728,6 +733,7 @@ impl Config {
             unwind_memory,
             debug_dirs: self.debug_dirs.clone(),
             debuginfod: self.debuginfod,
+            python: self.python,
         })
     }
 

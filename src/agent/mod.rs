@@ -221,6 +221,7 @@ pub fn run(s: Settings) -> Result<()> {
             stack_map_entries: s.stack_map_size,
             unwind_tables: s.unwind_tables,
             max_user_depth: s.max_depth,
+            python: s.python,
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
         kernel_mappings: true,

@@ -75,7 +75,7 @@ impl Aggregate {
     /// Adds everything in `other` (a drain's worth) to this aggregate.
     pub fn merge_from(&mut self, other: &Aggregate) {
         for (key, &n) in &other.counts {
-            for h in [key.user_stack, key.kernel_stack] {
+            for h in [key.user_stack, key.kernel_stack, key.py_stack] {
                 if let Some(frames) = other.stacks.get(h) {
                     self.stacks.insert(h, frames);
                 }
@@ -132,6 +132,8 @@ pub struct Drainer {
     counts: Vec<u64>,
     /// Chunks of deep stacks read this drain: hash -> (frames, next).
     chunks: Chains,
+    /// (process, Python stack) pairs of the last drain, each once.
+    py_keys: std::collections::HashSet<(u32, u64)>,
 }
 
 /// The chunks of deep stacks (`stack_trace.next` set) of one drain, joined
@@ -199,16 +201,24 @@ impl Default for Drainer {
             count_keys: vec![SampleKey::default(); BATCH],
             counts: vec![0; BATCH],
             chunks: Chains::default(),
+            py_keys: Default::default(),
         }
     }
 }
 
 impl Drainer {
+    /// The (process, Python stack hash) pairs the last drain read.
+    pub fn python_stacks(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.py_keys.iter().copied()
+    }
+
     /// Moves everything counted since the last drain into `agg`.
     pub fn drain(&mut self, sampler: &mut Sampler, agg: &mut Aggregate) -> Result<DrainStats> {
         let g = sampler.flip_generation();
         let mut st = DrainStats::default();
         let chunks = &mut self.chunks;
+        let py_keys = &mut self.py_keys;
+        py_keys.clear();
 
         // Stacks first, so every key read next finds its stacks.
         abi::drain_batch(
@@ -235,6 +245,9 @@ impl Drainer {
             &mut self.counts,
             |key, &n| {
                 *agg.counts.entry(*key).or_insert(0) += n;
+                if key.py_stack != 0 {
+                    py_keys.insert((key.tgid, key.py_stack));
+                }
                 st.samples += n;
                 st.keys += 1;
             },

@@ -1,12 +1,16 @@
 //! Folded (collapsed) stacks: `comm;outer;...;inner count`, one line per
 //! distinct stack, as flamegraph.pl and inferno read them. Kernel frames end
-//! in `_[k]` and JIT frames in `_[j]`, as `stackcollapse-perf --all` marks them.
+//! in `_[k]` and JIT frames in `_[j]`, as `stackcollapse-perf --all` marks them;
+//! Python frames are `function (file.py)_[py]`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::ExportOptions;
 use crate::profile::{FrameKind, Profile};
+
+/// What ends a Python frame's name.
+pub const PY_SUFFIX: &str = "_[py]";
 
 /// The folded lines of a profile with their counts, merged and sorted.
 pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
@@ -27,6 +31,7 @@ pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
             let suffix = match loc.kind {
                 FrameKind::Kernel => "_[k]",
                 FrameKind::Jit => "_[j]",
+                FrameKind::Python => PY_SUFFIX,
                 _ => "",
             };
             if loc.lines.is_empty() {
@@ -37,6 +42,15 @@ pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
             for line in loc.lines.iter().rev() {
                 buf.push(';');
                 push_frame(&mut buf, &p.frame_name(loc, Some(line)));
+                if loc.kind == FrameKind::Python {
+                    // Module code is `<module>` in every file: name the file.
+                    let file = &p.functions[line.function as usize].filename;
+                    if !file.is_empty() {
+                        buf.push_str(" (");
+                        push_frame(&mut buf, file.rsplit('/').next().unwrap_or(file));
+                        buf.push(')');
+                    }
+                }
                 buf.push_str(suffix);
             }
         }

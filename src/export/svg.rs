@@ -27,7 +27,32 @@ pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Re
             (n > 0).then(|| format!("{s} {n}"))
         })
         .collect();
+    // Python frames in their own colour (blues), whatever the palette
+    // gives native ones.
+    let mut palette = inferno::flamegraph::color::PaletteMap::default();
+    for line in &lines {
+        let stack = line.rsplit_once(' ').map_or(line.as_str(), |(s, _)| s);
+        for f in stack.split(';').filter(|f| f.ends_with(folded::PY_SUFFIX)) {
+            if palette.get(f).is_none() {
+                let h = f
+                    .bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+                let v = (h % 60) as u8;
+                palette.insert(
+                    f,
+                    inferno::flamegraph::color::Color {
+                        r: 60 + v,
+                        g: 140 + v,
+                        b: 230,
+                    },
+                );
+            }
+        }
+    }
     let mut o = Options::default();
+    if !palette.iter().next().is_none() {
+        o.palette_map = Some(&mut palette);
+    }
     o.title = format!("ember: {}", p.target);
     o.subtitle = Some(format!(
         "{} · {:.1} s at {} Hz · {} samples",

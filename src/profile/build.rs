@@ -11,6 +11,7 @@ use super::intern::{FastHash, Interner};
 use super::{FrameKind, Line, Marker, Profile};
 use crate::aggregate::{Aggregate, StackTable};
 use crate::process::{BinaryId, ProcessTable};
+use crate::sample::abi::PY_FRAME_ENTRY;
 use crate::sample::{
     SampleKey, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
 };
@@ -92,6 +93,11 @@ pub fn build_entries(
         if let Some(frames) = stacks.get(key.kernel_stack) {
             kernel_addrs.extend(frames.iter().enumerate().map(|(i, &ip)| adjust(ip, i)));
         }
+        if let Some(words) = stacks.get(key.py_stack) {
+            // Read at drain time; what is missing is read now if the
+            // process still lives (cached either way).
+            sym.python.resolve(key.tgid, words);
+        }
     }
     let mut unnamed = Unnamed::default();
     for (bin, mut offsets) in per_bin {
@@ -133,6 +139,8 @@ pub fn build_entries(
         b: Builder::new(),
         user_seen: HashMap::default(),
         kernel_seen: HashMap::default(),
+        py_seen: HashMap::default(),
+        py_unnamed: Arc::from("[unknown python frame]"),
     };
     let mut locs = Vec::new();
     for &(key, count) in entries {
@@ -148,10 +156,17 @@ pub fn build_entries(
         if key.flags & SAMPLE_USER_LOST != 0 {
             locs.push(r.b.marker(Marker::LostUser, lost_name(false, key.flags)));
         }
-        if let Some(frames) = stacks.get(key.user_stack) {
-            for (i, &ip) in frames.iter().enumerate() {
-                locs.push(r.user(key.tgid, adjust(ip, i)));
+        let py = stacks.get(key.py_stack).filter(|w| w.len() >= 2);
+        match (stacks.get(key.user_stack), py) {
+            (native, Some(words)) => {
+                r.merge_python(key.tgid, native.unwrap_or(&[]), words, &mut locs)
             }
+            (Some(frames), None) => {
+                for (i, &ip) in frames.iter().enumerate() {
+                    locs.push(r.user(key.tgid, adjust(ip, i)));
+                }
+            }
+            (None, None) => {}
         }
         // The walk stopped before the outermost frame: say so at the root
         // rather than pass the partial stack off as complete.
@@ -211,9 +226,95 @@ struct Resolver<'s> {
     b: Builder,
     user_seen: HashMap<(u32, u64), u32, FastHash>,
     kernel_seen: HashMap<u64, u32, FastHash>,
+    /// Python locations by (process, code object, line).
+    py_seen: HashMap<(u32, u64, u32), u32, FastHash>,
+    py_unnamed: Arc<str>,
 }
 
 impl Resolver<'_> {
+    /// The locations of a sample with Python frames, leaf first: each run
+    /// of Python frames that one native call of the eval loop ran
+    /// (`words`: pairs of code object and instruction | flags, leaf first;
+    /// a run ends at a frame flagged [`PY_FRAME_ENTRY`]) takes the place
+    /// of that call's native frame, matched from the leaf. Runs left over
+    /// (the native stack was cut short) go at the root. `-X perf`
+    /// trampolines (`py::` perf-map entries) are dropped: the Python
+    /// frames say the same.
+    fn merge_python(&mut self, pid: u32, native: &[u64], words: &[u64], locs: &mut Vec<u32>) {
+        let (sym, procs) = (self.sym, self.procs);
+        let eval = sym.python.process(pid).and_then(|p| p.eval.clone());
+        let pairs = words.len() / 2;
+        let mut next = 0usize; // the next Python frame to place
+        let run_end = |from: usize| {
+            (from..pairs)
+                .find(|&i| (words[2 * i + 1] >> 32) as u32 & PY_FRAME_ENTRY != 0)
+                .map_or(pairs, |i| i + 1)
+        };
+        let Some(eval) = eval else {
+            // No eval loop to place them in: Python frames above the native
+            // ones.
+            for i in 0..pairs {
+                locs.push(self.python(pid, words[2 * i], words[2 * i + 1]));
+            }
+            for (i, &ip) in native.iter().enumerate() {
+                locs.push(self.user(pid, adjust(ip, i)));
+            }
+            return;
+        };
+        let _ = procs;
+        for (i, &ip) in native.iter().enumerate() {
+            let a = adjust(ip, i);
+            if eval.contains(&a) && next < pairs {
+                let end = run_end(next);
+                for k in next..end {
+                    locs.push(self.python(pid, words[2 * k], words[2 * k + 1]));
+                }
+                next = end;
+                continue;
+            }
+            if sym.jit_name(pid, a).is_some_and(|n| n.starts_with("py::")) {
+                continue;
+            }
+            locs.push(self.user(pid, a));
+        }
+        for k in next..pairs {
+            locs.push(self.python(pid, words[2 * k], words[2 * k + 1]));
+        }
+    }
+
+    fn python(&mut self, pid: u32, code: u64, instr_flags: u64) -> u32 {
+        let info = self.sym.python.code(pid, code);
+        let line = info.map_or(0, |c| c.line(instr_flags as u32));
+        if let Some(&id) = self.py_seen.get(&(pid, code, line)) {
+            return id;
+        }
+        let id = match info {
+            Some(c) => self.b.python(
+                code,
+                Some(Frame {
+                    name: &c.name,
+                    system_name: &c.name,
+                    file: Some(&c.file),
+                    line,
+                }),
+            ),
+            None => {
+                let name = self.py_unnamed.clone();
+                self.b.python(
+                    code,
+                    Some(Frame {
+                        name: &name,
+                        system_name: &name,
+                        file: None,
+                        line: 0,
+                    }),
+                )
+            }
+        };
+        self.py_seen.insert((pid, code, line), id);
+        id
+    }
+
     fn kernel(&mut self, addr: u64) -> u32 {
         if let Some(&id) = self.kernel_seen.get(&addr) {
             return id;
@@ -388,6 +489,14 @@ impl Builder {
             line: 0,
         };
         self.location(FrameKind::Jit, Some(mapping), address, [frame])
+    }
+
+    /// A location of a Python function: its code object's address and
+    /// `frame` (name, file, line); no frame when the code object could not
+    /// be read.
+    pub fn python(&mut self, address: u64, frame: Option<Frame<'_>>) -> u32 {
+        let mapping = self.pseudo_mapping(FrameKind::Python, 0..0);
+        self.location(FrameKind::Python, Some(mapping), address, frame)
     }
 
     /// A location of kernel code, with its function frames innermost first;

@@ -32,6 +32,8 @@ pub enum FrameKind {
     Kernel,
     /// JIT-compiled code named by a perf map.
     Jit,
+    /// A Python function (a CPython frame: code object and line).
+    Python,
     /// Not code: a marker for a stack that could not be recorded whole.
     Marker(Marker),
 }
@@ -49,10 +51,11 @@ pub enum Marker {
 
 impl FrameKind {
     /// Every kind, for tables over kinds.
-    pub const ALL: [FrameKind; 6] = [
+    pub const ALL: [FrameKind; 7] = [
         FrameKind::User,
         FrameKind::Kernel,
         FrameKind::Jit,
+        FrameKind::Python,
         FrameKind::Marker(Marker::LostKernel),
         FrameKind::Marker(Marker::LostUser),
         FrameKind::Marker(Marker::Truncated),
@@ -69,6 +72,7 @@ impl FrameKind {
             // What perf and pprof tools call the kernel.
             FrameKind::Kernel => Some("[kernel.kallsyms]"),
             FrameKind::Jit => Some("[jit]"),
+            FrameKind::Python => Some("[python]"),
             FrameKind::Marker(Marker::LostKernel) => Some("[ember:lost-kernel-stack]"),
             FrameKind::Marker(Marker::LostUser) => Some("[ember:lost-user-stack]"),
             FrameKind::Marker(Marker::Truncated) => Some("[ember:truncated-stack]"),

@@ -38,6 +38,11 @@ pub(crate) type UnwindMapping = types::unwind_mapping;
 /// `struct proc_unwind`: where a process's mappings are in
 /// `unwind_mappings`; the `proc_unwind` map's value.
 pub(crate) type ProcUnwind = types::proc_unwind;
+/// `struct py_layout`: where one CPython version keeps what the BPF walk
+/// reads; the `py_layouts` array's value.
+pub(crate) type PyLayout = types::py_layout;
+/// `struct py_proc`: a CPython process's runtime; the `py_procs` map's value.
+pub(crate) type PyProc = types::py_proc;
 /// `struct ember_proc_event`: the ring buffer's message.
 pub(crate) type ProcEvent = types::ember_proc_event;
 
@@ -71,6 +76,21 @@ pub const SAMPLE_KERNEL_LOST: u32 = types::sample_flag::SAMPLE_KERNEL_LOST.0;
 pub const SAMPLE_MAP_FULL: u32 = types::sample_flag::SAMPLE_MAP_FULL.0;
 /// `sample_key.flags`: the user stack walk stopped before the outermost frame.
 pub const SAMPLE_TRUNCATED: u32 = types::sample_flag::SAMPLE_TRUNCATED.0;
+/// `sample_key.flags`: the Python frame walk stopped before the outermost frame.
+pub const SAMPLE_PY_TRUNCATED: u32 = types::sample_flag::SAMPLE_PY_TRUNCATED.0;
+/// Python frames walked per sample (`EMBER_MAX_PY_DEPTH`).
+pub const MAX_PY_DEPTH: usize = types::ember_limit::EMBER_MAX_PY_DEPTH.0 as usize;
+const _: () = assert!(2 * MAX_PY_DEPTH <= MAX_CHUNKS * MAX_DEPTH);
+/// Entries of the `py_layouts` array (`EMBER_PY_LAYOUTS`).
+pub const PY_LAYOUTS: u32 = types::ember_limit::EMBER_PY_LAYOUTS.0;
+/// Bytes of a Python frame the walk reads (`EMBER_PY_FRAME_READ`).
+pub const PY_FRAME_READ: u16 = types::ember_limit::EMBER_PY_FRAME_READ.0 as u16;
+/// `py_layout.kind`: 3.8-3.10 frame objects (`PY_KIND_FRAME_OBJECT`).
+pub const PY_KIND_FRAME_OBJECT: u8 = types::py_kind::PY_KIND_FRAME_OBJECT.0 as u8;
+/// `py_layout.kind`: 3.11+ interpreter frames (`PY_KIND_INTERP_FRAME`).
+pub const PY_KIND_INTERP_FRAME: u8 = types::py_kind::PY_KIND_INTERP_FRAME.0 as u8;
+/// A Python frame's flag: the outermost frame of one native eval call.
+pub const PY_FRAME_ENTRY: u32 = types::py_frame_flag::PY_FRAME_ENTRY.0;
 
 /// `filter` map value: samples of this process are recorded.
 pub(crate) const FILTER_PROFILE: u8 = types::filter_flag::FILTER_PROFILE.0 as u8;
@@ -101,6 +121,9 @@ pub struct SampleKey {
     pub user_stack: u64,
     /// Hash of the kernel stack in the stack map; 0 when there is none.
     pub kernel_stack: u64,
+    /// Hash of the Python frames in the stack map (two words per frame,
+    /// see [`PyLayout`]); 0 when there are none.
+    pub py_stack: u64,
     /// `SAMPLE_*` flags.
     pub flags: u32,
     /// Explicit padding, always zero.
@@ -119,6 +142,7 @@ impl From<types::sample_key> for SampleKey {
             tid,
             user_stack,
             kernel_stack,
+            py_stack,
             flags,
             _pad,
             comm,
@@ -129,6 +153,7 @@ impl From<types::sample_key> for SampleKey {
             tid,
             user_stack,
             kernel_stack,
+            py_stack,
             flags,
             pad: _pad,
             comm: comm.map(|c| c as u8),
@@ -144,6 +169,7 @@ impl From<SampleKey> for types::sample_key {
             tid: k.tid,
             user_stack: k.user_stack,
             kernel_stack: k.kernel_stack,
+            py_stack: k.py_stack,
             flags: k.flags,
             _pad: k.pad,
             comm: k.comm.map(|c| c as i8),
@@ -222,6 +248,7 @@ assert_tiled!(types::sample_key {
     tid,
     user_stack,
     kernel_stack,
+    py_stack,
     flags,
     _pad,
     comm,
@@ -232,6 +259,7 @@ assert_same_layout!(SampleKey = types::sample_key {
     tid = tid,
     user_stack = user_stack,
     kernel_stack = kernel_stack,
+    py_stack = py_stack,
     flags = flags,
     pad = _pad,
     comm = comm,
@@ -257,6 +285,27 @@ assert_tiled!(ProcUnwind {
     _pad
 });
 assert_tiled!(ProcEvent { tgid, kind });
+assert_tiled!(PyProc {
+    interp_head,
+    layout,
+    _pad
+});
+assert_tiled!(PyLayout {
+    interp_next,
+    interp_threads,
+    tstate_next,
+    tstate_thread_id,
+    tstate_frame,
+    cframe_frame,
+    frame_previous,
+    frame_code,
+    frame_instr,
+    frame_owner,
+    frame_is_entry,
+    frame_read,
+    kind,
+    _pad
+});
 
 /// Plain data shared with the kernel byte for byte.
 ///
@@ -276,6 +325,8 @@ unsafe impl Plain for StackTrace {}
 unsafe impl Plain for UnwindMapping {}
 unsafe impl Plain for ProcUnwind {}
 unsafe impl Plain for ProcEvent {}
+unsafe impl Plain for PyLayout {}
+unsafe impl Plain for PyProc {}
 
 /// A value's bytes, as the kernel stores them.
 pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
@@ -460,6 +511,7 @@ mod tests {
             tid: 0x0506_0708,
             user_stack: 0x1112_1314_1516_1718,
             kernel_stack: 0x2122_2324_2526_2728,
+            py_stack: 0x3132_3334_3536_3738,
             flags: SAMPLE_USER_LOST | SAMPLE_TRUNCATED,
             pad: 0,
             comm,
@@ -487,6 +539,10 @@ mod tests {
             (
                 offset_of!(SampleKey, kernel_stack),
                 offset_of!(types::sample_key, kernel_stack),
+            ),
+            (
+                offset_of!(SampleKey, py_stack),
+                offset_of!(types::sample_key, py_stack),
             ),
             (
                 offset_of!(SampleKey, flags),
@@ -545,7 +601,9 @@ mod tests {
     fn shared_values_have_the_sizes_ember_h_gives_them() {
         // What bpf/ember.h spells out, for a reader of this file: the
         // generated types are the authority, these only document them.
-        assert_eq!(size_of::<SampleKey>(), 64);
+        assert_eq!(size_of::<SampleKey>(), 72);
+        assert_eq!(size_of::<PyLayout>(), 32);
+        assert_eq!(size_of::<PyProc>(), 16);
         assert_eq!(size_of::<UnwindMapping>(), 32);
         assert_eq!(size_of::<ProcUnwind>(), 16);
         assert_eq!(size_of::<ProcEvent>(), 8);

@@ -28,8 +28,8 @@ use abi::{
     EventKind, ProcEvent, ProcUnwind, StackTrace, UnwindMapping, FILTER_FOLLOW, FILTER_PROFILE,
 };
 pub use abi::{
-    SampleKey, MAX_DEPTH, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_TRUNCATED, SAMPLE_USER_LOST,
-    STACK_TRACE_SIZE,
+    SampleKey, MAX_DEPTH, SAMPLE_KERNEL_LOST, SAMPLE_MAP_FULL, SAMPLE_PY_TRUNCATED,
+    SAMPLE_TRUNCATED, SAMPLE_USER_LOST, STACK_TRACE_SIZE,
 };
 pub use perf::Event;
 use skel::{ProfilerSkel, ProfilerSkelBuilder};
@@ -110,6 +110,9 @@ pub struct Config {
     /// [`abi::MAX_USER_DEPTH`]); frame pointers alone stop at
     /// [`abi::MAX_DEPTH`], the kernel's limit.
     pub max_user_depth: u32,
+    /// Walk the frames of CPython processes registered through
+    /// [`Sampler::set_python_process`].
+    pub python: bool,
 }
 
 impl Default for Config {
@@ -123,6 +126,7 @@ impl Default for Config {
             stack_map_entries: 8192,
             unwind_tables: true,
             max_user_depth: abi::MAX_USER_DEPTH as u32,
+            python: true,
         }
     }
 }
@@ -175,6 +179,7 @@ impl Sampler {
         rodata.include_idle = false;
         rodata.table_unwind = cfg.unwind_tables;
         rodata.max_user_depth = cfg.max_user_depth.clamp(1, abi::MAX_USER_DEPTH as u32);
+        rodata.python = cfg.python;
         for m in [&mut open.maps.counts0, &mut open.maps.counts1] {
             m.set_max_entries(cfg.count_map_entries)?;
         }
@@ -345,6 +350,33 @@ impl Sampler {
         &self.skel.maps.unwind_mappings
     }
 
+    /// Whether Python frames are walked.
+    pub fn python(&self) -> bool {
+        self.skel
+            .maps
+            .rodata_data
+            .as_ref()
+            .is_some_and(|r| r.python)
+    }
+
+    /// Describes CPython layout `index` to the walk.
+    pub(crate) fn set_python_layout(&self, index: u32, layout: &abi::PyLayout) -> Result<()> {
+        abi::update(&self.skel.maps.py_layouts, &index, layout, MapFlags::ANY)
+            .context("writing a CPython layout to the sampler failed")
+    }
+
+    /// Has the walk follow the Python frames of `pid` (None: stop).
+    pub(crate) fn set_python_process(&self, pid: u32, p: Option<&abi::PyProc>) -> Result<()> {
+        match p {
+            Some(p) => abi::update(&self.skel.maps.py_procs, &pid, p, MapFlags::ANY)
+                .with_context(|| format!("registering Python process {pid} failed")),
+            None => {
+                let _ = abi::delete(&self.skel.maps.py_procs, &pid);
+                Ok(())
+            }
+        }
+    }
+
     /// Whether user stacks are walked with unwind tables.
     pub fn table_unwind(&self) -> bool {
         self.skel
@@ -420,6 +452,10 @@ impl Sampler {
             &m.unwind_tables,
             &m.proc_unwind,
             &m.unwind_mappings,
+            &m.py_layouts,
+            &m.py_procs,
+            &m.py_threads,
+            &m.py_buf,
         ]
         .iter()
         .map(|map| memlock_of(map.as_fd().as_raw_fd()))
@@ -442,6 +478,8 @@ fn check_maps(skel: &ProfilerSkel<'_>) -> Result<()> {
     check_map::<u32, u8>("filter", &m.filter)?;
     check_map::<u32, ProcUnwind>("proc_unwind", &m.proc_unwind)?;
     check_map::<u32, UnwindMapping>("unwind_mappings", &m.unwind_mappings)?;
+    check_map::<u32, abi::PyLayout>("py_layouts", &m.py_layouts)?;
+    check_map::<u32, abi::PyProc>("py_procs", &m.py_procs)?;
     // A map of maps: the value is the inner map's fd.
     check_map::<u32, u32>("unwind_tables", &m.unwind_tables)?;
     // The unwinder allocates slots and ids in these two arrays.

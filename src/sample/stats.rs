@@ -91,6 +91,19 @@ const TRUNCATED: Family = Family {
     help: "User stacks cut short (kept, ending in a [truncated] frame), by cause.",
 };
 
+const PY_STACKS: Family = Family {
+    name: "ember_python_stacks_total",
+    help: "Samples of Python threads whose Python frames were walked.",
+};
+const PY_NO_THREAD: Family = Family {
+    name: "ember_python_samples_without_thread_state_total",
+    help: "Samples in Python processes on threads without a Python thread state (native threads, or an interpreter not started yet).",
+};
+const PY_CUT: Family = Family {
+    name: "ember_python_stacks_failed_total",
+    help: "Python frame walks cut short or not stored, by cause.",
+};
+
 macro_rules! label {
     () => {
         None
@@ -182,6 +195,16 @@ kernel_counters! {
     /// User stacks cut at a CFI rule ember cannot follow.
     truncated_unsupported: STAT_TRUNC_UNSUPPORTED => TRUNCATED { cause = "unsupported_cfi" },
         Summary::Truncated("unsupported CFI");
+    /// Samples of Python threads whose Python frames were walked.
+    py_stacks: STAT_PY_STACKS => PY_STACKS, Summary::Count;
+    /// Samples in Python processes outside any Python thread.
+    py_no_thread: STAT_PY_NO_THREAD => PY_NO_THREAD, Summary::Count;
+    /// Python walks cut by an unreadable frame.
+    py_read: STAT_PY_READ => PY_CUT { cause = "unreadable_frame" }, Summary::Count;
+    /// Python walks cut at the depth limit.
+    py_depth: STAT_PY_DEPTH => PY_CUT { cause = "depth_limit" }, Summary::Count;
+    /// Python walks whose frames could not be stored.
+    py_lost: STAT_PY_LOST => PY_CUT { cause = "not_stored" }, Summary::Count;
 }
 
 // The table covers `enum ember_stat` exactly: one row per index, in order.

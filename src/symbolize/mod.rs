@@ -105,6 +105,8 @@ pub struct Symbolizer {
     /// Binaries with unnamed addresses and no debug file yet: what a
     /// debuginfod server may have.
     wants_debug: std::collections::HashSet<BinaryId>,
+    /// Python processes and the code objects named in them.
+    pub python: crate::python::code::Names,
 }
 
 impl Default for Symbolizer {
@@ -234,6 +236,7 @@ impl Symbolizer {
             named: Named::default(),
             debuginfod: None,
             wants_debug: Default::default(),
+            python: Default::default(),
         }
     }
 
