@@ -3,8 +3,8 @@
 # what is missing: clang and libelf/zlib headers for the BPF build, Go's
 # pprof as an independent decoder for tests, Node for the JIT test, and perf
 # and bpftrace (and inferno's CLIs) for the benchmark, binutils (objcopy,
-# strip) and a debuginfod server for the debug-file tests. Safe to run
-# again.
+# strip) and a debuginfod server for the debug-file tests, and py-spy for
+# the Python tests. Safe to run again.
 set -eu
 
 need=""
@@ -41,6 +41,15 @@ fi
 if ! python3 -c "import yaml" 2>/dev/null; then
     python3 -m pip install -q pyyaml >/dev/null 2>&1 || {
         echo "ember setup: cannot install PyYAML; run: python3 -m pip install pyyaml" >&2
+        exit 1
+    }
+fi
+
+# The Python tests compare ember's Python frames with py-spy's.
+if ! have_cmd py-spy; then
+    python3 -m pip install -q py-spy >/dev/null 2>&1 ||
+        python3 -m pip install -q --break-system-packages py-spy >/dev/null 2>&1 || {
+        echo "ember setup: cannot install py-spy; run: python3 -m pip install py-spy" >&2
         exit 1
     }
 fi

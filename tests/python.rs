@@ -1,0 +1,501 @@
+//! Python frames, end to end (as root): fixtures/pysplit.py burns CPU in
+//! Python functions in known proportions and measures them with its own
+//! thread CPU clock; ember's profile must agree on every CPython found on
+//! the machine (pyenv's 3.8-3.13 builds and the system `python3`, which is
+//! required), with every Python frame under its Python callers, in the
+//! right order relative to native frames, and within 2 points of py-spy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// One test at a time: each keeps CPUs busy, and the shares are compared
+/// with the workloads' own clocks.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sampling frequency: enough samples in a few seconds that sampling
+/// noise stays well inside the 3-point bound.
+const FREQ: &str = "499";
+
+/// The CPython interpreters to test: the system `python3` and every pyenv
+/// build of 3.8 or newer, one per real file.
+fn interpreters() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    let system = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("the Python tests need the system python3 (apt-get install python3)");
+    found.push(system);
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    if let Ok(dir) = std::fs::read_dir(Path::new(&home).join(".pyenv/versions")) {
+        let mut v: Vec<PathBuf> = dir
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let minor = n
+                    .strip_prefix("3.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|m| m.parse::<u32>().ok());
+                minor.is_some_and(|m| (8..=13).contains(&m))
+            })
+            .map(|e| e.path().join("bin/python3"))
+            .filter(|p| p.exists())
+            .collect();
+        v.sort();
+        found.extend(v);
+    }
+    let mut real = Vec::new();
+    found.retain(|p| {
+        let r = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let new = !real.contains(&r);
+        real.push(r);
+        new
+    });
+    eprintln!("CPython interpreters tested: {found:?}");
+    found
+}
+
+/// The fixture's own split (last line of its output, JSON of name ->
+/// fraction), parsed without a JSON library: `{"alpha": 0.16, ...}`.
+fn truth(stdout: &str) -> BTreeMap<String, f64> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("the fixture printed no split: {stdout}"));
+    line.trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once(':').expect("key: value");
+            (
+                k.trim().trim_matches('"').to_string(),
+                v.trim().parse::<f64>().expect("a fraction"),
+            )
+        })
+        .collect()
+}
+
+/// A folded Python frame's function name (`name (file.py)_[py]` -> name).
+fn py_name(frame: &str) -> Option<&str> {
+    let f = frame.strip_suffix("_[py]")?;
+    Some(f.rsplit_once(" (").map_or(f, |(n, _)| n))
+}
+
+/// Each truth function's share of the samples under any of them, in
+/// percent, counting a sample once per function on its stack.
+fn shares(f: &BTreeMap<String, u64>, names: &[String]) -> BTreeMap<String, f64> {
+    let mut under: BTreeMap<String, u64> = names.iter().map(|n| (n.clone(), 0)).collect();
+    for (stack, &n) in f {
+        for name in names {
+            if stack.split(';').any(|fr| py_name(fr) == Some(name)) {
+                *under.get_mut(name).unwrap() += n;
+            }
+        }
+    }
+    let total: u64 = under.values().sum::<u64>().max(1);
+    under
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 * 100.0 / total as f64))
+        .collect()
+}
+
+/// Samples of the workload process (root frame `comm`).
+fn workload(f: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    f.iter()
+        .filter(|(s, _)| {
+            let comm = s.split(';').next().unwrap_or("");
+            comm.starts_with("python") || comm == "alpha" || comm == "beta" || comm == "gamma"
+        })
+        .map(|(s, &n)| (s.clone(), n))
+        .collect()
+}
+
+/// Runs the fixture under `ember record -- PY pysplit.py SECS MODE` and
+/// returns (folded stacks, the fixture's split, ember's stderr).
+fn record_command(
+    dir: &Path,
+    py: &Path,
+    secs: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (BTreeMap<String, u64>, BTreeMap<String, f64>, String) {
+    let out = dir.join(format!("{mode}.folded"));
+    let src = fixture_src("pysplit.py");
+    let mut args = vec!["record", "-q", "-F", FREQ, "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--",
+        py.to_str().unwrap(),
+        src.to_str().unwrap(),
+        secs,
+        mode,
+    ]);
+    let o = ember(&args, dir);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "ember {args:?} failed: {err}");
+    (
+        folded(&out),
+        truth(&String::from_utf8_lossy(&o.stdout)),
+        err,
+    )
+}
+
+fn assert_shares(label: &str, f: &BTreeMap<String, u64>, truth: &BTreeMap<String, f64>) {
+    let names: Vec<String> = truth.keys().cloned().collect();
+    let got = shares(f, &names);
+    for (name, want) in truth {
+        let have = got[name];
+        let err = (have - want * 100.0).abs();
+        eprintln!(
+            "{label}: {name} {have:.1}% (its own clock: {:.1}%)",
+            want * 100.0
+        );
+        assert!(
+            err <= 3.0,
+            "{label}: {name} is {have:.1}% of the profile but {:.1}% by its own clock",
+            want * 100.0
+        );
+    }
+}
+
+/// Percent of the workload's samples whose stack holds `frame_prefix` as
+/// a Python frame (the module's code: the sample sits under its callers).
+fn under(f: &BTreeMap<String, u64>, name: &str) -> f64 {
+    let total: u64 = f.values().sum::<u64>().max(1);
+    count_where(f, |fr| py_name(fr) == Some(name)) as f64 * 100.0 / total as f64
+}
+
+#[test]
+fn python_shares_match_the_workload_clock_on_every_cpython() {
+    let _one = serial();
+    let dir = scratch("python_versions");
+    for py in interpreters() {
+        let label = py.display().to_string();
+        let (f, truth, err) = record_command(&dir, &py, "4", "plain", &[]);
+        let f = workload(&f);
+        assert!(
+            err.contains("python: 1 processes"),
+            "{label}: no Python process found: {err}"
+        );
+        assert_shares(&label, &f, &truth);
+        let pct = under(&f, "<module>");
+        eprintln!("{label}: {pct:.1}% of samples under <module>");
+        assert!(
+            pct >= 90.0,
+            "{label}: only {pct:.1}% of samples sit under the module's Python frame"
+        );
+        // The Python frames replace the eval loop's, in caller order.
+        let stack = f
+            .iter()
+            .max_by_key(|(_, &n)| n)
+            .map(|(s, _)| s.clone())
+            .unwrap();
+        let py_frames: Vec<&str> = stack.split(';').filter_map(py_name).collect();
+        assert!(
+            py_frames.starts_with(&["<module>", "plain"]),
+            "{label}: Python frames out of order: {stack}"
+        );
+    }
+}
+
+#[test]
+fn python_threads_asyncio_callbacks_and_deep_recursion() {
+    let _one = serial();
+    let dir = scratch("python_modes");
+    let all = interpreters();
+    // The system's and the newest build (3.11+ frames), plus the oldest
+    // (3.8-3.10 frame objects) when there is one.
+    let mut chosen = vec![all[0].clone()];
+    chosen.extend(all.iter().skip(1).last().cloned());
+    chosen.extend(all.iter().skip(1).next().cloned());
+    chosen.dedup();
+    for py in &chosen {
+        let label = py.display().to_string();
+        for mode in ["threads", "asyncio", "callback"] {
+            let (f, truth, _) = record_command(&dir, py, "3", mode, &[]);
+            assert_shares(&format!("{label} {mode}"), &workload(&f), &truth);
+        }
+        // A C function calling back into Python shows both layers:
+        // callback (Python) -> sorted (C) -> key_fn (Python).
+        let (f, _, _) = record_command(&dir, py, "2", "callback", &[]);
+        let nested = count_where(&f, |_| true);
+        let good: u64 = f
+            .iter()
+            .filter(|(s, _)| {
+                let fr: Vec<&str> = s.split(';').collect();
+                let cb = fr.iter().position(|x| py_name(x) == Some("callback"));
+                let key = fr.iter().position(|x| py_name(x) == Some("key_fn"));
+                match (cb, key) {
+                    // Native frames (the sort; unnamed in a stripped
+                    // python) between the two Python ones.
+                    (Some(c), Some(k)) => {
+                        k > c + 1 && fr[c + 1..k].iter().all(|x| py_name(x).is_none())
+                    }
+                    _ => false,
+                }
+            })
+            .map(|(_, n)| n)
+            .sum();
+        let with_key = count_where(&f, |x| py_name(x) == Some("key_fn"));
+        eprintln!("{label}: {good} of {with_key} key_fn samples under callback -> native frames ({nested} in all)");
+        assert!(
+            with_key > 0 && good * 100 >= with_key * 95,
+            "{label}: key_fn is not under callback and the native sort: {good} of {with_key}"
+        );
+        // 151 nested Python calls, every one shown.
+        let (f, _, _) = record_command(&dir, py, "2", "deep", &[]);
+        let f = workload(&f);
+        let total: u64 = f.values().sum();
+        let deep: u64 = f
+            .iter()
+            .filter(|(s, _)| {
+                s.split(';')
+                    .filter(|x| py_name(x) == Some("recurse"))
+                    .count()
+                    == 151
+                    && s.contains("<module> (")
+            })
+            .map(|(_, n)| n)
+            .sum();
+        eprintln!("{label}: {deep} of {total} samples with all 151 recursive frames");
+        assert!(
+            deep * 100 >= total * 90,
+            "{label}: only {deep} of {total} samples show the whole recursion"
+        );
+    }
+}
+
+#[test]
+fn python_forked_workers_perf_trampolines_pprof_and_the_off_switch() {
+    let _one = serial();
+    let dir = scratch("python_more");
+    let all = interpreters();
+    let sys = &all[0];
+    // Forked workers: each child is a Python process of its own.
+    let (f, _, err) = record_command(&dir, sys, "3", "fork", &[]);
+    let found: u32 = err
+        .split("python: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        found >= 3,
+        "the parent and two forked workers are Python processes: {err}"
+    );
+    let pids: std::collections::BTreeSet<&str> = f
+        .keys()
+        .filter(|s| s.contains("gamma (pysplit.py)_[py]"))
+        .map(|s| s.split(';').next().unwrap())
+        .collect();
+    let gamma = count_where(&f, |x| py_name(x) == Some("gamma"));
+    assert!(
+        gamma > 0 && !pids.is_empty(),
+        "forked workers' frames: {f:?}"
+    );
+
+    // -X perf (3.12+): the perf-map trampolines are not shown twice.
+    if let Some(py312) = all.iter().find(|p| {
+        let s = p.to_string_lossy();
+        s.contains("/3.12") || s.contains("/3.13")
+    }) {
+        let out = dir.join("xperf.folded");
+        let src = fixture_src("pysplit.py");
+        let o = ember(
+            &[
+                "record",
+                "-q",
+                "-F",
+                FREQ,
+                "-o",
+                out.to_str().unwrap(),
+                "--",
+                py312.to_str().unwrap(),
+                "-X",
+                "perf",
+                src.to_str().unwrap(),
+                "3",
+            ],
+            &dir,
+        );
+        assert!(o.status.success());
+        let f = workload(&folded(&out));
+        let t = truth(&String::from_utf8_lossy(&o.stdout));
+        assert_shares("-X perf", &f, &t);
+        // Never both: a trampoline next to the Python frames it stands for.
+        let both = count_where(&f, |x| x.starts_with("py::"))
+            .min(count_where(&f, |x| x.ends_with("_[py]")));
+        let doubled: u64 = f
+            .iter()
+            .filter(|(s, _)| s.contains("py::") && s.contains("_[py]"))
+            .map(|(_, n)| n)
+            .sum();
+        eprintln!("-X perf: {both} samples with trampolines, {doubled} with both");
+        assert_eq!(doubled, 0, "perf trampolines shown next to Python frames");
+    }
+
+    // pprof: Python functions with files and lines, read by go tool pprof.
+    let pb = dir.join("py.pb.gz");
+    let src = fixture_src("pysplit.py");
+    ember_ok(
+        &[
+            "record",
+            "-q",
+            "-F",
+            FREQ,
+            "-o",
+            pb.to_str().unwrap(),
+            "--",
+            sys.to_str().unwrap(),
+            src.to_str().unwrap(),
+            "2",
+        ],
+        &dir,
+    );
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top", "-lines"])
+        .arg(&pb)
+        .output()
+        .expect("go tool pprof");
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    assert!(
+        text.contains("work ") && text.contains("pysplit.py:"),
+        "go tool pprof shows no Python function with its line: {text}"
+    );
+
+    // --no-python: the interpreter's own frames only.
+    let (f, _, err) = record_command(&dir, sys, "2", "plain", &["--no-python"]);
+    assert_eq!(count_where(&f, |x| x.ends_with("_[py]")), 0);
+    assert!(!err.contains("python:"), "{err}");
+}
+
+/// py-spy's folded (raw) output: `process;frame (file:line);... count`.
+fn py_spy() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let mut candidates: Vec<PathBuf> = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("py-spy"))
+        .collect();
+    candidates.push(Path::new(&home).join(".pyenv/shims/py-spy"));
+    candidates.push(Path::new(&home).join(".local/bin/py-spy"));
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("py-spy is missing; scripts/setup.sh installs it (python3 -m pip install py-spy)")
+}
+
+#[test]
+fn python_shares_agree_with_py_spy() {
+    let _one = serial();
+    let dir = scratch("python_py_spy");
+    let spy = py_spy();
+    let all = interpreters();
+    let src = fixture_src("pysplit.py");
+    // py-spy 0.4 reads 3.8-3.12 (not 3.13.0): the system's and the oldest
+    // build (frame objects) when there is one. Both sample the same process
+    // over the same 8 s at 999 Hz, so sampling noise is well under 1 point.
+    let mut chosen = vec![&all[0]];
+    chosen.extend(
+        all.iter()
+            .skip(1)
+            .find(|p| p.to_string_lossy().contains("/3.8")),
+    );
+    for py in chosen {
+        let label = py.display().to_string();
+        let mut child = Command::new(py)
+            .arg(&src)
+            .args(["10", "plain"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = child.id().to_string();
+        let raw = dir.join("spy.txt");
+        let spy_run = Command::new(&spy)
+            .args([
+                "record",
+                "--nonblocking",
+                "-r",
+                "999",
+                "-d",
+                "8",
+                "-f",
+                "raw",
+                "-o",
+            ])
+            .arg(&raw)
+            .args(["-p", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = dir.join("ember.folded");
+        ember_ok(
+            &[
+                "record",
+                "-q",
+                "-F",
+                "999",
+                "-d",
+                "8s",
+                "-o",
+                out.to_str().unwrap(),
+                "--pid",
+                &pid,
+            ],
+            &dir,
+        );
+        let spy_out = spy_run.wait_with_output().unwrap();
+        let _ = child.wait();
+        assert!(
+            spy_out.status.success(),
+            "py-spy failed: {}",
+            String::from_utf8_lossy(&spy_out.stderr)
+        );
+        let names: Vec<String> = ["alpha", "beta", "gamma"].map(String::from).to_vec();
+        let ours = shares(&folded(&out), &names);
+        // py-spy frames: `name (file.py:LINE)`.
+        // (Lines differ per frame: stacks that differ only in lines add up.)
+        let mut theirs_folded: BTreeMap<String, u64> = BTreeMap::new();
+        for (s, n) in folded(&raw) {
+            let s = s
+                .split(';')
+                .map(|f| match f.split_once(" (") {
+                    Some((name, _)) => format!("{name}_[py]"),
+                    None => f.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(";");
+            *theirs_folded.entry(s).or_default() += n;
+        }
+        let theirs = shares(&theirs_folded, &names);
+        for n in &names {
+            eprintln!(
+                "{label}: {n} ember {:.1}% py-spy {:.1}%",
+                ours[n], theirs[n]
+            );
+            assert!(
+                (ours[n] - theirs[n]).abs() <= 2.0,
+                "{label}: {n} is {:.1}% in ember's profile and {:.1}% in py-spy's",
+                ours[n],
+                theirs[n]
+            );
+        }
+    }
+}
