@@ -272,6 +272,11 @@ impl Capture {
                 py.forget(pid);
                 self.sym.python.forget(pid);
             }
+            // Processes whose Python runtime was not mapped yet (or whose
+            // records came late) when they were first seen.
+            for pid in self.procs.live_pids() {
+                py.check(&self.sampler, &mut self.procs, &mut self.sym.python, pid);
+            }
         }
         forgotten
     }

@@ -1174,3 +1174,100 @@ fn push_credentials_are_checked_and_never_shown() {
         "{err}"
     );
 }
+
+/// The agent walks Python frames too: a CPython workload's functions are in
+/// its stored windows, /metrics counts the Python processes and walks, and
+/// 50 Python processes (each with its own code objects) keep the agent's
+/// memory bounded.
+#[test]
+fn agent_names_python_frames_with_bounded_memory() {
+    let dir = scratch("agent_python");
+    let py = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("the Python agent test needs the system python3");
+    let agent = Agent::start(&dir, &["--window", "2s", "-F", "99"]);
+    // Warmed up (kernel symbols read, first windows cut) before the
+    // baseline.
+    std::thread::sleep(Duration::from_secs(5));
+    let rss0 = agent.metric("process_resident_memory_bytes");
+    let src = fixture_src("pysplit.py");
+    let mut split = Command::new(py)
+        .arg(&src)
+        .args(["5", "plain"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // 50 more Python processes, each defining and running 200 functions
+    // of its own (10 000 code objects in all), sleeping between rounds so
+    // that the agent is not starved of CPU on a 2-core machine.
+    let many: Vec<Child> = (0..50)
+        .map(|i| {
+            let code = format!(
+                "import time\nfs=[]\nfor k in range(200):\n    exec('def f%d_{i}(n):\\n    return sum(range(n))' % k)\n    fs.append(eval('f%d_{i}' % k))\nend=time.monotonic()+5\nwhile time.monotonic()<end:\n    for f in fs: f(200)\n    time.sleep(0.02)\n"
+            );
+            Command::new(py)
+                .args(["-c", &code])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let cache_mid = agent.metric("ember_python_code_cache_bytes");
+    assert!(split.wait().unwrap().success());
+    for mut c in many {
+        let _ = c.wait();
+    }
+    // Exits are acted on after two windows.
+    std::thread::sleep(Duration::from_secs(5));
+    let processes = agent.metric("ember_python_processes_total");
+    let walked = agent.metric("ember_python_stacks_total");
+    let named = agent.metric("ember_python_code_objects_total");
+    let cache = agent.metric("ember_python_code_cache_bytes");
+    let rss1 = agent.metric("process_resident_memory_bytes");
+    eprintln!(
+        "python: {processes} registrations, {walked} samples walked, {named} code objects read, cache {:.2} MiB while they ran, {:.2} MiB after; agent RSS {:.1} -> {:.1} MiB",
+        cache_mid / 1048576.0,
+        cache / 1048576.0,
+        rss0 / 1048576.0,
+        rss1 / 1048576.0
+    );
+    assert!(processes >= 51.0, "{processes} Python processes found");
+    assert!(
+        cache_mid > 0.0 && cache < cache_mid,
+        "the code cache is not released when processes exit"
+    );
+    assert!(walked > 0.0 && named > 0.0);
+    assert!(
+        rss1 < rss0 + 64.0 * 1048576.0,
+        "agent RSS grew from {rss0} to {rss1} bytes with 51 Python processes"
+    );
+    agent.stop();
+    let out = ember(
+        &[
+            "query",
+            "--store-dir",
+            dir.join("store").to_str().unwrap(),
+            "--since",
+            "10m",
+            "-f",
+            "folded",
+        ],
+        &dir,
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gamma: u64 = text
+        .lines()
+        .filter(|l| l.contains(";gamma (pysplit.py)_[py]"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let mine: u64 = text
+        .lines()
+        .filter(|l| l.contains("(pysplit.py)_[py]"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("stored windows: {mine} samples under pysplit.py, {gamma} in gamma");
+    assert!(mine > 100 && gamma * 100 > mine * 35, "{mine} {gamma}");
+}

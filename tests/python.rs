@@ -51,7 +51,15 @@ fn interpreters() -> Vec<PathBuf> {
             .map(|e| e.path().join("bin/python3"))
             .filter(|p| p.exists())
             .collect();
-        v.sort();
+        // By version, oldest first (3.8 before 3.10).
+        v.sort_by_key(|p| {
+            let n = p.to_string_lossy().into_owned();
+            let ver = n.split("/versions/").nth(1).unwrap_or("").to_string();
+            ver.split(['.', '/'])
+                .take(3)
+                .map(|x| x.parse::<u32>().unwrap_or(0))
+                .collect::<Vec<_>>()
+        });
         found.extend(v);
     }
     let mut real = Vec::new();
@@ -217,7 +225,7 @@ fn python_threads_asyncio_callbacks_and_deep_recursion() {
     // (3.8-3.10 frame objects) when there is one.
     let mut chosen = vec![all[0].clone()];
     chosen.extend(all.iter().skip(1).last().cloned());
-    chosen.extend(all.iter().skip(1).next().cloned());
+    chosen.extend(all.get(1).cloned());
     chosen.dedup();
     for py in &chosen {
         let label = py.display().to_string();

@@ -83,6 +83,14 @@ pub struct Metrics {
     pub unwind_tables_load_failed: AtomicU64,
     /// Push counters per backend index.
     pub push: Mutex<Vec<PushMetrics>>,
+    /// Python: processes found and code objects named (None: off).
+    pub python: Mutex<
+        Option<(
+            crate::python::TrackerStats,
+            crate::python::code::NameStats,
+            u64,
+        )>,
+    >,
 }
 
 /// Per-backend push counters.
@@ -186,6 +194,39 @@ impl Metrics {
                 g(&self.unwind_tables_load_failed)
             ),
         );
+        let py = *self.python.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, n, cached)) = py {
+            line(
+                "ember_python_processes_total",
+                "counter",
+                "CPython processes found and followed.",
+                format!(" {}", t.processes),
+            );
+            line(
+                "ember_python_binaries_unsupported_total",
+                "counter",
+                "CPython binaries not followed, by reason: a version ember has no layout for (3.8-3.13 are supported), or unusable (no _PyRuntime, unreadable, free-threaded).",
+                format!(
+                    "{{reason=\"version\"}} {}\nember_python_binaries_unsupported_total{{reason=\"unusable\"}} {}",
+                    t.unsupported_version, t.unusable_binary
+                ),
+            );
+            line(
+                "ember_python_code_objects_total",
+                "counter",
+                "Python code objects read to name frames, by result: named, unreadable (the process exited first), not a code object, or not cached (cache budget spent).",
+                format!(
+                    "{{result=\"named\"}} {}\nember_python_code_objects_total{{result=\"unreadable\"}} {}\nember_python_code_objects_total{{result=\"not_code\"}} {}\nember_python_code_objects_total{{result=\"cache_full\"}} {}",
+                    n.named, n.unreadable, n.not_code, n.cache_full
+                ),
+            );
+            line(
+                "ember_python_code_cache_bytes",
+                "gauge",
+                "Memory of the cached Python code objects (names, files, line tables).",
+                format!(" {cached}"),
+            );
+        }
         line(
             "ember_samples_dropped_by_relabel_total",
             "counter",

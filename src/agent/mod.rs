@@ -412,6 +412,7 @@ impl Sink<'_> {
         if let Some(u) = cap.unwind_stats() {
             update_unwind_metrics(m, &u);
         }
+        let py_tracker = cap.python_stats();
         let (procs, sym) = cap.naming();
         sym.evict_idle(EVICT_AFTER_WINDOWS);
         let _ = sym.fetch_debuginfo(procs, Instant::now());
@@ -420,6 +421,8 @@ impl Sink<'_> {
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         update_symbolizer_metrics(m, &sym.stats(procs));
+        *m.python.lock().unwrap_or_else(|e| e.into_inner()) =
+            py_tracker.map(|t| (t, sym.python.stats(), sym.python.cached().1 as u64));
         *m.debuginfod.lock().unwrap_or_else(|e| e.into_inner()) = sym.debuginfod_stats();
         if let Some(store) = &self.shared.store {
             store.enforce_retention();

@@ -50,7 +50,7 @@ pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Re
         }
     }
     let mut o = Options::default();
-    if !palette.iter().next().is_none() {
+    if palette.iter().next().is_some() {
         o.palette_map = Some(&mut palette);
     }
     o.title = format!("ember: {}", p.target);

@@ -611,6 +611,15 @@ impl ProcessTable {
         self.open(id)
     }
 
+    /// The processes captured and not exited, in no order.
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.processes
+            .iter()
+            .filter(|(_, p)| !p.exited)
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
     /// The process as captured.
     pub fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)

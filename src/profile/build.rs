@@ -241,7 +241,7 @@ impl Resolver<'_> {
     /// trampolines (`py::` perf-map entries) are dropped: the Python
     /// frames say the same.
     fn merge_python(&mut self, pid: u32, native: &[u64], words: &[u64], locs: &mut Vec<u32>) {
-        let (sym, procs) = (self.sym, self.procs);
+        let sym = self.sym;
         let eval = sym.python.process(pid).and_then(|p| p.eval.clone());
         let pairs = words.len() / 2;
         let mut next = 0usize; // the next Python frame to place
@@ -261,7 +261,6 @@ impl Resolver<'_> {
             }
             return;
         };
-        let _ = procs;
         for (i, &ip) in native.iter().enumerate() {
             let a = adjust(ip, i);
             if eval.contains(&a) && next < pairs {
