@@ -336,7 +336,7 @@ mod tests {
         let st = KernelStats::from_values(v);
         assert_eq!(st.values(), v);
         assert_eq!(st.samples, 100);
-        assert_eq!(st.truncated_unsupported, 100 + STAT_COUNT as u64 - 1);
+        assert_eq!(st.py_lost, 100 + STAT_COUNT as u64 - 1);
         for (i, c) in COUNTERS.iter().enumerate() {
             assert_eq!(c.index(), i);
             assert_eq!(st.get(c), v[i], "{}", c.field);
