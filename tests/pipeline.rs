@@ -32,10 +32,11 @@ fn frame<'a>(name: &'a Arc<str>, file: Option<&'a Arc<str>>, line: u32) -> Frame
 }
 
 /// Samples in the fixture.
-const TOTAL: u64 = 20;
+const TOTAL: u64 = 22;
 
 /// The hand-built profile every test here starts from: a C server (pid
-/// 4100, two threads) and a Node process (pid 5200, two threads).
+/// 4100, two threads), a Node process (pid 5200, two threads) and a Python
+/// process (pid 6300).
 fn fixture() -> Profile {
     let s = |x: &str| -> Arc<str> { Arc::from(x) };
     let mut b = Builder::new();
@@ -103,6 +104,18 @@ fn fixture() -> Profile {
         0x56a0_0000_5000,
         [frame(&node_start, Some(&node_cc), 1200)],
     );
+    // A CPython process: two Python functions over the interpreter's main.
+    let python_bin = s("/usr/bin/python3.11");
+    let python = b.mapping(0x5600_0000_0000, 0x5600_0040_0000, 0, &python_bin, "");
+    let (app_py, work, module, py_main) = (
+        s("/srv/app.py"),
+        s("Worker.run"),
+        s("<module>"),
+        s("Py_BytesMain"),
+    );
+    let l_py_work = b.python(0x7f20_0000_1000, Some(frame(&work, Some(&app_py), 12)));
+    let l_py_module = b.python(0x7f20_0000_2000, Some(frame(&module, Some(&app_py), 30)));
+    let l_py_main = b.user(Some(python), 0x5600_0000_3000, [frame(&py_main, None, 0)]);
     let l_truncated = b.marker(Marker::Truncated, "[truncated]");
     let l_lost_user = b.marker(Marker::LostUser, "[lost user stack: not readable]");
     let l_lost_kernel = b.marker(Marker::LostKernel, "[lost kernel stack: stack map full]");
@@ -156,6 +169,14 @@ fn fixture() -> Profile {
         "libuv-worker",
     );
     b.sample(&[l_unmapped], 1, 5200, 5200, "node", "node");
+    b.sample(
+        &[l_py_work, l_py_module, l_py_main],
+        2,
+        6300,
+        6300,
+        "python3",
+        "python3",
+    );
 
     let mut p = b.finish(&BuildOptions {
         start: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
