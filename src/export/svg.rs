@@ -110,6 +110,62 @@ pub fn utc(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::profile::{BuildOptions, Builder, Frame};
+    use std::sync::Arc;
+
+    /// Python frames get their own colour (blues: the blue channel 230),
+    /// native ones the palette's (warm: never that blue).
+    #[test]
+    fn python_frames_have_their_own_colour() {
+        let mut b = Builder::new();
+        let (name, file, native) = (
+            Arc::from("handler"),
+            Arc::from("/srv/app.py"),
+            Arc::from("main"),
+        );
+        let py = b.python(
+            0x1000,
+            Some(Frame {
+                name: &name,
+                system_name: &name,
+                file: Some(&file),
+                line: 3,
+            }),
+        );
+        let n = b.user(
+            None,
+            0x2000,
+            [Frame {
+                name: &native,
+                system_name: &native,
+                file: None,
+                line: 0,
+            }],
+        );
+        b.sample(&[py, n], 3, 1, 1, "python3", "python3");
+        let p = b.finish(&BuildOptions {
+            start: std::time::UNIX_EPOCH,
+            duration: std::time::Duration::from_secs(1),
+            frequency: 99,
+            target: "t".into(),
+        });
+        let mut out = Vec::new();
+        super::write(&p, &mut out, Default::default()).unwrap();
+        let svg = String::from_utf8(out).unwrap();
+        let fill = |title: &str| {
+            let at = svg.find(&format!("<title>{title}")).expect(title);
+            let rest = &svg[at..];
+            let f = rest.find("fill=\"rgb(").unwrap() + 10;
+            let rgb: Vec<u32> = rest[f..rest[f..].find(')').unwrap() + f]
+                .split(',')
+                .map(|v| v.parse().unwrap())
+                .collect();
+            rgb
+        };
+        assert_eq!(fill("handler (app.py)_[py]")[2], 230);
+        assert!(fill("main ")[2] < 200, "{:?}", fill("main "));
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
