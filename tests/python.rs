@@ -507,3 +507,195 @@ fn python_shares_agree_with_py_spy() {
         }
     }
 }
+
+/// The layout table (src/python/mod.rs) against each pyenv version's own
+/// headers: fixtures/pyoffsets.c prints `offsetof()` of every field ember
+/// reads, compiled against that version's include directory; and what
+/// ember reads from each binary (version, `_PyRuntime`, the debug offsets
+/// of 3.13) gives the same layout.
+#[test]
+fn python_layouts_match_each_versions_headers() {
+    let _one = serial();
+    let dir = scratch("python_layouts");
+    let mut checked = 0;
+    for py in interpreters().iter().skip(1) {
+        let prefix = py.parent().unwrap().parent().unwrap();
+        let Some(inc) = std::fs::read_dir(prefix.join("include"))
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.join("Python.h").exists())
+            })
+        else {
+            panic!("{}: no include directory with Python.h", prefix.display());
+        };
+        let minor: u8 = inc
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("python3.")
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap();
+        let exe = dir.join(format!("pyoffsets-3.{minor}"));
+        let st = Command::new("cc")
+            .arg("-w")
+            .arg(format!("-I{}", inc.display()))
+            .arg(format!("-I{}", inc.join("internal").display()))
+            .arg(fixture_src("pyoffsets.c"))
+            .arg("-o")
+            .arg(&exe)
+            .status()
+            .expect("running cc");
+        assert!(st.success(), "compiling pyoffsets.c for 3.{minor} failed");
+        let out = Command::new(&exe).output().unwrap();
+        let offs: BTreeMap<String, u64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect();
+        let l = ember::python::layout_of(minor).expect("a layout for every version tested");
+        let w = &l.walk;
+        let frame = offs
+            .get("tstate_frame")
+            .or(offs.get("tstate_cframe"))
+            .copied();
+        let want: Vec<(&str, u64, Option<u64>)> = vec![
+            (
+                "runtime_interp_head",
+                l.runtime_interp_head as u64,
+                offs.get("runtime_interp_head").copied(),
+            ),
+            (
+                "interp_next",
+                w.interp_next as u64,
+                offs.get("interp_next").copied(),
+            ),
+            (
+                "interp_tstate_head",
+                w.interp_threads as u64,
+                offs.get("interp_tstate_head").copied(),
+            ),
+            (
+                "tstate_next",
+                w.tstate_next as u64,
+                offs.get("tstate_next").copied(),
+            ),
+            (
+                "tstate_thread_id",
+                w.tstate_thread_id as u64,
+                offs.get("tstate_thread_id").copied(),
+            ),
+            ("tstate_frame", w.tstate_frame as u64, frame),
+            (
+                "frame_previous",
+                w.frame_previous as u64,
+                offs.get("frame_previous").copied(),
+            ),
+            (
+                "frame_code",
+                w.frame_code as u64,
+                offs.get("frame_code").copied(),
+            ),
+            (
+                "frame_instr",
+                w.frame_instr as u64,
+                offs.get("frame_instr").copied(),
+            ),
+            (
+                "code_name",
+                l.code.name as u64,
+                offs.get("code_name").copied(),
+            ),
+            (
+                "code_filename",
+                l.code.filename as u64,
+                offs.get("code_filename").copied(),
+            ),
+            (
+                "code_firstlineno",
+                l.code.firstlineno as u64,
+                offs.get("code_firstlineno").copied(),
+            ),
+            (
+                "code_linetable",
+                l.code.linetable as u64,
+                offs.get("code_linetable").copied(),
+            ),
+            (
+                "sizeof_ascii",
+                l.code.ascii_size as u64,
+                offs.get("sizeof_ascii").copied(),
+            ),
+            (
+                "sizeof_compact",
+                l.code.compact_size as u64,
+                offs.get("sizeof_compact").copied(),
+            ),
+        ];
+        for (name, ours, theirs) in want {
+            assert_eq!(Some(ours), theirs, "3.{minor}: {name}");
+        }
+        if minor >= 11 {
+            assert_eq!(
+                Some(l.code.adaptive.unwrap() as u64),
+                offs.get("code_adaptive").copied()
+            );
+            assert_eq!(
+                Some(l.code.qualname.unwrap() as u64),
+                offs.get("code_qualname").copied()
+            );
+        }
+        if minor >= 12 {
+            assert_eq!(Some(w.frame_owner as u64), offs.get("frame_owner").copied());
+        }
+        if minor == 11 {
+            assert_eq!(
+                Some(w.frame_is_entry as u64),
+                offs.get("frame_is_entry").copied()
+            );
+            assert_eq!(
+                Some(w.cframe_frame as u64),
+                offs.get("cframe_current_frame").copied()
+            );
+        }
+        // What ember reads from the binary holding _PyRuntime.
+        let lib = std::fs::read_dir(prefix.join("lib"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                n.starts_with(&format!("libpython3.{minor}")) && n.contains(".so")
+            })
+            .unwrap_or_else(|| std::fs::canonicalize(py).unwrap());
+        let f = std::fs::File::open(&lib).unwrap();
+        let bin =
+            ember::python::inspect(&f, &lib.to_string_lossy()).expect("a usable CPython binary");
+        assert_eq!(
+            (bin.version.0, bin.version.1),
+            (3, minor),
+            "{}",
+            lib.display()
+        );
+        assert_eq!(
+            ember::sample::abi::bytes_of(&bin.layout.walk),
+            ember::sample::abi::bytes_of(&l.walk),
+            "3.{minor}: the layout read from the binary differs from the table"
+        );
+        assert_eq!(bin.layout.code, l.code);
+        checked += 1;
+    }
+    eprintln!("{checked} CPython versions' layouts checked against their headers");
+    // Debian's stripped python3.11: version from Py_Version, runtime from .dynsym.
+    let sys = std::fs::canonicalize(&interpreters()[0]).unwrap();
+    let f = std::fs::File::open(&sys).unwrap();
+    match ember::python::inspect(&f, &sys.to_string_lossy()) {
+        Ok(b) => assert!(b.runtime != 0 && b.eval.is_some(), "{b:?}"),
+        Err(e) => panic!(
+            "the system python3 ({}) is not usable: {e:?}",
+            sys.display()
+        ),
+    }
+}

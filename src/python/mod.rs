@@ -437,16 +437,14 @@ fn debug_offsets(raw: &[u8], base: &Layout) -> Result<Option<Layout>, Unsupporte
         l.code.linetable = small(304)?;
         l.code.firstlineno = small(312)?;
         l.code.adaptive = Some(small(344)?);
-        let need = [
-            l.walk.frame_previous,
-            l.walk.frame_code,
-            l.walk.frame_instr,
-            l.walk.frame_owner,
-        ]
-        .into_iter()
-        .max()?;
-        (need + 8 <= abi::PY_FRAME_READ).then_some(())?;
-        l.walk.frame_read = (need + 8).max(l.walk.frame_read).min(abi::PY_FRAME_READ);
+        // Pointers are 8 bytes; the owner field one.
+        let need = [l.walk.frame_previous, l.walk.frame_code, l.walk.frame_instr]
+            .into_iter()
+            .max()?
+            .checked_add(8)?
+            .max(l.walk.frame_owner.checked_add(1)?);
+        (need <= abi::PY_FRAME_READ).then_some(())?;
+        l.walk.frame_read = need.max(l.walk.frame_read).min(abi::PY_FRAME_READ);
         Some(l)
     })();
     Ok(Some(fields.ok_or(Unsupported::Unreadable)?))
