@@ -443,6 +443,7 @@ impl Fixture {
             duration: Duration::from_secs(10),
             frequency: 99,
             target: "ember micro-benchmark".to_string(),
+            off_cpu: false,
         };
         let profile = profile::build(&agg, &mut procs, &mut sym, &opts);
         let raw = pprof::to_proto(&profile).encoded_len();
@@ -604,8 +605,15 @@ fn bench_folded(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(name, samples), |b| {
             b.iter(|| {
                 out.clear();
-                folded::write(&fx.profile, &mut out, ExportOptions { threads })
-                    .expect("writing to memory");
+                folded::write(
+                    &fx.profile,
+                    &mut out,
+                    ExportOptions {
+                        threads,
+                        ..Default::default()
+                    },
+                )
+                .expect("writing to memory");
                 out.len()
             })
         });

@@ -109,6 +109,10 @@ enum ember_stat {
 	STAT_PY_READ,             /* ...Python frames unreadable (walk cut short) */
 	STAT_PY_DEPTH,            /* ...Python frames cut at max_py_depth */
 	STAT_PY_LOST,             /* ...Python frames walked but not stored */
+	STAT_OFFCPU_WAITS,        /* off-CPU waits recorded */
+	STAT_OFFCPU_SHORT,        /* ...not recorded: shorter than the threshold */
+	STAT_OFFCPU_SAMPLED_OUT,  /* ...not recorded: sampled out 1-in-N (the rest weigh N) */
+	STAT_OFFCPU_DROPPED,      /* ...lost: a map was full */
 	STAT_MAX,
 };
 
@@ -206,6 +210,21 @@ struct py_proc {
 struct py_thread {
 	__u64 tstate;  /* 0: the thread had none */
 	__u64 checked; /* when that was found (bpf_ktime_get_ns) */
+};
+
+/* A thread's off-CPU state: the stacks it last left the CPU with, the
+ * registers they were found for (reused while the thread leaves from the
+ * same place), and since when it waits (0: it runs). Userspace writes
+ * these for threads already waiting when a recording starts, and reads
+ * those still waiting when it ends. */
+struct offcpu_state {
+	__u64 since;  /* bpf_ktime_get_ns() when it left the CPU; 0 when running */
+	__u64 ip, sp, bp, nr; /* user registers and system call then */
+	__u32 gen;    /* generation + 1 the stacks were stored in; 0: none */
+	__u32 weight; /* what one nanosecond of this wait counts for (1-in-N) */
+	__u32 stable; /* two walks from these registers found the same stacks */
+	__u32 _pad;
+	struct sample_key key;
 };
 
 /* Ring-buffer message: a process was sampled for the first time, or

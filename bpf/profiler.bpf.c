@@ -26,6 +26,14 @@ const volatile __u32 max_user_depth = EMBER_MAX_USER_DEPTH;
 const volatile bool python = false;
 /* Python frames walked per sample, at most EMBER_MAX_PY_DEPTH. */
 const volatile __u32 max_py_depth = EMBER_MAX_PY_DEPTH;
+/* Off-CPU time: record waits of profiled threads (on_switch). */
+const volatile bool off_cpu = false;
+/* Waits shorter than this are not recorded. */
+const volatile __u64 off_cpu_threshold_ns = 0;
+/* Record 1 wait in N (scaled by N); 1: all. */
+const volatile __u32 off_cpu_sample = 1;
+/* ember's own process, left out of off-CPU time. */
+const volatile __u32 self_tgid = 0;
 
 /* Flipped by userspace to start a new generation. */
 __u32 generation = 0;
@@ -67,6 +75,17 @@ struct ember_abi {
 
 COUNT_MAP(counts0);
 COUNT_MAP(counts1);
+/* Off-CPU nanoseconds per (process, thread, names, stacks). */
+COUNT_MAP(offcpu0);
+COUNT_MAP(offcpu1);
+
+/* tid -> where and since when it waits (see on_switch). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct offcpu_state);
+} offcpu_thread SEC(".maps");
 STACK_MAP(stacks0);
 STACK_MAP(stacks1);
 
@@ -744,42 +763,26 @@ static __always_inline __u64 walk_python(struct task_struct *task, __u32 tid, st
 	return h;
 }
 
-SEC("perf_event")
-int on_sample(struct bpf_perf_event_data *ctx)
+/* Fills `key` with the current task's names and stacks (kernel, user,
+ * Python), as the sampler and the off-CPU recorder both need them. `ctx` is
+ * the program's context, for bpf_get_stack. */
+static __always_inline void capture_key(void *ctx, struct sample_key *key, void *stacks, __u32 tgid,
+					__u32 tid, __u64 kernel_skip)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32, tid = (__u32)id;
-
-	if (tid == 0) {
-		stat_inc(STAT_IDLE);
-		if (!include_idle)
-			return 0;
-	}
-	if (filter_enabled) {
-		__u8 *f = bpf_map_lookup_elem(&filter, &tgid);
-		if (!f || !(*f & FILTER_PROFILE))
-			return 0;
-	}
-	stat_inc(STAT_SAMPLES);
-
-	__u32 gen = generation & 1;
-	void *counts = gen ? (void *)&counts1 : (void *)&counts0;
-	void *stacks = gen ? (void *)&stacks1 : (void *)&stacks0;
-
-	struct sample_key key;
-	__builtin_memset(&key, 0, sizeof(key));
-	key.tgid = tgid;
-	key.tid = tid;
-	bpf_get_current_comm(key.thread_comm, sizeof(key.thread_comm));
+	__builtin_memset(key, 0, sizeof(*key));
+	key->tgid = tgid;
+	key->tid = tid;
+	bpf_get_current_comm(key->thread_comm, sizeof(key->thread_comm));
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_STR_INTO(&key.comm, task, group_leader, comm);
+	BPF_CORE_READ_STR_INTO(&key->comm, task, group_leader, comm);
 
 	bool map_full = false;
 	if (kernel_stacks) {
 		bool lost = false;
-		key.kernel_stack = capture(ctx, stacks, 0, 0x6b65726e656cULL, &lost, &map_full);
+		key->kernel_stack = capture(ctx, stacks, kernel_skip & BPF_F_SKIP_FIELD_MASK,
+					    0x6b65726e656cULL, &lost, &map_full);
 		if (lost)
-			key.flags |= SAMPLE_KERNEL_LOST;
+			key->flags |= SAMPLE_KERNEL_LOST;
 	}
 	/* Kernel threads, and tasks past exit_mm(), have no user stack; that
 	 * is not a loss. */
@@ -791,7 +794,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 		if (r == WALK_COMPLETE)
 			stat_inc(STAT_UNWIND_COMPLETE);
 		else {
-			key.flags |= SAMPLE_TRUNCATED;
+			key->flags |= SAMPLE_TRUNCATED;
 			stat_inc(r == WALK_DEPTH	      ? STAT_TRUNC_DEPTH
 				 : r == WALK_NO_TABLE	      ? STAT_TRUNC_NO_TABLE
 				 : r == WALK_UNSUPPORTED ? STAT_TRUNC_UNSUPPORTED
@@ -799,30 +802,30 @@ int on_sample(struct bpf_perf_event_data *ctx)
 		}
 		bool lost = false;
 		if (st && st->len)
-			key.user_stack = store_user(st, stacks, 0x75736572ULL, &lost, &map_full);
-		if (lost || !key.user_stack) {
-			key.flags |= SAMPLE_USER_LOST;
+			key->user_stack = store_user(st, stacks, 0x75736572ULL, &lost, &map_full);
+		if (lost || !key->user_stack) {
+			key->flags |= SAMPLE_USER_LOST;
 			if (!map_full)
 				stat_inc(STAT_LOST_USER_STACK);
 		}
 	} else if (user_task) {
 		bool lost = false;
-		key.user_stack = capture(ctx, stacks, BPF_F_USER_STACK, 0x75736572ULL, &lost, &map_full);
+		key->user_stack = capture(ctx, stacks, BPF_F_USER_STACK, 0x75736572ULL, &lost, &map_full);
 		stat_inc(STAT_UNWIND_STACKS);
-		if (key.user_stack) {
+		if (key->user_stack) {
 			/* Frame pointers cannot tell a complete stack from one cut
 			 * short, except at the depth limit. */
 			__u32 zero = 0;
 			struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
 			if (st && st->len >= EMBER_MAX_DEPTH) {
-				key.flags |= SAMPLE_TRUNCATED;
+				key->flags |= SAMPLE_TRUNCATED;
 				stat_inc(STAT_TRUNC_DEPTH);
 			} else {
 				stat_inc(STAT_UNWIND_COMPLETE);
 			}
 		}
-		if (lost || !key.user_stack) {
-			key.flags |= SAMPLE_USER_LOST;
+		if (lost || !key->user_stack) {
+			key->flags |= SAMPLE_USER_LOST;
 			if (!map_full)
 				stat_inc(STAT_LOST_USER_STACK);
 		}
@@ -831,35 +834,170 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (python && user_task) {
 		struct py_proc *pp = bpf_map_lookup_elem(&py_procs, &tgid);
 		if (pp)
-			key.py_stack = walk_python(task, tid, pp, stacks, &key.flags, &map_full);
+			key->py_stack = walk_python(task, tid, pp, stacks, &key->flags, &map_full);
 	}
 	if (map_full) {
-		key.flags |= SAMPLE_MAP_FULL;
+		key->flags |= SAMPLE_MAP_FULL;
 		stat_inc(STAT_LOST_STACK_MAP_FULL);
 	}
+}
 
-	__u64 *count = bpf_map_lookup_elem(counts, &key);
+/* Adds `v` to the count of `key`; false when the map is full. */
+static __always_inline bool add_count(void *counts, struct sample_key *key, __u64 v)
+{
+	__u64 *count = bpf_map_lookup_elem(counts, key);
 	if (count) {
-		__sync_fetch_and_add(count, 1);
-	} else {
-		__u64 one = 1;
-		long err = bpf_map_update_elem(counts, &key, &one, BPF_NOEXIST);
-		if (err == -17) {
-			count = bpf_map_lookup_elem(counts, &key);
-			if (count)
-				__sync_fetch_and_add(count, 1);
-		} else if (err) {
-			stat_inc(STAT_LOST_COUNT_MAP_FULL);
-		}
+		__sync_fetch_and_add(count, v);
+		return true;
 	}
+	long err = bpf_map_update_elem(counts, key, &v, BPF_NOEXIST);
+	if (err == -17) {
+		count = bpf_map_lookup_elem(counts, key);
+		if (count)
+			__sync_fetch_and_add(count, v);
+		return true;
+	}
+	return err == 0;
+}
 
-	/* Tell userspace about a process the first time it is seen, so it can
-	 * read its memory map while the process still exists. */
+/* Tell userspace about a process the first time it is seen, so it can read
+ * its memory map while the process still exists. */
+static __always_inline void announce(__u32 tgid)
+{
 	if (tgid && !bpf_map_lookup_elem(&known, &tgid)) {
 		__u8 one = 1;
 		bpf_map_update_elem(&known, &tgid, &one, BPF_ANY);
 		notify(tgid, EMBER_EVENT_NEW);
 	}
+}
+
+static __always_inline bool profiled(__u32 tgid)
+{
+	if (!filter_enabled)
+		return true;
+	__u8 *f = bpf_map_lookup_elem(&filter, &tgid);
+	return f && (*f & FILTER_PROFILE);
+}
+
+SEC("perf_event")
+int on_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+
+	if (tid == 0) {
+		stat_inc(STAT_IDLE);
+		if (!include_idle)
+			return 0;
+	}
+	if (!profiled(tgid))
+		return 0;
+	stat_inc(STAT_SAMPLES);
+
+	__u32 gen = generation & 1;
+	void *counts = gen ? (void *)&counts1 : (void *)&counts0;
+	void *stacks = gen ? (void *)&stacks1 : (void *)&stacks0;
+
+	struct sample_key key;
+	capture_key(ctx, &key, stacks, tgid, tid, 0);
+	if (!add_count(counts, &key, 1))
+		stat_inc(STAT_LOST_COUNT_MAP_FULL);
+	announce(tgid);
+	return 0;
+}
+
+/* ---- Off-CPU time ---------------------------------------------------------
+ * sched_switch runs in the context of the thread leaving the CPU: there its
+ * stacks (the same unwinder and stack store as the sampler's) and the time
+ * are noted per thread. When the thread is switched back in, the time it
+ * waited is added to the off-CPU count of those stacks. A thread that
+ * leaves the CPU again from the same place (same user registers and system
+ * call, as a thread in a loop of reads or futex waits does) reuses the
+ * stacks found last time, so a context-switch storm costs a few map
+ * operations per switch, not a stack walk. */
+
+static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u32 gen)
+{
+	__u32 tid = BPF_CORE_READ(next, pid);
+	if (!tid)
+		return;
+	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
+	if (!st || !st->since)
+		return;
+	__u64 d = now > st->since ? now - st->since : 0;
+	st->since = 0;
+	if (d < off_cpu_threshold_ns) {
+		stat_inc(STAT_OFFCPU_SHORT);
+		return;
+	}
+	d *= st->weight ? st->weight : 1;
+	void *counts = gen ? (void *)&offcpu1 : (void *)&offcpu0;
+	if (add_count(counts, &st->key, d))
+		stat_inc(STAT_OFFCPU_WAITS);
+	else
+		stat_inc(STAT_OFFCPU_DROPPED);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 gen = generation & 1;
+	off_cpu_in(next, now, gen);
+
+	/* prev is the current task: note where it waits. */
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	if (tid == 0 || tgid == self_tgid)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (!BPF_CORE_READ(task, mm) || (BPF_CORE_READ(task, flags) & 0x00200000 /* PF_KTHREAD */))
+		return 0;
+	if (!profiled(tgid))
+		return 0;
+	__u32 weight = 1;
+	if (off_cpu_sample > 1) {
+		if (bpf_get_prandom_u32() % off_cpu_sample) {
+			stat_inc(STAT_OFFCPU_SAMPLED_OUT);
+			return 0;
+		}
+		weight = off_cpu_sample;
+	}
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+	__u64 ip = BPF_CORE_READ(regs, ip), sp = BPF_CORE_READ(regs, sp), bp = BPF_CORE_READ(regs, bp);
+	__u64 nr = BPF_CORE_READ(regs, orig_ax);
+	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
+	if (!st) {
+		struct offcpu_state zero = {};
+		bpf_map_update_elem(&offcpu_thread, &tid, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&offcpu_thread, &tid);
+		if (!st) {
+			stat_inc(STAT_OFFCPU_DROPPED);
+			return 0;
+		}
+	}
+	/* Stacks are reused once two walks from the same registers agreed (a
+	 * walk made before a binary's unwind table was loaded differs from
+	 * the next, and is not kept). */
+	bool same = st->gen == gen + 1 && st->ip == ip && st->sp == sp && st->bp == bp && st->nr == nr &&
+		    !(python && bpf_map_lookup_elem(&py_procs, &tgid));
+	if (!same || !st->stable) {
+		__u32 g = gen;
+		void *stacks = g ? (void *)&stacks1 : (void *)&stacks0;
+		__u64 user = st->key.user_stack, kern = st->key.kernel_stack;
+		/* Skipped: this program and bpf_trace_run, called by __schedule. */
+		capture_key(ctx, &st->key, stacks, tgid, tid, 2);
+		st->stable = same && user == st->key.user_stack && kern == st->key.kernel_stack &&
+			     !(st->key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
+		st->ip = ip;
+		st->sp = sp;
+		st->bp = bp;
+		st->nr = nr;
+		st->gen = gen + 1;
+		announce(tgid);
+	}
+	st->weight = weight;
+	st->since = now;
 	return 0;
 }
 
@@ -905,6 +1043,8 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	/* A new thread may get this id: its thread state is its own. */
 	if (python)
 		bpf_map_delete_elem(&py_threads, &pid);
+	if (off_cpu)
+		bpf_map_delete_elem(&offcpu_thread, &pid);
 	if (pid != BPF_CORE_READ(p, tgid))
 		return 0; /* a thread, not the process */
 	__u32 tgid = BPF_CORE_READ(p, tgid);

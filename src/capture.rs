@@ -63,6 +63,10 @@ pub struct Capture {
     last_drain: Instant,
     last_check: Instant,
     last_full: u64,
+    /// When sampling stopped (CLOCK_MONOTONIC ns), for open waits.
+    stopped_ns: u64,
+    /// Stacks of the waits seeded from /proc, added to every drain.
+    seed_stacks: Vec<(u64, Vec<u64>)>,
 }
 
 impl Capture {
@@ -117,6 +121,8 @@ impl Capture {
             last_drain: Instant::now(),
             last_check: Instant::now(),
             last_full: 0,
+            stopped_ns: 0,
+            seed_stacks: Vec::new(),
         })
     }
 
@@ -167,6 +173,9 @@ impl Capture {
         self.intake(true, on_process);
         if let Some(u) = self.unw.as_mut() {
             u.tick(&self.sampler, &mut self.procs);
+        }
+        if let Some(py) = self.py.as_mut() {
+            py.recheck(&self.sampler, &mut self.procs, &mut self.sym.python);
         }
     }
 
@@ -229,6 +238,9 @@ impl Capture {
     pub fn drain(&mut self, into: &mut Aggregate) -> Result<DrainStats> {
         self.last_drain = Instant::now();
         let st = self.drainer.drain(&mut self.sampler, into)?;
+        for (h, frames) in &self.seed_stacks {
+            into.stacks.insert(*h, frames);
+        }
         for (pid, h) in self.drainer.python_stacks() {
             if let Some(words) = into.stacks.get(h) {
                 self.sym.python.resolve(pid, words);
@@ -246,9 +258,46 @@ impl Capture {
         on_process: &mut dyn FnMut(ProcessEvent),
     ) -> Result<()> {
         self.sampler.stop();
+        self.stopped_ns = sample::waits::monotonic_ns();
         self.events.consume();
         self.intake(false, on_process);
-        self.drain(into).map(|_| ())
+        self.drain(into)?;
+        self.close_waits(into);
+        Ok(())
+    }
+
+    /// With off-CPU time: notes the threads of `pids` (None: every
+    /// process) that wait now as waiting since now, with the stacks `/proc`
+    /// gives, so waits that began before the recording count from its
+    /// start.
+    pub fn seed_waits(&mut self, pids: Option<&[u32]>) {
+        if !self.sampler.off_cpu() {
+            return;
+        }
+        let waits = sample::waits::proc_waits(&sample::waits::waiting_threads(pids));
+        let keys: Vec<sample::SampleKey> = waits.iter().map(|w| w.key).collect();
+        for w in waits {
+            if self.procs.process(w.key.tgid).is_none() {
+                self.procs.capture(w.key.tgid);
+            }
+            self.seed_stacks.extend(w.stacks);
+        }
+        self.sampler
+            .seed_waits(&keys, sample::waits::monotonic_ns());
+    }
+
+    /// After sampling stopped: the waits still going on, clipped to the
+    /// end (their stacks were stored when they began).
+    fn close_waits(&mut self, into: &mut Aggregate) {
+        if !self.sampler.off_cpu() {
+            return;
+        }
+        for (key, since, weight) in self.sampler.open_waits() {
+            let d = self.stopped_ns.saturating_sub(since).saturating_mul(weight);
+            if d > 0 {
+                *into.off_cpu.entry(key).or_insert(0) += d;
+            }
+        }
     }
 
     /// Applies the exit rule: releases the kernel-side unwind state of

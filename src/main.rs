@@ -185,6 +185,23 @@ struct RecordArgs {
     /// their interpreter's native frames only).
     #[arg(long)]
     no_python: bool,
+    /// Also record off-CPU time: where threads wait (sleep, locks, pipes,
+    /// sockets, disk), as the pprof sample type `off_cpu`.
+    #[arg(long)]
+    off_cpu: bool,
+    /// Waits shorter than this are not recorded (with --off-cpu).
+    #[arg(long, default_value = "4us", value_name = "DURATION")]
+    off_cpu_threshold: String,
+    /// Record one wait in N, scaled by N (with --off-cpu).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    off_cpu_sample: u32,
+    /// Write a wall-clock view per thread (CPU + off-CPU time) in folded
+    /// and SVG outputs; implies --off-cpu and --threads.
+    #[arg(long)]
+    wall: bool,
+    /// What folded and SVG outputs show: cpu (default), off-cpu or wall.
+    #[arg(long, value_name = "TYPE")]
+    sample_type: Option<String>,
     /// How long to wait for debuginfod after sampling ends (then the
     /// files are written with what is there).
     #[arg(long, default_value = "5s", value_name = "DURATION")]
@@ -284,6 +301,37 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
             a.unwind_memory
         );
     }
+    let sample_type: ember::export::SampleType = match (&a.sample_type, a.wall) {
+        (Some(t), _) => t
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--sample-type: {e}"))?,
+        (None, true) => ember::export::SampleType::Wall,
+        (None, false) => ember::export::SampleType::Cpu,
+    };
+    let wants_off = a.off_cpu || a.wall || sample_type != ember::export::SampleType::Cpu;
+    let off_cpu = if wants_off {
+        if !(1..=1_000_000).contains(&a.off_cpu_sample) {
+            anyhow::bail!(
+                "--off-cpu-sample {} is out of range; use 1 to 1000000",
+                a.off_cpu_sample
+            );
+        }
+        Some(ember::sample::OffCpu {
+            threshold: if a.off_cpu_threshold.trim() == "0" {
+                Duration::ZERO
+            } else {
+                util::duration_in(
+                    "--off-cpu-threshold",
+                    &a.off_cpu_threshold,
+                    Duration::ZERO,
+                    Duration::from_secs(3600),
+                )?
+            },
+            sample: a.off_cpu_sample,
+        })
+    } else {
+        None
+    };
     let opts = RecordOptions {
         what,
         duration: a
@@ -306,7 +354,7 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         },
         outputs,
         kernel: !a.no_kernel,
-        threads: a.threads,
+        threads: a.threads || a.wall,
         count_map_entries: a.count_map_size,
         stack_map_entries: a.stack_map_size,
         // Often enough that Python code objects are read before their
@@ -318,6 +366,8 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         debug_dirs: a.debug_dir.clone(),
         max_depth: a.max_depth,
         python: !a.no_python,
+        off_cpu,
+        sample_type,
         debuginfod_timeout: if a.no_debuginfod {
             None
         } else {

@@ -64,6 +64,10 @@ pub struct RecordOptions {
     pub debuginfod_timeout: Option<Duration>,
     /// Walk Python frames.
     pub python: bool,
+    /// Record off-CPU time; None: CPU only.
+    pub off_cpu: Option<sample::OffCpu>,
+    /// What folded and SVG outputs show.
+    pub sample_type: export::SampleType,
 }
 
 /// The outcome, for the summary.
@@ -146,6 +150,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             unwind_tables: opts.unwind_tables,
             max_user_depth: opts.max_depth,
             python: opts.python,
+            off_cpu: opts.off_cpu,
         },
         unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
         // A process watched by pid is read while it lives; its mappings
@@ -199,6 +204,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         duration,
         frequency: opts.frequency,
         target: describe(&opts.what),
+        off_cpu: opts.off_cpu.is_some(),
     };
     let mut profile = profile::build(&agg, &mut procs, &mut sym, &build);
     let mut notes = Vec::new();
@@ -238,6 +244,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
     let named = st.named;
     let eo = ExportOptions {
         threads: opts.threads,
+        sample_type: opts.sample_type,
     };
     let mut written = Vec::new();
     for (format, path) in &opts.outputs {
@@ -296,6 +303,7 @@ impl Target {
                 for &p in pids {
                     cap.watch(p)?;
                 }
+                cap.seed_waits(Some(pids));
                 t.alive = pids.clone();
                 t.start = Instant::now();
             }
@@ -311,7 +319,7 @@ impl Target {
                 cap.adopt(c.id());
                 t.child = Some(c);
             }
-            What::All => {}
+            What::All => cap.seed_waits(None),
         }
         Ok(t)
     }

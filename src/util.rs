@@ -116,6 +116,8 @@ fn scale(int: &str, frac: &str, unit: u128, limit: u128) -> Option<u128> {
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, ParseError> {
     let (int, frac, unit) = split_number(s)?;
     let unit_ns: u128 = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
         "ms" => 1_000_000,
         "" | "s" | "sec" | "secs" => NS_PER_SEC,
         "m" | "min" | "mins" => 60 * NS_PER_SEC,

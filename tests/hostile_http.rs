@@ -798,6 +798,7 @@ fn hostile_store_contents() {
             frequency: 19,
             target: "old".into(),
             labels: labels.clone(),
+            off_cpu: false,
             mappings: Vec::new(),
             functions: Vec::new(),
             locations: Vec::new(),

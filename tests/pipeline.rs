@@ -183,6 +183,7 @@ fn fixture() -> Profile {
         duration: Duration::from_millis(10_500),
         frequency: 99,
         target: "golden fixture".into(),
+        off_cpu: false,
     });
     p.labels = [("service_name", "golden"), ("node", "test-node")]
         .into_iter()
@@ -238,7 +239,15 @@ fn golden_folded() {
     let p = fixture();
     for (threads, name) in [(false, "profile.folded"), (true, "profile.threads.folded")] {
         let mut out = Vec::new();
-        folded::write(&p, &mut out, ExportOptions { threads }).unwrap();
+        folded::write(
+            &p,
+            &mut out,
+            ExportOptions {
+                threads,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         check_golden(name, &out);
     }
 }
@@ -442,7 +451,10 @@ fn pprof_round_trip_keeps_everything() {
     }
     // And so do the text outputs.
     for threads in [false, true] {
-        let o = ExportOptions { threads };
+        let o = ExportOptions {
+            threads,
+            ..Default::default()
+        };
         assert_eq!(folded::lines(&q, o), folded::lines(&p, o));
     }
 }
@@ -471,7 +483,10 @@ fn merging_a_profile_with_itself_doubles_counts_and_keeps_kinds() {
     assert_eq!(merged.mappings.len(), p.mappings.len());
     assert_eq!(stacks(&merged), doubled(stacks(&p)));
     assert_eq!(kinds_by_frame(&merged), doubled(kinds_by_frame(&p)));
-    let o = ExportOptions { threads: true };
+    let o = ExportOptions {
+        threads: true,
+        ..Default::default()
+    };
     assert_eq!(folded::lines(&merged, o), doubled(folded::lines(&p, o)));
 
     // The merge itself survives pprof.
@@ -699,6 +714,7 @@ fn build_marks_lost_and_truncated_stacks() {
             duration: Duration::from_secs(1),
             frequency: 99,
             target: "no process".into(),
+            off_cpu: false,
         },
     );
     assert_eq!(p.total(), 5);
@@ -770,6 +786,7 @@ fn own_leaf_names(
         duration: Duration::from_secs(1),
         frequency: 99,
         target: "self".into(),
+        off_cpu: false,
     };
     let p = ember::profile::build(&agg, procs, sym, &opts);
     let loc = &p.locations[p.samples[0].locations[0] as usize];

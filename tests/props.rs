@@ -463,7 +463,16 @@ fn query_path(files: &[Vec<u8>]) {
     let _ = merged.top_self(5);
     for f in [Format::Pprof, Format::Folded, Format::Svg] {
         let mut out = Vec::new();
-        export::write_to(&merged, f, &mut out, ExportOptions { threads: true }).unwrap();
+        export::write_to(
+            &merged,
+            f,
+            &mut out,
+            ExportOptions {
+                threads: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     }
 }
 

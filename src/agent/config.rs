@@ -45,6 +45,8 @@ pub struct Config {
     pub debuginfod: bool,
     /// Walk the Python frames of CPython processes (3.8-3.13).
     pub python: bool,
+    /// Record off-CPU time (where threads wait) next to CPU samples.
+    pub off_cpu: bool,
 }
 
 /// `[store]`
@@ -184,6 +186,7 @@ impl Default for Config {
             debug_dirs: Vec::new(),
             debuginfod: true,
             python: true,
+            off_cpu: false,
         }
     }
 }
@@ -276,6 +279,8 @@ pub struct Settings {
     pub debuginfod: bool,
     /// Walk Python frames.
     pub python: bool,
+    /// Record off-CPU time.
+    pub off_cpu: bool,
 }
 
 impl Settings {
@@ -734,6 +739,7 @@ impl Config {
             debug_dirs: self.debug_dirs.clone(),
             debuginfod: self.debuginfod,
             python: self.python,
+            off_cpu: self.off_cpu,
         })
     }
 

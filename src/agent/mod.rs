@@ -222,6 +222,7 @@ pub fn run(s: Settings) -> Result<()> {
             unwind_tables: s.unwind_tables,
             max_user_depth: s.max_depth,
             python: s.python,
+            off_cpu: s.off_cpu.then(sample::OffCpu::default),
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
         kernel_mappings: true,
@@ -442,16 +443,26 @@ impl Sink<'_> {
         let t0 = Instant::now();
         shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
         // Labels are per process: look them up once per pid, not per key.
-        let mut by_pid: HashMap<u32, Vec<(&SampleKey, u64)>> = HashMap::new();
+        // Per pid: CPU samples, and off-CPU nanoseconds.
+        type Entries<'a> = (Vec<(&'a SampleKey, u64)>, Vec<(&'a SampleKey, u64)>);
+        let mut by_pid: HashMap<u32, Entries> = HashMap::new();
         for (key, &n) in &agg.counts {
-            by_pid.entry(key.tgid).or_default().push((key, n));
+            by_pid.entry(key.tgid).or_default().0.push((key, n));
         }
-        let mut groups: BTreeMap<Labels, Vec<(&SampleKey, u64)>> = BTreeMap::new();
-        for (_, entries) in by_pid {
-            match targeting.labels_of(entries[0].0, s) {
-                Some(l) => groups.entry(l).or_default().extend(entries),
+        for (key, &n) in &agg.off_cpu {
+            by_pid.entry(key.tgid).or_default().1.push((key, n));
+        }
+        let mut groups: BTreeMap<Labels, Entries> = BTreeMap::new();
+        for (_, (cpu, off)) in by_pid {
+            let first = cpu.first().or(off.first()).map(|e| e.0);
+            match first.and_then(|k| targeting.labels_of(k, s)) {
+                Some(l) => {
+                    let g = groups.entry(l).or_default();
+                    g.0.extend(cpu);
+                    g.1.extend(off);
+                }
                 None => {
-                    let n: u64 = entries.iter().map(|e| e.1).sum();
+                    let n: u64 = cpu.iter().map(|e| e.1).sum();
                     shared
                         .metrics
                         .samples_dropped_by_relabel
@@ -460,8 +471,12 @@ impl Sink<'_> {
             }
         }
         let (procs, sym) = cap.naming();
-        profile::prepare(procs, sym, agg.counts.keys().map(|k| k.tgid));
-        for (labels, entries) in groups {
+        profile::prepare(
+            procs,
+            sym,
+            agg.counts.keys().chain(agg.off_cpu.keys()).map(|k| k.tgid),
+        );
+        for (labels, (entries, off)) in groups {
             let target = labels
                 .get("service_name")
                 .cloned()
@@ -471,8 +486,9 @@ impl Sink<'_> {
                 duration,
                 frequency: s.frequency,
                 target: format!("{target} on {}", s.node),
+                off_cpu: s.off_cpu,
             };
-            let mut p = profile::build_entries(&entries, &agg.stacks, procs, sym, &opts);
+            let mut p = profile::build_entries(&entries, &off, &agg.stacks, procs, sym, &opts);
             p.labels = labels;
             shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
             if let Some(store) = &shared.store {
@@ -534,6 +550,7 @@ impl Sink<'_> {
                 duration: r.started.elapsed().unwrap_or_default(),
                 frequency: s.frequency,
                 target: what,
+                off_cpu: s.off_cpu,
             };
             let (procs, sym) = cap.naming();
             let p: Profile = profile::build(&r.agg, procs, sym, &opts);

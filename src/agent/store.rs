@@ -872,6 +872,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            off_cpu: false,
             mappings: Vec::new(),
             functions: Vec::new(),
             locations: Vec::new(),
@@ -1082,12 +1083,14 @@ mod tests {
                 labels: [("service_name".to_string(), self.service.clone())]
                     .into_iter()
                     .collect(),
+                off_cpu: false,
                 mappings: Vec::new(),
                 functions: vec![func(&self.leaf), func("main")],
                 locations: vec![loc(0, 0x1010), loc(1, 0x2020)],
                 samples: vec![Sample {
                     locations: vec![0, 1],
                     count: self.count,
+                    off_cpu: 0,
                     pid: self.pid,
                     tid: self.pid,
                     comm: "worker".into(),

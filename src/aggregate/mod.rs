@@ -64,6 +64,8 @@ pub struct Aggregate {
     pub stacks: StackTable,
     /// Sample counts.
     pub counts: HashMap<SampleKey, u64>,
+    /// Off-CPU nanoseconds (with off-CPU time recorded).
+    pub off_cpu: HashMap<SampleKey, u64>,
 }
 
 impl Aggregate {
@@ -74,6 +76,14 @@ impl Aggregate {
 
     /// Adds everything in `other` (a drain's worth) to this aggregate.
     pub fn merge_from(&mut self, other: &Aggregate) {
+        for (key, &ns) in &other.off_cpu {
+            for h in [key.user_stack, key.kernel_stack, key.py_stack] {
+                if let Some(frames) = other.stacks.get(h) {
+                    self.stacks.insert(h, frames);
+                }
+            }
+            *self.off_cpu.entry(*key).or_insert(0) += ns;
+        }
         for (key, &n) in &other.counts {
             for h in [key.user_stack, key.kernel_stack, key.py_stack] {
                 if let Some(frames) = other.stacks.get(h) {
@@ -87,17 +97,29 @@ impl Aggregate {
     /// Keeps only samples `keep` accepts (their stacks stay interned).
     pub fn retain(&mut self, mut keep: impl FnMut(&SampleKey) -> bool) {
         self.counts.retain(|k, _| keep(k));
+        self.off_cpu.retain(|k, _| keep(k));
     }
 
     /// Empties the aggregate, keeping its allocations for the next drain.
     pub fn clear(&mut self) {
         self.stacks.clear();
         self.counts.clear();
+        self.off_cpu.clear();
+    }
+
+    /// Total off-CPU nanoseconds held.
+    pub fn off_cpu_total(&self) -> u64 {
+        self.off_cpu.values().sum()
     }
 
     /// Distinct processes (tgids) seen.
     pub fn processes(&self) -> usize {
-        let mut pids: Vec<u32> = self.counts.keys().map(|k| k.tgid).collect();
+        let mut pids: Vec<u32> = self
+            .counts
+            .keys()
+            .chain(self.off_cpu.keys())
+            .map(|k| k.tgid)
+            .collect();
         pids.sort_unstable();
         pids.dedup();
         pids.len()
@@ -105,7 +127,12 @@ impl Aggregate {
 
     /// Distinct threads with samples.
     pub fn threads(&self) -> usize {
-        let mut tids: Vec<u32> = self.counts.keys().map(|k| k.tid).collect();
+        let mut tids: Vec<u32> = self
+            .counts
+            .keys()
+            .chain(self.off_cpu.keys())
+            .map(|k| k.tid)
+            .collect();
         tids.sort_unstable();
         tids.dedup();
         tids.len()
@@ -121,6 +148,8 @@ pub struct DrainStats {
     pub keys: usize,
     /// Stacks read (new and already known).
     pub stacks: usize,
+    /// Off-CPU nanoseconds read.
+    pub off_cpu_ns: u64,
 }
 
 /// Reusable buffers for draining, typed as the maps' keys and values; one
@@ -253,6 +282,23 @@ impl Drainer {
             },
         )
         .context("draining the count map failed")?;
+        if sampler.off_cpu() {
+            abi::drain_batch(
+                sampler.off_cpu_map(g),
+                BATCH,
+                &mut self.count_keys,
+                &mut self.counts,
+                |key, &ns| {
+                    *agg.off_cpu.entry(*key).or_insert(0) += ns;
+                    if key.py_stack != 0 {
+                        py_keys.insert((key.tgid, key.py_stack));
+                    }
+                    st.off_cpu_ns += ns;
+                    st.keys += 1;
+                },
+            )
+            .context("draining the off-CPU map failed")?;
+        }
         Ok(st)
     }
 }

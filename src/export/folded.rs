@@ -17,6 +17,10 @@ pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     let mut buf = String::new();
     for s in &p.samples {
+        let weight = opts.sample_type.weight(p, s);
+        if weight == 0 {
+            continue;
+        }
         buf.clear();
         push_frame(&mut buf, &s.comm);
         if opts.threads {
@@ -55,7 +59,7 @@ pub fn lines(p: &Profile, opts: ExportOptions) -> BTreeMap<String, u64> {
             }
         }
         let n = out.entry(buf.clone()).or_default();
-        *n = n.saturating_add(s.count);
+        *n = n.saturating_add(weight);
     }
     out
 }

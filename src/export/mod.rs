@@ -68,6 +68,67 @@ impl Format {
 pub struct ExportOptions {
     /// Add a per-thread frame under each process root.
     pub threads: bool,
+    /// What folded and SVG outputs weigh stacks by.
+    pub sample_type: SampleType,
+}
+
+/// What folded and SVG outputs weigh each stack by (pprof carries every
+/// type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SampleType {
+    /// CPU samples (the default).
+    #[default]
+    Cpu,
+    /// Nanoseconds spent off CPU (waiting).
+    OffCpu,
+    /// Wall-clock nanoseconds: CPU time (samples × period) plus off-CPU.
+    Wall,
+}
+
+impl std::str::FromStr for SampleType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<SampleType, String> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "cpu" | "samples" => Ok(SampleType::Cpu),
+            "off-cpu" | "offcpu" => Ok(SampleType::OffCpu),
+            "wall" => Ok(SampleType::Wall),
+            _ => Err(format!(
+                "unknown sample type {s:?}; use cpu, off-cpu or wall"
+            )),
+        }
+    }
+}
+
+impl SampleType {
+    /// A stack's weight in a profile sample.
+    pub fn weight(self, p: &Profile, s: &crate::profile::Sample) -> u64 {
+        match self {
+            SampleType::Cpu => s.count,
+            SampleType::OffCpu => s.off_cpu,
+            SampleType::Wall => s
+                .count
+                .saturating_mul(p.period_ns())
+                .saturating_add(s.off_cpu),
+        }
+    }
+
+    /// What a weight counts, for titles and tooltips.
+    pub fn unit(self) -> &'static str {
+        match self {
+            SampleType::Cpu => "samples",
+            SampleType::OffCpu | SampleType::Wall => "ns",
+        }
+    }
+
+    /// How titles name it.
+    pub fn title(self) -> &'static str {
+        match self {
+            SampleType::Cpu => "CPU",
+            SampleType::OffCpu => "off-CPU time",
+            SampleType::Wall => "wall-clock time (CPU + off-CPU)",
+        }
+    }
 }
 
 /// Writes `p` to `path` atomically: into a new file with an unpredictable

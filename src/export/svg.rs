@@ -53,7 +53,10 @@ pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Re
     if palette.iter().next().is_some() {
         o.palette_map = Some(&mut palette);
     }
-    o.title = format!("ember: {}", p.target);
+    o.title = match opts.sample_type {
+        super::SampleType::Cpu => format!("ember: {}", p.target),
+        t => format!("ember: {} — {}", p.target, t.title()),
+    };
     o.subtitle = Some(format!(
         "{} · {:.1} s at {} Hz · {} samples",
         utc(p
@@ -65,7 +68,7 @@ pub fn write(p: &Profile, w: &mut impl Write, opts: ExportOptions) -> anyhow::Re
         p.frequency,
         p.total()
     ));
-    o.count_name = "samples".to_string();
+    o.count_name = opts.sample_type.unit().to_string();
     o.name_type = "Function:".to_string();
     if lines.is_empty() {
         // inferno refuses empty input; an empty profile is still a valid answer.
@@ -148,6 +151,7 @@ mod tests {
             duration: std::time::Duration::from_secs(1),
             frequency: 99,
             target: "t".into(),
+            off_cpu: false,
         });
         let mut out = Vec::new();
         super::write(&p, &mut out, Default::default()).unwrap();

@@ -28,6 +28,9 @@ pub struct BuildOptions {
     pub frequency: u64,
     /// What was profiled.
     pub target: String,
+    /// Off-CPU time was recorded (the profile carries its sample type even
+    /// when no wait was seen).
+    pub off_cpu: bool,
 }
 
 /// Where kernel addresses start (the kernel mapping's start).
@@ -41,8 +44,11 @@ pub fn build(
     opts: &BuildOptions,
 ) -> Profile {
     let entries: Vec<(&SampleKey, u64)> = agg.counts.iter().map(|(k, &n)| (k, n)).collect();
-    prepare(procs, sym, entries.iter().map(|e| e.0.tgid));
-    build_entries(&entries, &agg.stacks, procs, sym, opts)
+    let off: Vec<(&SampleKey, u64)> = agg.off_cpu.iter().map(|(k, &n)| (k, n)).collect();
+    prepare(procs, sym, entries.iter().chain(&off).map(|e| e.0.tgid));
+    let mut p = build_entries(&entries, &off, &agg.stacks, procs, sym, opts);
+    p.off_cpu |= opts.off_cpu;
+    p
 }
 
 /// Refreshes what symbolization needs for these processes: libraries loaded
@@ -60,10 +66,12 @@ pub fn prepare(procs: &mut ProcessTable, sym: &mut Symbolizer, pids: impl Iterat
     }
 }
 
-/// Symbolizes a subset of an aggregate's samples (one target's), after
+/// Symbolizes a subset of an aggregate's samples (one target's): CPU
+/// samples (`entries`, counts) and off-CPU time (`off`, nanoseconds), after
 /// [`prepare`].
 pub fn build_entries(
     entries: &[(&SampleKey, u64)],
+    off: &[(&SampleKey, u64)],
     stacks: &StackTable,
     procs: &mut ProcessTable,
     sym: &mut Symbolizer,
@@ -75,7 +83,7 @@ pub fn build_entries(
     // an anonymous mapping (a JIT's) or in none ember knows.
     let mut jit: HashMap<u32, Vec<(u64, bool)>> = HashMap::new();
     let mut kernel_addrs = Vec::new();
-    for (key, _) in entries {
+    for (key, _) in entries.iter().chain(off) {
         if let Some(frames) = stacks.get(key.user_stack) {
             let proc = procs.process(key.tgid);
             for (i, &ip) in frames.iter().enumerate() {
@@ -142,8 +150,12 @@ pub fn build_entries(
         py_seen: HashMap::default(),
         py_unnamed: Arc::from("[unknown python frame]"),
     };
+    if opts.off_cpu {
+        r.b.set_off_cpu();
+    }
     let mut locs = Vec::new();
-    for &(key, count) in entries {
+    let cpu = entries.iter().map(|&(k, n)| (k, n, false));
+    for (key, count, is_off) in cpu.chain(off.iter().map(|&(k, n)| (k, n, true))) {
         locs.clear();
         if key.flags & SAMPLE_KERNEL_LOST != 0 {
             locs.push(r.b.marker(Marker::LostKernel, lost_name(true, key.flags)));
@@ -173,14 +185,12 @@ pub fn build_entries(
         if key.flags & SAMPLE_TRUNCATED != 0 {
             locs.push(r.b.marker(Marker::Truncated, "[truncated]"));
         }
-        r.b.sample(
-            &locs,
-            count,
-            key.tgid,
-            key.tid,
-            &comm_name(&key.comm),
-            &comm_name(&key.thread_comm),
-        );
+        let (comm, thread) = (comm_name(&key.comm), comm_name(&key.thread_comm));
+        if is_off {
+            r.b.off_cpu(&locs, count, key.tgid, key.tid, &comm, &thread);
+        } else {
+            r.b.sample(&locs, count, key.tgid, key.tid, &comm, &thread);
+        }
     }
     r.b.finish(opts)
 }
@@ -395,6 +405,7 @@ pub struct Builder {
     kernel_mapping: Option<u32>,
     /// Scratch for a location's lines before it is interned.
     lines: Vec<Line>,
+    has_off_cpu: bool,
 }
 
 impl Default for Builder {
@@ -411,6 +422,7 @@ impl Builder {
             empty: Arc::from(""),
             kernel_mapping: None,
             lines: Vec::new(),
+            has_off_cpu: false,
         }
     }
 
@@ -541,11 +553,40 @@ impl Builder {
         let known = |l: &u32| (*l as usize) < n;
         debug_assert!(locations.iter().all(known), "unknown location id");
         if locations.iter().all(known) {
-            self.t.sample(locations, count, pid, tid, comm, thread_name);
+            self.t
+                .sample(locations, [count, 0], pid, tid, comm, thread_name);
         } else {
             let stack: Vec<u32> = locations.iter().copied().filter(known).collect();
-            self.t.sample(&stack, count, pid, tid, comm, thread_name);
+            self.t
+                .sample(&stack, [count, 0], pid, tid, comm, thread_name);
         }
+    }
+
+    /// Adds `nanos` of off-CPU time in a stack (location ids, leaf first)
+    /// of a thread; the profile then carries the off-CPU sample type.
+    pub fn off_cpu(
+        &mut self,
+        locations: &[u32],
+        nanos: u64,
+        pid: u32,
+        tid: u32,
+        comm: &str,
+        thread_name: &str,
+    ) {
+        self.has_off_cpu = true;
+        let n = self.t.locations().len();
+        let stack: Vec<u32> = locations
+            .iter()
+            .copied()
+            .filter(|&l| (l as usize) < n)
+            .collect();
+        self.t
+            .sample(&stack, [0, nanos], pid, tid, comm, thread_name);
+    }
+
+    /// Declares off-CPU time recorded (even if no wait was seen).
+    pub fn set_off_cpu(&mut self) {
+        self.has_off_cpu = true;
     }
 
     /// The profile, samples in a deterministic order.
@@ -568,6 +609,7 @@ impl Builder {
             frequency: opts.frequency,
             target: opts.target.clone(),
             labels: Default::default(),
+            off_cpu: self.has_off_cpu,
             mappings: t.mappings,
             functions: t.functions,
             locations: t.locations,

@@ -310,12 +310,12 @@ impl Interner {
         self.strings.items()[id as usize].clone()
     }
 
-    /// Counts `count` samples of a stack (location ids, leaf first) in a
-    /// thread, added to any equal sample's count.
+    /// Counts `[samples, off-CPU nanoseconds]` of a stack (location ids,
+    /// leaf first) in a thread, added to any equal sample's.
     pub fn sample(
         &mut self,
         locations: &[u32],
-        count: u64,
+        [count, off_cpu]: [u64; 2],
         pid: u32,
         tid: u32,
         comm: &str,
@@ -331,13 +331,15 @@ impl Interner {
                 && *s.thread_name == *thread_name
         });
         if let Some(i) = found {
-            let c = &mut self.samples.items_mut()[i as usize].count;
-            *c = c.saturating_add(count);
+            let s = &mut self.samples.items_mut()[i as usize];
+            s.count = s.count.saturating_add(count);
+            s.off_cpu = s.off_cpu.saturating_add(off_cpu);
             return;
         }
         let sample = Sample {
             locations: locations.to_vec(),
             count,
+            off_cpu,
             pid,
             tid,
             comm: self.string(comm),

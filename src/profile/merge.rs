@@ -22,6 +22,7 @@ pub struct Merger {
     first: Option<u64>,
     last: u64,
     stack: Vec<u32>,
+    off_cpu: bool,
 }
 
 impl Merger {
@@ -35,6 +36,7 @@ impl Merger {
             first: None,
             last: 0,
             stack: Vec::new(),
+            off_cpu: false,
         }
     }
 
@@ -54,6 +56,7 @@ impl Merger {
         if self.frequency == 0 {
             self.frequency = p.frequency;
         }
+        self.off_cpu |= p.off_cpu;
         match &mut self.labels {
             None => self.labels = Some(p.labels.clone()),
             Some(l) => l.retain(|k, v| p.labels.get(k) == Some(v)),
@@ -61,8 +64,15 @@ impl Merger {
         let mut import = Import::new(p);
         for s in p.samples.iter().filter(|s| keep_pid(s.pid)) {
             import.stack(&mut self.t, &s.locations, &mut self.stack);
-            self.t
-                .sample(&self.stack, s.count, s.pid, s.tid, &s.comm, &s.thread_name);
+            self.t.sample(
+                &self.stack,
+                [s.count, s.off_cpu],
+                s.pid,
+                s.tid,
+                &s.comm,
+                &s.thread_name,
+            );
+            self.off_cpu |= s.off_cpu > 0;
         }
     }
 
@@ -82,6 +92,7 @@ impl Merger {
             frequency: self.frequency.max(1),
             target: self.target,
             labels: self.labels.unwrap_or_default(),
+            off_cpu: self.off_cpu,
             mappings: t.mappings,
             functions: t.functions,
             locations: t.locations,

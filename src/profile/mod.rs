@@ -159,6 +159,9 @@ pub struct Sample {
     pub locations: Vec<u32>,
     /// Samples counted.
     pub count: u64,
+    /// Nanoseconds spent off CPU (waiting) in this stack; 0 in CPU-only
+    /// profiles.
+    pub off_cpu: u64,
     /// Process id.
     pub pid: u32,
     /// Thread id.
@@ -182,6 +185,9 @@ pub struct Profile {
     pub target: String,
     /// Labels of the target (agent windows); stored as pprof comments.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Off-CPU time was recorded: the profile carries the `off_cpu`
+    /// sample type.
+    pub off_cpu: bool,
     /// Mappings.
     pub mappings: Vec<Mapping>,
     /// Functions.
@@ -196,6 +202,13 @@ impl Profile {
     /// Nanoseconds of CPU one sample stands for.
     pub fn period_ns(&self) -> u64 {
         1_000_000_000 / self.frequency.max(1)
+    }
+
+    /// Total off-CPU nanoseconds.
+    pub fn off_cpu_total(&self) -> u64 {
+        self.samples
+            .iter()
+            .fold(0u64, |t, s| t.saturating_add(s.off_cpu))
     }
 
     /// Total samples.

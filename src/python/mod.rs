@@ -485,8 +485,17 @@ pub struct Tracker {
     binaries: HashMap<BinaryId, Option<PyBinary>>,
     /// Processes registered, and the binary they were registered for.
     registered: HashMap<u32, BinaryId>,
+    /// Processes seen but not registered: looked at again on every
+    /// [`recheck`](Self::recheck) for a while, as a dynamically linked
+    /// python maps libpython only after its first instructions ran.
+    pending: HashMap<u32, std::time::Instant>,
     stats: TrackerStats,
 }
+
+/// How long a process that did not look like CPython is looked at again.
+const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+/// Processes looked at again at most.
+const MAX_PENDING: usize = 4096;
 
 impl Tracker {
     /// Describes every known layout to the sampler.
@@ -497,6 +506,7 @@ impl Tracker {
         Ok(Tracker {
             binaries: HashMap::new(),
             registered: HashMap::new(),
+            pending: HashMap::new(),
             stats: TrackerStats::default(),
         })
     }
@@ -549,8 +559,14 @@ impl Tracker {
             }
         }
         let Some((id, start, offset)) = found else {
+            if !self.registered.contains_key(&pid) && self.pending.len() < MAX_PENDING {
+                self.pending
+                    .entry(pid)
+                    .or_insert_with(std::time::Instant::now);
+            }
             return;
         };
+        self.pending.remove(&pid);
         let Some(Some(bin)) = self.binaries.get(&id) else {
             return;
         };
@@ -602,6 +618,26 @@ impl Tracker {
     /// sampler drops it on its own).
     pub fn forget(&mut self, pid: u32) {
         self.registered.remove(&pid);
+        self.pending.remove(&pid);
+    }
+
+    /// Looks again at the processes seen lately that were not CPython yet.
+    pub fn recheck(
+        &mut self,
+        sampler: &Sampler,
+        procs: &mut ProcessTable,
+        names: &mut code::Names,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.pending
+            .retain(|_, since| now.duration_since(*since) < PENDING_FOR);
+        let pids: Vec<u32> = self.pending.keys().copied().collect();
+        for pid in pids {
+            self.check(sampler, procs, names, pid);
+        }
     }
 
     /// A stable small index for a binary's own layout.

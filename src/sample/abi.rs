@@ -43,6 +43,9 @@ pub(crate) type ProcUnwind = types::proc_unwind;
 pub(crate) type PyLayout = types::py_layout;
 /// `struct py_proc`: a CPython process's runtime; the `py_procs` map's value.
 pub(crate) type PyProc = types::py_proc;
+/// `struct offcpu_state`: a thread's off-CPU state; the `offcpu_thread`
+/// map's value.
+pub(crate) type OffCpuState = types::offcpu_state;
 /// `struct ember_proc_event`: the ring buffer's message.
 pub(crate) type ProcEvent = types::ember_proc_event;
 
@@ -285,6 +288,18 @@ assert_tiled!(ProcUnwind {
     _pad
 });
 assert_tiled!(ProcEvent { tgid, kind });
+assert_tiled!(OffCpuState {
+    since,
+    ip,
+    sp,
+    bp,
+    nr,
+    gen,
+    weight,
+    stable,
+    _pad,
+    key
+});
 assert_tiled!(PyProc {
     interp_head,
     layout,
@@ -327,6 +342,7 @@ unsafe impl Plain for ProcUnwind {}
 unsafe impl Plain for ProcEvent {}
 unsafe impl Plain for PyLayout {}
 unsafe impl Plain for PyProc {}
+unsafe impl Plain for OffCpuState {}
 
 /// A value's bytes, as the kernel stores them.
 pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {

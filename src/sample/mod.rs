@@ -10,6 +10,7 @@ pub mod abi;
 pub mod mappings;
 pub mod perf;
 pub mod stats;
+pub mod waits;
 
 #[allow(clippy::all, missing_docs, dead_code, non_camel_case_types)]
 mod skel {
@@ -113,6 +114,26 @@ pub struct Config {
     /// Walk the frames of CPython processes registered through
     /// [`Sampler::set_python_process`].
     pub python: bool,
+    /// Record where threads wait (off-CPU time); None: CPU only.
+    pub off_cpu: Option<OffCpu>,
+}
+
+/// How off-CPU time is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffCpu {
+    /// Waits shorter than this are not recorded.
+    pub threshold: Duration,
+    /// Record one wait in N, scaled by N.
+    pub sample: u32,
+}
+
+impl Default for OffCpu {
+    fn default() -> Self {
+        OffCpu {
+            threshold: Duration::from_micros(4),
+            sample: 1,
+        }
+    }
 }
 
 impl Default for Config {
@@ -127,6 +148,7 @@ impl Default for Config {
             unwind_tables: true,
             max_user_depth: abi::MAX_USER_DEPTH as u32,
             python: true,
+            off_cpu: None,
         }
     }
 }
@@ -135,6 +157,7 @@ impl Default for Config {
 pub struct Sampler {
     skel: ProfilerSkel<'static>,
     _links: Vec<Link>,
+    off_cpu_links: Vec<Link>,
     perf_links: Vec<Link>,
     event: Event,
     generation: u32,
@@ -180,8 +203,26 @@ impl Sampler {
         rodata.table_unwind = cfg.unwind_tables;
         rodata.max_user_depth = cfg.max_user_depth.clamp(1, abi::MAX_USER_DEPTH as u32);
         rodata.python = cfg.python;
-        for m in [&mut open.maps.counts0, &mut open.maps.counts1] {
+        if let Some(o) = cfg.off_cpu {
+            rodata.off_cpu = true;
+            rodata.off_cpu_threshold_ns = o.threshold.as_nanos().min(u64::MAX as u128) as u64;
+            rodata.off_cpu_sample = o.sample.max(1);
+            rodata.self_tgid = std::process::id();
+        }
+        for m in [
+            &mut open.maps.counts0,
+            &mut open.maps.counts1,
+            &mut open.maps.offcpu0,
+            &mut open.maps.offcpu1,
+        ] {
             m.set_max_entries(cfg.count_map_entries)?;
+        }
+        if cfg.off_cpu.is_none() {
+            // Not attached: no memory for what they would hold.
+            for m in [&mut open.maps.offcpu0, &mut open.maps.offcpu1] {
+                m.set_max_entries(1)?;
+            }
+            open.maps.offcpu_thread.set_max_entries(1)?;
         }
         for m in [&mut open.maps.stacks0, &mut open.maps.stacks1] {
             m.set_max_entries(cfg.stack_map_entries)?;
@@ -229,6 +270,15 @@ impl Sampler {
                 .attach()
                 .context("attaching to sched_process_exit failed")?,
         );
+        let mut off_cpu_links = Vec::new();
+        if cfg.off_cpu.is_some() {
+            off_cpu_links.push(
+                skel.progs
+                    .on_switch
+                    .attach()
+                    .context("attaching to sched_switch failed")?,
+            );
+        }
         let mut perf_links = Vec::new();
 
         // SAFETY: a plain syscall wrapper; a non-negative result is a new fd we own.
@@ -268,6 +318,7 @@ impl Sampler {
         Ok(Sampler {
             skel,
             _links: links,
+            off_cpu_links,
             perf_links,
             event,
             generation: 0,
@@ -286,7 +337,69 @@ impl Sampler {
     /// counters agree exactly.
     pub fn stop(&mut self) {
         self.perf_links.clear();
+        self.off_cpu_links.clear();
         wait_for_bpf_programs();
+    }
+
+    /// Whether off-CPU time is recorded.
+    pub fn off_cpu(&self) -> bool {
+        self.skel
+            .maps
+            .rodata_data
+            .as_ref()
+            .is_some_and(|r| r.off_cpu)
+    }
+
+    /// The off-CPU count map of generation `g`.
+    pub fn off_cpu_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
+        if g == 0 {
+            &self.skel.maps.offcpu0
+        } else {
+            &self.skel.maps.offcpu1
+        }
+    }
+
+    /// Notes threads as off CPU since `since_ns` (CLOCK_MONOTONIC) with
+    /// the key (names and stacks) userspace found for them: waits that
+    /// began before the recording count from its start.
+    pub fn seed_waits(&self, waits: &[SampleKey], since_ns: u64) {
+        for k in waits {
+            let st = abi::OffCpuState {
+                since: since_ns,
+                weight: 1,
+                key: (*k).into(),
+                ..Default::default()
+            };
+            let _ = abi::update(
+                &self.skel.maps.offcpu_thread,
+                &k.tid,
+                &st,
+                MapFlags::NO_EXIST,
+            );
+        }
+    }
+
+    /// The waits still open after [`stop`](Self::stop): each thread's key
+    /// (its stacks are in the stack maps, or were seeded), since when it
+    /// waits (CLOCK_MONOTONIC ns) and its weight.
+    pub fn open_waits(&self) -> Vec<(SampleKey, u64, u64)> {
+        use libbpf_rs::MapCore;
+        let m = &self.skel.maps.offcpu_thread;
+        let mut out = Vec::new();
+        for k in m.keys() {
+            if let Ok(Some(v)) = m.lookup(&k, MapFlags::ANY) {
+                if let Some(st) = abi::read::<abi::OffCpuState>(&v) {
+                    if st.since != 0 {
+                        out.push((
+                            SampleKey::from(st.key),
+                            st.since,
+                            u64::from(st.weight.max(1)),
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The event actually used (cycles may have fallen back to cpu-clock).
@@ -442,6 +555,9 @@ impl Sampler {
         [
             &m.counts0,
             &m.counts1,
+            &m.offcpu0,
+            &m.offcpu1,
+            &m.offcpu_thread,
             &m.stacks0,
             &m.stacks1,
             &m.filter,
@@ -472,6 +588,9 @@ fn check_maps(skel: &ProfilerSkel<'_>) -> Result<()> {
     let m = &skel.maps;
     check_map::<SampleKey, u64>("counts0", &m.counts0)?;
     check_map::<SampleKey, u64>("counts1", &m.counts1)?;
+    check_map::<SampleKey, u64>("offcpu0", &m.offcpu0)?;
+    check_map::<SampleKey, u64>("offcpu1", &m.offcpu1)?;
+    check_map::<u32, abi::OffCpuState>("offcpu_thread", &m.offcpu_thread)?;
     check_map::<u64, StackTrace>("stacks0", &m.stacks0)?;
     check_map::<u64, StackTrace>("stacks1", &m.stacks1)?;
     check_map::<u32, u64>("stats", &m.stats)?;

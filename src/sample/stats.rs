@@ -104,6 +104,15 @@ const PY_CUT: Family = Family {
     help: "Python frame walks cut short or not stored, by cause.",
 };
 
+const OFFCPU_WAITS: Family = Family {
+    name: "ember_off_cpu_waits_total",
+    help: "Off-CPU waits of profiled threads recorded with their stacks.",
+};
+const OFFCPU_SKIPPED: Family = Family {
+    name: "ember_off_cpu_waits_skipped_total",
+    help: "Off-CPU waits not recorded, by cause: shorter than the threshold, sampled out (their time is carried by the recorded ones' weight), or dropped (a kernel map was full).",
+};
+
 macro_rules! label {
     () => {
         None
@@ -205,6 +214,14 @@ kernel_counters! {
     py_depth: STAT_PY_DEPTH => PY_CUT { cause = "depth_limit" }, Summary::Count;
     /// Python walks whose frames could not be stored.
     py_lost: STAT_PY_LOST => PY_CUT { cause = "not_stored" }, Summary::Count;
+    /// Off-CPU waits recorded.
+    off_cpu_waits: STAT_OFFCPU_WAITS => OFFCPU_WAITS, Summary::Count;
+    /// Off-CPU waits shorter than the threshold.
+    off_cpu_short: STAT_OFFCPU_SHORT => OFFCPU_SKIPPED { cause = "below_threshold" }, Summary::Count;
+    /// Off-CPU waits sampled out.
+    off_cpu_sampled_out: STAT_OFFCPU_SAMPLED_OUT => OFFCPU_SKIPPED { cause = "sampled_out" }, Summary::Count;
+    /// Off-CPU waits dropped: a map was full.
+    off_cpu_dropped: STAT_OFFCPU_DROPPED => OFFCPU_SKIPPED { cause = "map_full" }, Summary::Count;
 }
 
 // The table covers `enum ember_stat` exactly: one row per index, in order.
@@ -336,7 +353,7 @@ mod tests {
         let st = KernelStats::from_values(v);
         assert_eq!(st.values(), v);
         assert_eq!(st.samples, 100);
-        assert_eq!(st.py_lost, 100 + STAT_COUNT as u64 - 1);
+        assert_eq!(st.off_cpu_dropped, 100 + STAT_COUNT as u64 - 1);
         for (i, c) in COUNTERS.iter().enumerate() {
             assert_eq!(c.index(), i);
             assert_eq!(st.get(c), v[i], "{}", c.field);

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use prost::Message;
 
-use super::proto;
+use super::{proto, OFF_CPU_TYPE};
 use crate::profile::{FrameKind, Function, Line, Location, Mapping, Profile, Sample};
 
 /// Largest pprof ember decodes, after decompression. ember's own windows
@@ -273,6 +273,13 @@ pub fn to_profile(p: &proto::Profile) -> Profile {
         key_of("thread_name"),
         key_of("comm"),
     );
+    // The off-CPU value, when the profile has that sample type.
+    let off_cpu_index = p.sample_type.iter().position(|t| {
+        p.string_table
+            .get(t.r#type.max(0) as usize)
+            .map(String::as_str)
+            == Some(OFF_CPU_TYPE)
+    });
     let samples = p
         .sample
         .iter()
@@ -287,6 +294,9 @@ pub fn to_profile(p: &proto::Profile) -> Profile {
                     .filter_map(|&id| loc_ids.get(id))
                     .collect(),
                 count: smp.value.first().map_or(0, |&v| v.max(0) as u64),
+                off_cpu: off_cpu_index
+                    .and_then(|i| smp.value.get(i))
+                    .map_or(0, |&v| v.max(0) as u64),
                 pid: num(k_pid),
                 tid: num(k_tid),
                 comm: name(k_comm),
@@ -317,6 +327,7 @@ pub fn to_profile(p: &proto::Profile) -> Profile {
         },
         target,
         labels,
+        off_cpu: off_cpu_index.is_some(),
         mappings,
         functions,
         locations,

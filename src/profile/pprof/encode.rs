@@ -11,6 +11,8 @@ use std::time::UNIX_EPOCH;
 use flate2::write::GzEncoder;
 use prost::Message;
 
+use super::OFF_CPU_TYPE;
+
 use super::proto;
 use crate::profile::intern::{FastHash, Table};
 use crate::profile::{FrameKind, Profile};
@@ -82,10 +84,13 @@ pub fn to_proto_with(p: &Profile, opts: EncodeOptions) -> proto::Profile {
         r#type: st.id(t),
         unit: st.id(u),
     };
-    let sample_type = vec![
+    let mut sample_type = vec![
         vt(&mut st, "samples", "count"),
         vt(&mut st, "cpu", "nanoseconds"),
     ];
+    if p.off_cpu {
+        sample_type.push(vt(&mut st, OFF_CPU_TYPE, "nanoseconds"));
+    }
     let period_type = Some(vt(&mut st, "cpu", "nanoseconds"));
     let period = p.period_ns() as i64;
     let (k_pid, k_tid) = (st.id("pid"), st.id("tid"));
@@ -183,7 +188,11 @@ pub fn to_proto_with(p: &Profile, opts: EncodeOptions) -> proto::Profile {
                 value: {
                     // Saturating: a merged profile's counts come from files.
                     let n = i64::try_from(s.count).unwrap_or(i64::MAX);
-                    vec![n, n.saturating_mul(period)]
+                    let mut v = vec![n, n.saturating_mul(period)];
+                    if p.off_cpu {
+                        v.push(i64::try_from(s.off_cpu).unwrap_or(i64::MAX));
+                    }
+                    v
                 },
                 label,
             }

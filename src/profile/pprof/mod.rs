@@ -20,6 +20,10 @@
 //! `thread_name`; comments hold `ember VERSION: TARGET` then `label:K=V`
 //! for each target label.
 
+/// The sample type of off-CPU time (unit: nanoseconds):
+/// `go tool pprof -sample_index=off_cpu`.
+pub const OFF_CPU_TYPE: &str = "off_cpu";
+
 pub mod decode;
 pub mod encode;
 pub mod proto;
@@ -59,6 +63,7 @@ mod tests {
             duration: Duration::from_secs(1),
             frequency: 99,
             target: "test".into(),
+            off_cpu: false,
         })
     }
 

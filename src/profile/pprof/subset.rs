@@ -51,6 +51,7 @@ pub fn subset(p: &Profile, samples: &[Sample]) -> Profile {
         out.push(Sample {
             locations,
             count: s.count,
+            off_cpu: s.off_cpu,
             pid: s.pid,
             tid: s.tid,
             comm: s.comm.clone(),
@@ -64,6 +65,7 @@ pub fn subset(p: &Profile, samples: &[Sample]) -> Profile {
         frequency: p.frequency,
         target: p.target.clone(),
         labels: p.labels.clone(),
+        off_cpu: p.off_cpu,
         mappings: t.mappings,
         functions: t.functions,
         locations: t.locations,
