@@ -583,6 +583,31 @@ pub fn summary(r: &Recording) -> String {
             p.frequency
         );
     }
+    if p.off_cpu {
+        let st = &r.stats;
+        let waits: Vec<String> = p
+            .top_waits(5)
+            .into_iter()
+            .map(|(name, ns)| {
+                format!(
+                    "{:.2} s {}",
+                    ns as f64 / 1e9,
+                    crate::util::printable(&name, 80)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "  off-CPU: {:.2} s in {} waits recorded ({} shorter than the threshold, {} sampled out, {} dropped: map full){}{}",
+            p.off_cpu_total() as f64 / 1e9,
+            st.off_cpu_waits,
+            st.off_cpu_short,
+            st.off_cpu_sampled_out,
+            st.off_cpu_dropped,
+            if waits.is_empty() { "" } else { "; largest waits: " },
+            waits.join(", ")
+        );
+    }
     let total = p.total().max(1);
     let top = p.top_self(5);
     if !top.is_empty() {

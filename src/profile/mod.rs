@@ -236,6 +236,42 @@ impl Profile {
         }
     }
 
+    /// Off-CPU time by the kernel function threads waited in (the first
+    /// kernel frame, from the leaf, that is not the scheduler's own:
+    /// `do_nanosleep`, `futex_wait`, `anon_pipe_read`...; `[preempted]` when
+    /// the thread was taken off the CPU on its way back to user space),
+    /// largest first.
+    pub fn top_waits(&self, n: usize) -> Vec<(String, u64)> {
+        let mut by: std::collections::HashMap<String, u64> = Default::default();
+        for s in self.samples.iter().filter(|s| s.off_cpu > 0) {
+            let mut name = None;
+            for &l in &s.locations {
+                let loc = &self.locations[l as usize];
+                if loc.kind != FrameKind::Kernel {
+                    continue;
+                }
+                let f = self.frame_name(loc, loc.lines.last());
+                if f.contains("schedule") || f.contains("_resched") {
+                    continue;
+                }
+                name = Some(if f.contains("exit_to_user_mode") {
+                    "[preempted]".to_string()
+                } else {
+                    f
+                });
+                break;
+            }
+            let n = by
+                .entry(name.unwrap_or_else(|| "[unknown]".into()))
+                .or_default();
+            *n = n.saturating_add(s.off_cpu);
+        }
+        let mut v: Vec<_> = by.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
     /// Functions by self samples (leaf frame), highest first.
     pub fn top_self(&self, n: usize) -> Vec<(String, u64)> {
         let mut by: std::collections::HashMap<String, u64> = Default::default();
