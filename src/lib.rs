@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod capture;
+pub mod diff;
 pub mod export;
 pub mod net;
 pub mod preflight;
@@ -25,6 +26,9 @@ pub mod sample;
 pub mod signal;
 pub mod symbolize;
 pub mod tables;
+pub mod top;
 pub mod untrusted;
 pub mod unwind;
 pub mod util;
+pub mod view;
+pub mod watch;
