@@ -268,27 +268,35 @@ fn view_table(p: Option<&Profile>, v: &ViewState) -> FunctionTable {
     t
 }
 
-/// The one-line description of what is shown.
-fn status(samples: u64, v: &ViewState, o: &TopOptions, title: &str) -> String {
-    format!(
-        "ember top: {} · last {} · {} samples at {} Hz · sorted by {}{}{}{}",
+/// What is shown: the target and window, then the view's state.
+fn status_parts(samples: u64, v: &ViewState, o: &TopOptions, title: &str) -> (String, String) {
+    let what = format!(
+        "ember top: {} · last {} · {} samples at {} Hz",
         crate::util::printable(title, 200),
         crate::util::format_duration(o.window),
         samples,
         o.frequency,
-        v.sort.name(),
-        if v.kernel {
-            ""
-        } else {
-            " · kernel frames hidden"
-        },
-        if v.threads { " · per thread" } else { "" },
-        if v.needle().is_empty() {
-            String::new()
-        } else {
-            format!(" · filter {:?}", crate::util::printable(v.needle(), 100))
-        }
-    )
+    );
+    let mut state = format!("sorted by {}", v.sort.name());
+    if !v.kernel {
+        state.push_str(" · kernel frames hidden");
+    }
+    if v.threads {
+        state.push_str(" · per thread");
+    }
+    if !v.needle().is_empty() {
+        state.push_str(&format!(
+            " · filter {:?}",
+            crate::util::printable(v.needle(), 100)
+        ));
+    }
+    (what, state)
+}
+
+/// The one-line description of what is shown.
+fn status(samples: u64, v: &ViewState, o: &TopOptions, title: &str) -> String {
+    let (what, state) = status_parts(samples, v, o, title);
+    format!("{what} · {state}")
 }
 
 fn plain(
@@ -313,10 +321,10 @@ mod tui {
     use ratatui::layout::{Constraint, Layout};
     use ratatui::style::{Modifier, Style};
     use ratatui::text::Line;
-    use ratatui::widgets::{Cell, Paragraph, Row, Table};
+    use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
     use ratatui::DefaultTerminal;
 
-    use super::{status, view_table, TopOptions, ViewState};
+    use super::{status_parts, view_table, TopOptions, ViewState};
     use crate::profile::Profile;
 
     /// What a key asks for.
@@ -398,25 +406,31 @@ mod tui {
             let t = view_table(p, v);
             self.term.draw(|f| {
                 let area = f.area();
-                if area.height < 4 || area.width < 20 {
-                    f.render_widget(Paragraph::new("ember top: enlarge the terminal"), area);
+                if area.height < 5 || area.width < 20 {
+                    f.render_widget(
+                        Paragraph::new("enlarge the terminal (ember top)")
+                            .wrap(Wrap { trim: true }),
+                        area,
+                    );
                     return;
                 }
-                let [head, body, foot] = Layout::vertical([
+                let [head, state_area, body, foot] = Layout::vertical([
+                    Constraint::Length(1),
                     Constraint::Length(1),
                     Constraint::Min(1),
                     Constraint::Length(1),
                 ])
                 .areas(area);
-                let mut line = status(t.samples, v, o, title);
-                line.push_str(&format!(" · up {}s", elapsed.as_secs()));
+                let (what, mut state) = status_parts(t.samples, v, o, title);
                 if v.paused {
-                    line.push_str(" · PAUSED");
+                    state.insert_str(0, "PAUSED · ");
                 }
                 f.render_widget(
-                    Paragraph::new(line).style(Style::new().add_modifier(Modifier::REVERSED)),
+                    Paragraph::new(format!("{what} · up {}s", elapsed.as_secs()))
+                        .style(Style::new().add_modifier(Modifier::REVERSED)),
                     head,
                 );
+                f.render_widget(Paragraph::new(state), state_area);
                 // Narrow terminals drop the counts, then the thread column.
                 let wide = area.width >= 60;
                 let threads = v.threads && area.width >= 50;
