@@ -146,16 +146,25 @@ struct Tmux {
 
 impl Tmux {
     fn new(cols: u16, rows: u16, command: &str) -> Tmux {
+        // A server (socket) of its own per session: a server being killed
+        // must not take the next session down.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let t = Tmux {
-            socket: format!("ember-test-{}", std::process::id()),
+            socket: format!("ember-test-{}-{n}", std::process::id()),
         };
-        let st = Command::new("tmux")
+        let out = Command::new("tmux")
             .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-x", &cols.to_string(), "-y", &rows.to_string()])
             .arg(command)
-            .status()
+            .env("TERM", "xterm-256color")
+            .output()
             .expect("tmux is missing; run scripts/setup.sh");
-        assert!(st.success());
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         t
     }
 
@@ -797,6 +806,19 @@ fn page_over_10k_stacks_and_hostile_names() {
     assert!(!lower.contains("<script"), "a script element was injected");
     assert!(!lower.contains("<img"), "an img element was injected");
     assert!(!lower.contains("<b>x"), "markup from a label was injected");
+    // The flamegraph of the hostile window, selected by its service: the
+    // names (and the title, which repeats the query) are escaped text, and
+    // inferno's is the only script.
+    let evil_q = "%3Cscript%3Ealert(1)%3C%2Fscript%3E%3Cimg%20src%3Dx%20onerror%3Dalert(2)%3E";
+    let (status, _, svg) = get(
+        agent.http,
+        &format!("/flamegraph.svg?since=10m&service={evil_q}"),
+    );
+    assert_eq!(status, 200);
+    let svg = String::from_utf8_lossy(&svg);
+    assert!(svg.contains("&lt;script&gt;alert(1)"), "{svg}");
+    assert_eq!(svg.matches("<script").count(), 1, "{svg}");
+    assert!(!svg.contains("<img"));
     // Bad parameters: one sentence, 400.
     let (status, _, body) = get(agent.http, "/?since=%3Cscript%3E");
     assert_eq!(status, 400);
