@@ -212,7 +212,14 @@ pub fn run(o: &TopOptions) -> Result<()> {
                 dirty = true;
                 if tui.is_none() && o.duration.is_none() {
                     let mut out = stdout.lock();
-                    plain(&mut out, shown.as_ref(), &view, o, &title)?;
+                    plain(
+                        &mut out,
+                        shown.as_ref(),
+                        &view,
+                        o,
+                        &title,
+                        target.start.elapsed(),
+                    )?;
                     out.flush()?;
                 }
             }
@@ -231,7 +238,7 @@ pub fn run(o: &TopOptions) -> Result<()> {
     if !interactive && o.duration.is_some() {
         let p = build(&mut cap, window.merged(), o, &title);
         let mut out = stdout.lock();
-        plain(&mut out, Some(&p), &view, o, &title)?;
+        plain(&mut out, Some(&p), &view, o, &title, target.start.elapsed())?;
         out.flush()?;
     }
     for n in target.finish() {
@@ -269,11 +276,17 @@ fn view_table(p: Option<&Profile>, v: &ViewState) -> FunctionTable {
 }
 
 /// What is shown: the target and window, then the view's state.
-fn status_parts(samples: u64, v: &ViewState, o: &TopOptions, title: &str) -> (String, String) {
+fn status_parts(
+    samples: u64,
+    v: &ViewState,
+    o: &TopOptions,
+    title: &str,
+    span: Duration,
+) -> (String, String) {
     let what = format!(
         "ember top: {} · last {} · {} samples at {} Hz",
         crate::util::printable(title, 200),
-        crate::util::format_duration(o.window),
+        crate::util::format_duration(span_of(o.window, span)),
         samples,
         o.frequency,
     );
@@ -294,9 +307,15 @@ fn status_parts(samples: u64, v: &ViewState, o: &TopOptions, title: &str) -> (St
 }
 
 /// The one-line description of what is shown.
-fn status(samples: u64, v: &ViewState, o: &TopOptions, title: &str) -> String {
-    let (what, state) = status_parts(samples, v, o, title);
+fn status(samples: u64, v: &ViewState, o: &TopOptions, title: &str, span: Duration) -> String {
+    let (what, state) = status_parts(samples, v, o, title, span);
     format!("{what} · {state}")
+}
+
+/// The time the shown samples cover: the window, or less while sampling
+/// has run for less, in whole seconds.
+fn span_of(window: Duration, running: Duration) -> Duration {
+    Duration::from_secs(window.min(running).as_secs().max(1))
 }
 
 fn plain(
@@ -305,9 +324,10 @@ fn plain(
     v: &ViewState,
     o: &TopOptions,
     title: &str,
+    span: Duration,
 ) -> std::io::Result<()> {
     let t = view_table(p, v);
-    writeln!(w, "{}", status(t.samples, v, o, title))?;
+    writeln!(w, "{}", status(t.samples, v, o, title, span))?;
     write!(w, "{}", t.text(o.limit, 200))?;
     writeln!(w)
 }
@@ -343,6 +363,8 @@ mod tui {
     impl Tui {
         pub fn enter() -> Result<Tui> {
             let term = ratatui::try_init().map_err(|e| {
+                // Raw mode may be on already.
+                ratatui::restore();
                 anyhow::anyhow!(
                     "cannot take over the terminal ({e}); pipe the output (ember top ... | cat) for plain text"
                 )
@@ -421,7 +443,7 @@ mod tui {
                     Constraint::Length(1),
                 ])
                 .areas(area);
-                let (what, mut state) = status_parts(t.samples, v, o, title);
+                let (what, mut state) = status_parts(t.samples, v, o, title, elapsed);
                 if v.paused {
                     state.insert_str(0, "PAUSED · ");
                 }

@@ -91,14 +91,15 @@ pub fn lines(before: &Profile, after: &Profile, o: DiffOptions) -> Vec<(String, 
     let mut out = Vec::with_capacity(all.len());
     for (s, (nb, na)) in all {
         let nb = if scale {
-            // before × ta / tb, exact in 128 bits (each factor < 2^64, ta
-            // and tb sums of at most 2^64 such; ta < 2^64·len is checked).
+            // before × ta / tb, exact in 128 bits for any real profile;
+            // absurd totals (from hostile files) saturate, losing only
+            // precision.
             let num = u128::from(nb).saturating_mul(ta);
             let exact_a = u128::from(na).saturating_mul(tb);
             if num.abs_diff(exact_a) < tb {
                 na
             } else {
-                u64::try_from((num + tb / 2) / tb).unwrap_or(u64::MAX)
+                u64::try_from(num.saturating_add(tb / 2) / tb).unwrap_or(u64::MAX)
             }
         } else {
             nb

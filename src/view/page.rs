@@ -125,6 +125,8 @@ fn duration(key: &str, v: &str) -> Result<Duration, String> {
     // The value is not echoed: it is the client's own, and may be markup.
     let d = util::parse_duration(v)
         .map_err(|_| format!("{key} must be a duration such as 30s, 5m, 2h or 7d"))?;
+    // Whole milliseconds, so the URL a view writes reads back the same.
+    let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     if d.is_zero() || d > MAX_RANGE {
         return Err(format!("{key} must be between 1ms and 366d"));
     }
@@ -204,8 +206,8 @@ impl PageQuery {
         self.since - self.until.unwrap_or_default()
     }
 
-    /// The query string of this view (without the leading `?`); `search`
-    /// as `s` too when `for_svg` (inferno's script reads it).
+    /// The query string of this view, without the leading `?`: parsing it
+    /// gives this view back.
     pub fn to_query(&self) -> String {
         let mut parts = vec![format!("since={}", util::format_duration(self.since))];
         if let Some(u) = self.until {
@@ -515,6 +517,9 @@ mod tests {
             assert!(!e.contains('\n') && !e.contains('<'), "{bad}: {e}");
         }
         assert!(PageQuery::parse(&"label=a%3Db&".repeat(17)).is_err());
+        let q = PageQuery::parse("since=1.5h&until=0.0015s").unwrap();
+        assert_eq!(PageQuery::parse(&q.to_query()).unwrap(), q);
+        assert!(PageQuery::parse("since=0.0001s").is_err());
         assert!(PageQuery::parse(&"x".repeat(MAX_QUERY_BYTES + 1)).is_err());
     }
 
