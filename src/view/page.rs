@@ -299,7 +299,9 @@ table{border-collapse:collapse;font-variant-numeric:tabular-nums}\
 td,th{padding:2px 8px;text-align:right;border-bottom:1px solid #eee}\
 td.fn,th.fn{text-align:left;font-family:ui-monospace,monospace;word-break:break-all}\
 .up{color:#b00}.down{color:#00b}.note{color:#a60}\
-object{width:100%;min-height:300px;border:1px solid #ddd}";
+object{width:100%;min-height:300px;border:1px solid #ddd}\
+.scroll{max-height:24em;overflow:auto;display:inline-block;border:1px solid #eee}\
+thead th{position:sticky;top:0;background:#fff}";
 
 /// Renders the page.
 pub fn render(d: &PageData) -> String {
@@ -413,49 +415,10 @@ pub fn render(d: &PageData) -> String {
 <a href=\"/flamegraph.svg?{0}\">open the flamegraph alone</a><a id=\"share\" href=\"/?{0}\">link to this view</a></p>",
         esc(&query)
     );
-    let mut svg_query = query.clone();
-    if let Some(s) = &q.search {
-        // inferno's script searches for `s` when the SVG loads.
-        let _ = write!(svg_query, "&s={}", enc(s));
-    }
-    let _ = writeln!(
-        h,
-        "<h2>{}</h2><object id=\"flamegraph\" type=\"image/svg+xml\" data=\"/flamegraph.svg?{}\">the flamegraph needs a browser that shows SVG</object>",
-        if d.diff.is_some() {
-            "Differential flamegraph (red: more than the baseline, blue: less)"
-        } else {
-            "Flamegraph"
-        },
-        esc(&svg_query)
-    );
-    if let Some((changes, base)) = d.diff {
-        let _ = writeln!(
-            h,
-            "<h2>Changes against {} from {} ago ({base} samples), in percentage points of each range's samples</h2>\
-<table id=\"changes\"><thead><tr><th>self before</th><th>self after</th><th>Δ self</th><th>Δ total</th><th class=\"fn\">function</th></tr></thead><tbody>",
-            util::format_duration(q.range_len()),
-            util::format_duration(q.diff_since.unwrap_or_default()),
-        );
-        for c in changes.iter().take(TABLE_ROWS) {
-            let class = |d: f64| if d > 0.0 { "up" } else { "down" };
-            let _ = writeln!(
-                h,
-                "<tr><td>{:.2}%</td><td>{:.2}%</td><td class=\"{}\">{:+.2}</td><td class=\"{}\">{:+.2}</td><td class=\"fn\">{}</td></tr>",
-                c.self_before,
-                c.self_after,
-                class(c.self_delta()),
-                c.self_delta(),
-                class(c.total_delta()),
-                c.total_delta(),
-                esc(&c.name)
-            );
-        }
-        h.push_str("</tbody></table>\n");
-    }
     let sort_link = |s: Sort| esc(&q.link(|q| q.sort = s));
     let _ = writeln!(
         h,
-        "<h2>Top functions{}</h2><table id=\"top-functions\"><thead><tr>\
+        "<h2>Top functions{}</h2><div class=\"scroll\"><table id=\"top-functions\"><thead><tr>\
 <th><a href=\"{}\">self</a></th><th>self samples</th><th><a href=\"{}\">total</a></th><th>total samples</th><th class=\"fn\">function</th></tr></thead><tbody>",
         match &q.search {
             Some(s) => format!(" matching “{}”", esc(s)),
@@ -481,7 +444,47 @@ pub fn render(d: &PageData) -> String {
     if d.table.rows.is_empty() {
         h.push_str("<tr><td colspan=\"5\">no samples in this range</td></tr>\n");
     }
-    h.push_str("</tbody></table>\n</body></html>\n");
+    h.push_str("</tbody></table></div>\n");
+    if let Some((changes, base)) = d.diff {
+        let _ = writeln!(
+            h,
+            "<h2>Changes against {} from {} ago ({base} samples), in percentage points of each range's samples</h2>\
+<div class=\"scroll\"><table id=\"changes\"><thead><tr><th>self before</th><th>self after</th><th>Δ self</th><th>Δ total</th><th class=\"fn\">function</th></tr></thead><tbody>",
+            util::format_duration(q.range_len()),
+            util::format_duration(q.diff_since.unwrap_or_default()),
+        );
+        for c in changes.iter().take(TABLE_ROWS) {
+            let class = |d: f64| if d > 0.0 { "up" } else { "down" };
+            let _ = writeln!(
+                h,
+                "<tr><td>{:.2}%</td><td>{:.2}%</td><td class=\"{}\">{:+.2}</td><td class=\"{}\">{:+.2}</td><td class=\"fn\">{}</td></tr>",
+                c.self_before,
+                c.self_after,
+                class(c.self_delta()),
+                c.self_delta(),
+                class(c.total_delta()),
+                c.total_delta(),
+                esc(&c.name)
+            );
+        }
+        h.push_str("</tbody></table></div>\n");
+    }
+    let mut svg_query = query.clone();
+    if let Some(s) = &q.search {
+        // inferno's script searches for `s` when the SVG loads.
+        let _ = write!(svg_query, "&s={}", enc(s));
+    }
+    let _ = writeln!(
+        h,
+        "<h2>{}</h2><object id=\"flamegraph\" type=\"image/svg+xml\" data=\"/flamegraph.svg?{}\">the flamegraph needs a browser that shows SVG</object>",
+        if d.diff.is_some() {
+            "Differential flamegraph (red: more than the baseline, blue: less)"
+        } else {
+            "Flamegraph"
+        },
+        esc(&svg_query)
+    );
+    h.push_str("</body></html>\n");
     h
 }
 
