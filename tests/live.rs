@@ -824,3 +824,32 @@ fn page_over_10k_stacks_and_hostile_names() {
     assert_eq!(status, 400);
     assert!(!String::from_utf8_lossy(&body).contains("<script"));
 }
+
+/// Bad arguments to the live views: one sentence each, exit 2 for usage
+/// errors, 1 for the rest, nothing started.
+#[test]
+fn live_view_argument_errors() {
+    let dir = scratch("live_errors");
+    for (args, want) in [
+        (&["top"][..], "say what to profile"),
+        (&["top", "--pid", "1", "--all"], "cannot be used with"),
+        (&["top", "--all", "--window", "0s"], "--window"),
+        (&["top", "--all", "--window", "2h"], "--window"),
+        (&["top", "--all", "-F", "0"], "--frequency"),
+        (&["top", "--all", "--rows", "0"], "--rows"),
+        (&["top", "--pid", "999999999"], "999999999"),
+        (
+            &["diff", "nope.pb.gz", "nope2.pb.gz"],
+            "cannot read nope.pb.gz",
+        ),
+        (&["diff", "a", "b", "-o", "x.png"], "cannot tell the format"),
+        (&["diff", "a", "b", "-f", "png"], "unknown diff format"),
+    ] {
+        let out = ember(args, &dir);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
