@@ -5,8 +5,11 @@
 //! to functions, per binary) → [`profile`] (one symbolized profile) →
 //! [`export`] (pprof, folded stacks, SVG). [`unwind`] builds the tables the
 //! sampler walks user stacks with. [`capture`] is the one profiling session
-//! that `ember record` ([`record`]) and `ember agent` ([`agent`]) drive with
-//! their own policies; [`query`] and [`tables`] are the other commands.
+//! that `ember record` ([`record`]), `ember top` ([`top`]) and `ember agent`
+//! ([`agent`]) drive with their own policies ([`watch`]: what record and top
+//! watch and when they stop); [`query`], [`diff`] and [`tables`] are the
+//! other commands. [`view`] holds what is shown rather than written:
+//! function tables, differences of profiles and the agent's page.
 //! Every file another process controls is opened through [`untrusted`].
 
 #![warn(missing_docs)]
