@@ -3,8 +3,9 @@
 # what is missing: clang and libelf/zlib headers for the BPF build, Go's
 # pprof as an independent decoder for tests, Node for the JIT test, and perf
 # and bpftrace (and inferno's CLIs) for the benchmark, binutils (objcopy,
-# strip) and a debuginfod server for the debug-file tests, and py-spy for
-# the Python tests. Safe to run again.
+# strip) and a debuginfod server for the debug-file tests, py-spy for the
+# Python tests, tmux and headless Chromium for the live-view tests (ember
+# top's keys, the agent's page). Safe to run again.
 set -eu
 
 need=""
@@ -24,6 +25,8 @@ have_cmd objcopy || need="$need binutils"
 have_cmd debuginfod || need="$need debuginfod"
 have_cmd xz || need="$need xz-utils"
 have_cmd systemd-analyze || need="$need systemd"
+have_cmd tmux || need="$need tmux"
+have_cmd chromium || need="$need chromium"
 
 if [ -n "$need" ]; then
     if [ "$(id -u)" != 0 ]; then

@@ -39,9 +39,82 @@ enum Cmd {
         after_help = "Examples:\n  ember query --since 10m --format svg > last10m.svg\n  ember query --since 1h --service nginx -o nginx.pb.gz\n  ember query --since 5m --pid 1234 --label container_id=3f2a... -f folded"
     )]
     Query(QueryArgs),
+    /// Show the functions burning CPU live, refreshed every second.
+    #[command(
+        after_help = "Keys: s sort by self/total, / filter by name (Enter applies, Esc cancels), k hide/show kernel frames,\n      t per-thread rows, p or space pause, q or Ctrl-C quit.\nWhen standard output is not a terminal, the table is printed as plain text (every second, or once at the end with --duration).\n\nExamples:\n  sudo ember top --pid 1234\n  sudo ember top --all --window 30s\n  sudo ember top --pid 1234 --duration 10s > top.txt\n  sudo ember top -- ./my-benchmark --args"
+    )]
+    Top(TopArgs),
+    /// Compare two profiles: a differential flamegraph, folded lines or a table of what changed.
+    #[command(
+        after_help = "Red frames grew, blue ones shrank, white ones did not change; widths are AFTER's. Shares are compared (BEFORE is scaled to AFTER's total) unless --absolute.\n\nExamples:\n  ember diff before.pb.gz after.pb.gz -o diff.svg\n  ember diff before.pb.gz after.pb.gz -f text"
+    )]
+    Diff(DiffCmdArgs),
     /// Build the unwind tables of every binary mapped by running processes and report their size and build time.
     #[command(after_help = "Examples:\n  ember tables\n  ember tables --pid 1234 --verbose")]
     Tables(TablesArgs),
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    /// Profile this process and all its threads (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Profile every process on the host, kernel included.
+    #[arg(short, long, conflicts_with = "pids")]
+    all: bool,
+    /// The sliding window the shares are over (1s to 1h).
+    #[arg(short, long, default_value = "10s")]
+    window: String,
+    /// Stop after this long; default: until q, Ctrl-C or the target exits.
+    #[arg(short, long)]
+    duration: Option<String>,
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, default_value_t = 99)]
+    frequency: u64,
+    /// Do not capture kernel stacks at all (the k key only hides them).
+    #[arg(long)]
+    no_kernel: bool,
+    /// Start with one row per function and thread.
+    #[arg(short, long)]
+    threads: bool,
+    /// Start sorted by total instead of self samples.
+    #[arg(long)]
+    sort_total: bool,
+    /// Start with this name filter.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Rows printed in plain-text mode.
+    #[arg(short = 'n', long, default_value_t = 30)]
+    rows: usize,
+    /// Plain text even on a terminal.
+    #[arg(long)]
+    plain: bool,
+    /// Walk user stacks with frame pointers only (no unwind tables).
+    #[arg(long)]
+    frame_pointers: bool,
+    /// Also look for separate debug files by build ID in DIR/.build-id/ (repeatable).
+    #[arg(long, value_name = "DIR")]
+    debug_dir: Vec<PathBuf>,
+    /// The command to run and profile, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct DiffCmdArgs {
+    /// The baseline profile (pprof, gzip-compressed or not).
+    before: PathBuf,
+    /// The profile compared with it.
+    after: PathBuf,
+    /// Output file (default: standard output).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// svg, folded (stack BEFORE AFTER) or text (default: from --output's extension, else svg).
+    #[arg(short, long)]
+    format: Option<ember::view::diff::DiffFormat>,
+    /// Compare raw sample counts instead of shares.
+    #[arg(long)]
+    absolute: bool,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +197,17 @@ struct QueryArgs {
     /// Output file (default: standard output).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Also merge a baseline as long as --since that starts this long ago,
+    /// and write the difference (--since 1h --diff-since 2h: the last hour
+    /// against the one before).
+    #[arg(long, value_name = "DURATION")]
+    diff_since: Option<String>,
+    /// With --diff-since: svg, folded or text (default: from --output's extension, else svg).
+    #[arg(long)]
+    diff_format: Option<ember::view::diff::DiffFormat>,
+    /// With --diff-since: compare raw sample counts instead of shares.
+    #[arg(long)]
+    absolute: bool,
 }
 
 #[derive(clap::Args)]
@@ -223,6 +307,14 @@ fn main() -> ExitCode {
         Cmd::Agent(args) => agent_cmd(args),
         Cmd::Query(args) => query_cmd(args),
         Cmd::Tables(args) => tables_cmd(args),
+        Cmd::Top(args) => top_cmd(args),
+        Cmd::Diff(args) => ember::diff::run(&ember::diff::DiffArgs {
+            before: args.before,
+            after: args.after,
+            output: args.output,
+            format: args.format,
+            absolute: args.absolute,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -283,16 +375,65 @@ fn tables_cmd(a: TablesArgs) -> anyhow::Result<()> {
     ember::tables::run(&a.pids, a.verbose, &mut std::io::stdout().lock())
 }
 
-fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
-    let what = match (a.pids.is_empty(), a.all, a.command.is_empty()) {
-        (false, false, true) => What::Pids(a.pids.clone()),
+/// What to profile, from --pid, --all and a command after `--`.
+fn what(pids: &[u32], all: bool, command: &[String]) -> anyhow::Result<What> {
+    Ok(match (pids.is_empty(), all, command.is_empty()) {
+        (false, false, true) => What::Pids(pids.to_vec()),
         (true, true, true) => What::All,
-        (true, false, false) => What::Command(a.command.clone()),
+        (true, false, false) => What::Command(command.to_vec()),
         (true, false, true) => {
             anyhow::bail!("say what to profile: --pid PID, --all, or a command after --")
         }
         _ => anyhow::bail!("choose one of --pid, --all or a command after --, not several"),
-    };
+    })
+}
+
+fn top_cmd(a: TopArgs) -> anyhow::Result<()> {
+    let what = what(&a.pids, a.all, &a.command)?;
+    let window = util::duration_in(
+        &format!("--window {}", util::quote(&a.window)),
+        &a.window,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    )?;
+    let duration = a
+        .duration
+        .as_deref()
+        .map(|d| {
+            util::duration_in(
+                &format!("--duration {}", util::quote(d)),
+                d,
+                limits::RECORD_DURATION.0,
+                limits::RECORD_DURATION.1,
+            )
+        })
+        .transpose()?;
+    if !(1..=10_000).contains(&a.rows) {
+        anyhow::bail!("--rows {} is out of range; use 1 to 10000", a.rows);
+    }
+    ember::top::run(&ember::top::TopOptions {
+        what,
+        window,
+        duration,
+        frequency: a.frequency,
+        kernel: !a.no_kernel,
+        threads: a.threads,
+        sort: if a.sort_total {
+            ember::view::table::Sort::Total
+        } else {
+            ember::view::table::Sort::SelfTime
+        },
+        filter: a.filter.unwrap_or_default(),
+        limit: a.rows,
+        plain: a.plain,
+        unwind_tables: !a.frame_pointers,
+        unwind_memory: 256 << 20,
+        debug_dirs: a.debug_dir,
+    })
+}
+
+fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
+    let what = what(&a.pids, a.all, &a.command)?;
     let outputs = outputs(&a.outputs, &a.formats)?;
     let (lo, hi) = (limits::UNWIND_MEMORY.0 >> 20, limits::UNWIND_MEMORY.1 >> 20);
     if !(lo..=hi).contains(&a.unwind_memory) {
@@ -495,5 +636,8 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
         labels: a.labels,
         format: a.format,
         output: a.output,
+        diff_since: a.diff_since,
+        diff_format: a.diff_format,
+        absolute: a.absolute,
     })
 }

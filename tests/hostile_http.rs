@@ -485,6 +485,10 @@ fn access_by_uid_group_and_token() {
         "/windows".to_string(),
         "/windows?since=1h".to_string(),
         url.clone(),
+        // The page and what it embeds and offers for download.
+        "/".to_string(),
+        "/flamegraph.svg?since=1h".to_string(),
+        "/profile.pb.gz?since=1h&sort=total".to_string(),
     ];
     for path in &restricted {
         let u = format!("{base}{path}");
@@ -522,7 +526,10 @@ fn access_by_uid_group_and_token() {
         // With the token, from any uid.
         let (st, body) = curl_as(Some(NOBODY), &u, &[&bearer]);
         assert_eq!(st, 200, "nobody with the token: {path}");
-        if path.starts_with("/debug") || path.starts_with("/windows/") {
+        if path.starts_with("/debug")
+            || path.starts_with("/windows/")
+            || path.starts_with("/profile")
+        {
             assert!(ember::profile::pprof::read(&body).is_ok());
         }
         // A wrong token is refused, even for root.
@@ -538,12 +545,12 @@ fn access_by_uid_group_and_token() {
     let m = agent.metrics();
     assert_eq!(
         metric_in(&m, "ember_http_refused_total{reason=\"uid_not_allowed\"}"),
-        8.0,
+        14.0,
         "{m}"
     );
     assert_eq!(
         metric_in(&m, "ember_http_refused_total{reason=\"bad_token\"}"),
-        4.0
+        7.0
     );
     // /metrics holds counts only: no paths, addresses, names or stacks.
     for l in m.lines().filter(|l| !l.starts_with('#')) {

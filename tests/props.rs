@@ -1,6 +1,8 @@
 //! Property tests of every parser that takes user or untrusted input:
 //! durations and sizes, the agent config, relabel rules, the pprof decoder
-//! and merge behind `ember query`, `/proc/PID/cgroup` and `/proc/PID/stat`.
+//! and merge behind `ember query`, the live views over any decoded profile
+//! (function tables, diffs, the agent's page) and the page's query string,
+//! `/proc/PID/cgroup` and `/proc/PID/stat`.
 //! Each must give a value or an error for any input, never panic, and never
 //! allocate past its bound. No root needed; case counts are kept modest so
 //! the whole file runs in seconds.
@@ -498,6 +500,54 @@ proptest! {
             let p = pprof::to_profile(p);
             let parts = pprof::split(&p, pprof::EncodeOptions::default(), 2, 200);
             prop_assert_eq!(parts.iter().map(|q| q.sample.len()).sum::<usize>(), p.samples.len());
+        }
+    }
+
+    #[test]
+    fn views_of_wild_profiles_never_panic(a in wild_profile(), b in wild_profile()) {
+        use ember::view::{diff, page, table};
+        let (a, b) = (pprof::to_profile(&a), pprof::to_profile(&b));
+        for threads in [false, true] {
+            for kernel in [false, true] {
+                let mut t = table::functions(&a, table::TableOptions { kernel, threads });
+                prop_assert!(t.rows.iter().all(|r| r.self_samples <= r.total_samples));
+                t.sort(table::Sort::Total);
+                let _ = t.text(10, 80);
+                let q = page::PageQuery::default();
+                let html = page::render(&page::PageData {
+                    node: "n",
+                    query: &q,
+                    table: &t,
+                    windows: 1,
+                    current: false,
+                    diff: None,
+                    services: &[],
+                    notes: &[],
+                });
+                prop_assert!(!html.contains("<script"));
+            }
+        }
+        for absolute in [false, true] {
+            let o = diff::DiffOptions { absolute };
+            let _ = diff::lines(&a, &b, o);
+            let _ = diff::changes(&a, &b, o);
+            let mut out = Vec::new();
+            for f in [diff::DiffFormat::Svg, diff::DiffFormat::Folded, diff::DiffFormat::Text] {
+                out.clear();
+                prop_assert!(diff::write(&a, &b, o, f, "t", &mut out).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn page_queries_parse_or_fail_in_one_sentence(q in prop_oneof![
+        any::<String>(),
+        "((since|until|diff_since|service|pid|label|q|sort|s|x)=[a-z0-9.%=<>&+ ]{0,12}&?){0,8}",
+    ]) {
+        use ember::view::page::PageQuery;
+        match PageQuery::parse(&q) {
+            Ok(p) => prop_assert_eq!(PageQuery::parse(&p.to_query()), Ok(p)),
+            Err(e) => prop_assert!(!e.contains('\n') && !e.is_empty()),
         }
     }
 

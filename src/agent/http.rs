@@ -5,6 +5,8 @@
 //!   `go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=10` reads);
 //! - `/windows[?since=10m]`: recent stored windows as JSON;
 //!   `/windows/ID`: one window's pprof;
+//! - `/`: the node's page, `/flamegraph.svg` and `/profile.pb.gz` (the
+//!   views of [`super::views`], with the page's query);
 //! - `/metrics`: Prometheus text; `/healthz`.
 //!
 //! Access: `/healthz` and `/metrics` (counts only) are open. Everything that
@@ -816,11 +818,12 @@ async fn handle(
         }
         "/debug/pprof/profile" | "/windows" => {}
         p if p.starts_with("/windows/") => {}
+        p if super::views::View::of_path(p).is_some() => {}
         _ => {
             return Ok(reply(
                 StatusCode::NOT_FOUND,
                 text,
-                "ember agent: /debug/pprof/profile?seconds=N, /windows, /windows/ID, /metrics, /healthz\n",
+                "ember agent: /, /flamegraph.svg, /profile.pb.gz, /debug/pprof/profile?seconds=N, /windows, /windows/ID, /metrics, /healthz\n",
             ))
         }
     }
@@ -832,6 +835,10 @@ async fn handle(
     // still being identified (or refused) can be closed to make room.
     conn.busy.fetch_add(1, Ordering::SeqCst);
     let _busy = BusyGuard(conn.clone());
+    if let Some(view) = super::views::View::of_path(&path) {
+        let raw = req.uri().query().unwrap_or("").to_string();
+        return Ok(super::views::serve(view, &raw, shared.clone()).await);
+    }
     let q = query(&req);
     let resp = match path.as_str() {
         "/debug/pprof/profile" => {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod push;
 pub mod relabel;
 pub mod store;
+pub mod views;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,20 @@ pub struct LiveRequest {
     pub reply: tokio::sync::oneshot::Sender<Vec<u8>>,
 }
 
+/// The window being collected, symbolized on request for the page: one
+/// profile per target, labeled like a stored window.
+pub struct Snapshot {
+    /// When the window began (ns since the epoch); stored windows start
+    /// before it.
+    pub start_ns: u64,
+    /// One profile per target.
+    pub profiles: Vec<Profile>,
+}
+
+/// Most page requests waiting for a snapshot at once; past it a page is
+/// served from the store alone.
+pub const MAX_SNAPSHOT_WAITERS: usize = 16;
+
 /// State shared between the sampler thread and the HTTP/push thread.
 pub struct Shared {
     /// Counters.
@@ -73,8 +88,13 @@ pub struct Shared {
     pub store: Option<store::Store>,
     /// Pending live requests.
     pub live: Mutex<Vec<LiveRequest>>,
+    /// Page requests waiting for a snapshot of the current window (all
+    /// are answered by the next one).
+    pub snapshots: Mutex<Vec<tokio::sync::oneshot::Sender<Arc<Snapshot>>>>,
     /// The HTTP endpoint's counters.
     pub http: http::HttpMetrics,
+    /// The node's name, for the page.
+    pub node: String,
     /// Set on SIGINT/SIGTERM.
     pub stop: AtomicBool,
     /// Wakes the I/O thread when the sampler thread is done.
@@ -182,7 +202,9 @@ fn open_shared(s: &Settings) -> Result<Arc<Shared>> {
         metrics: Metrics::default(),
         store,
         live: Mutex::new(Vec::new()),
+        snapshots: Mutex::new(Vec::new()),
         http: http::HttpMetrics::default(),
+        node: s.node.clone(),
         stop: AtomicBool::new(false),
         stopped: tokio::sync::Notify::new(),
     });
@@ -257,10 +279,12 @@ pub fn run(s: Settings) -> Result<()> {
         let stopping = crate::signal::stop_requested() || shared.stop.load(Ordering::SeqCst);
         let cut = stopping || window.began.elapsed() >= s.window;
         let t0 = Instant::now();
+        // A page waits for the current window: drain it now.
+        let snapshot = !stopping && sink.snapshot_waiting();
         let drained = if stopping {
             cap.finish(&mut tick, &mut |e| learn(&mut sink.targeting, e))?;
             true
-        } else if cut {
+        } else if cut || snapshot {
             cap.drain(&mut tick)?;
             true
         } else {
@@ -276,6 +300,9 @@ pub fn run(s: Settings) -> Result<()> {
             sink.cut_window(&window.agg, window.start, window.began.elapsed(), &mut cap);
             window.restart();
             sink.housekeeping(&mut cap);
+        }
+        if snapshot {
+            sink.serve_snapshots(&window.agg, window.start, window.began.elapsed(), &mut cap);
         }
         if stopping {
             break;
@@ -430,18 +457,57 @@ impl Sink<'_> {
         }
     }
 
-    /// Builds one profile per target (distinct label set) from a window.
-    fn cut_window(
+    /// Whether pages wait for a snapshot of the current window.
+    fn snapshot_waiting(&self) -> bool {
+        !self
+            .shared
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Answers the pages waiting for the current window.
+    fn serve_snapshots(
         &mut self,
         agg: &Aggregate,
         start: SystemTime,
         duration: Duration,
         cap: &mut Capture,
     ) {
-        let (s, shared, pusher, targeting) =
-            (self.s, self.shared, self.pusher, &mut self.targeting);
-        let t0 = Instant::now();
-        shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
+        let waiting: Vec<_> = std::mem::take(
+            &mut *self
+                .shared
+                .snapshots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let waiting: Vec<_> = waiting.into_iter().filter(|r| !r.is_closed()).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let snap = Arc::new(Snapshot {
+            start_ns: start
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            profiles: self.target_profiles(agg, start, duration, cap, false),
+        });
+        for r in waiting {
+            let _ = r.send(snap.clone());
+        }
+    }
+
+    /// One profile per target (distinct label set) of a window's samples;
+    /// with `count`, samples relabeling drops are counted in the metrics.
+    fn target_profiles(
+        &mut self,
+        agg: &Aggregate,
+        start: SystemTime,
+        duration: Duration,
+        cap: &mut Capture,
+        count: bool,
+    ) -> Vec<Profile> {
+        let (s, shared, targeting) = (self.s, self.shared, &mut self.targeting);
         // Labels are per process: look them up once per pid, not per key.
         // Per pid: CPU samples, and off-CPU nanoseconds.
         type Entries<'a> = (Vec<(&'a SampleKey, u64)>, Vec<(&'a SampleKey, u64)>);
@@ -461,6 +527,7 @@ impl Sink<'_> {
                     g.0.extend(cpu);
                     g.1.extend(off);
                 }
+                None if !count => {}
                 None => {
                     let n: u64 = cpu.iter().map(|e| e.1).sum();
                     shared
@@ -476,6 +543,7 @@ impl Sink<'_> {
             sym,
             agg.counts.keys().chain(agg.off_cpu.keys()).map(|k| k.tgid),
         );
+        let mut out = Vec::with_capacity(groups.len());
         for (labels, (entries, off)) in groups {
             let target = labels
                 .get("service_name")
@@ -490,6 +558,24 @@ impl Sink<'_> {
             };
             let mut p = profile::build_entries(&entries, &off, &agg.stacks, procs, sym, &opts);
             p.labels = labels;
+            out.push(p);
+        }
+        out
+    }
+
+    /// Builds one profile per target (distinct label set) from a window.
+    fn cut_window(
+        &mut self,
+        agg: &Aggregate,
+        start: SystemTime,
+        duration: Duration,
+        cap: &mut Capture,
+    ) {
+        let t0 = Instant::now();
+        self.shared.metrics.windows.fetch_add(1, Ordering::Relaxed);
+        let profiles = self.target_profiles(agg, start, duration, cap, true);
+        let (shared, pusher) = (self.shared, self.pusher);
+        for p in profiles {
             shared.metrics.profiles.fetch_add(1, Ordering::Relaxed);
             if let Some(store) = &shared.store {
                 if let Err(e) = store.write(&p) {

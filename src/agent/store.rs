@@ -71,6 +71,9 @@ pub struct Entry {
 pub struct Filter {
     /// Only windows that end after this time (ns since the epoch).
     pub since_ns: u64,
+    /// Only windows that start before this time (ns since the epoch);
+    /// `None`: up to now.
+    pub until_ns: Option<u64>,
     /// `service_name` must equal this.
     pub service: Option<String>,
     /// Only samples of this pid.
@@ -675,7 +678,7 @@ impl Store {
         for name in self.names() {
             // Skip by name before reading anything.
             if let Some(k) = parse_name(&name) {
-                if k.0.saturating_add(k.1) < f.since_ns {
+                if k.0.saturating_add(k.1) < f.since_ns || f.until_ns.is_some_and(|u| k.0 >= u) {
                     continue;
                 }
             }

@@ -156,6 +156,21 @@ pub fn write_file(p: &Profile, format: Format, path: &Path, opts: ExportOptions)
     Ok(())
 }
 
+/// Writes bytes made elsewhere (a diff, a page) to `path` the way
+/// [`write_file`] writes a profile: atomically, never through a link.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_in(path)?;
+    let mode = 0o666 & !umask();
+    let mut f = tmp.as_file();
+    f.write_all(bytes)
+        .and_then(|()| f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode)))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot write {} ({})", path.display(), plain_io(&e)))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {} ({})", path.display(), plain_io(&e.error)))?;
+    Ok(())
+}
+
 /// A new temporary file beside `path` (removed when dropped).
 fn temp_in(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = parent_dir(path);
