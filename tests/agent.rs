@@ -1271,3 +1271,108 @@ fn agent_names_python_frames_with_bounded_memory() {
     eprintln!("stored windows: {mine} samples under pysplit.py, {gamma} in gamma");
     assert!(mine > 100 && gamma * 100 > mine * 35, "{mine} {gamma}");
 }
+
+/// With `off_cpu = true`, windows carry the off-CPU type, and pushes send
+/// it as its own profile type: `off_cpu:off_cpu:nanoseconds::` to
+/// Pyroscope, `parca_agent:wallclock:nanoseconds:samples:count` to Parca,
+/// next to the CPU series; the stand-in receivers validate both the way
+/// the servers do.
+#[test]
+fn agent_pushes_off_cpu_time_as_its_own_profile_type() {
+    let bin = fixture("waits.c");
+    let dir = scratch("agent_offcpu");
+    let rx = Receiver::start();
+    let cfg = format!(
+        r#"
+frequency = 99
+window = "1s"
+off_cpu = true
+[[push]]
+kind = "pyroscope"
+url = "{u}"
+[[push]]
+kind = "parca"
+url = "{u}"
+"#,
+        u = rx.url()
+    );
+    std::fs::write(dir.join("agent.toml"), cfg).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &["--config", dir.join("agent.toml").to_str().unwrap()],
+    );
+    let mut w = Command::new(&bin)
+        .arg("3")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    w.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let waits = agent.metric("ember_off_cpu_waits_total");
+    let log = agent.stop();
+    assert!(waits > 0.0, "no off-CPU wait recorded\n{log}");
+    let got = rx.received();
+    let type_of = |p: &pprof::proto::Profile| -> Vec<String> {
+        p.sample_type
+            .iter()
+            .map(|t| p.string_table[t.r#type as usize].clone())
+            .collect()
+    };
+    for (backend, name, ty) in [
+        (Backend::Pyroscope, "off_cpu", "off_cpu"),
+        (Backend::Parca, "parca_agent", "wallclock"),
+    ] {
+        let off: Vec<_> = got
+            .iter()
+            .filter(|r| r.backend == backend)
+            .filter(|r| r.profiles.iter().any(|p| type_of(p) == [ty]))
+            .collect();
+        assert!(
+            !off.is_empty(),
+            "{backend:?}: no off-CPU series pushed\n{log}"
+        );
+        for r in &off {
+            assert!(
+                r.status < 300 && r.grpc_status.unwrap_or(0) == 0,
+                "{:?}",
+                r.error
+            );
+            assert_eq!(r.labels.get("__name__").map(String::as_str), Some(name));
+        }
+        let ns: i64 = off
+            .iter()
+            .flat_map(|r| &r.profiles)
+            .flat_map(|p| &p.sample)
+            .map(|s| s.value[0])
+            .sum();
+        assert!(
+            ns > 1_000_000_000,
+            "{backend:?}: only {ns} ns off CPU pushed"
+        );
+        // The CPU series is still there, with its own types.
+        assert!(got.iter().any(|r| r.backend == backend
+            && r.profiles
+                .iter()
+                .any(|p| type_of(p).contains(&"cpu".to_string()))));
+    }
+    // The stored windows carry the off_cpu type.
+    let q = ember(
+        &[
+            "query",
+            "--store-dir",
+            dir.join("store").to_str().unwrap(),
+            "--since",
+            "10m",
+            "-o",
+            dir.join("q.pb.gz").to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let p = pprof::read_profile(&std::fs::read(dir.join("q.pb.gz")).unwrap()).unwrap();
+    assert!(
+        p.off_cpu && p.off_cpu_total() > 1_000_000_000,
+        "{}",
+        p.off_cpu_total()
+    );
+}

@@ -529,7 +529,15 @@ fn merging_filters_pids_and_keeps_common_labels() {
 fn split_parts_merge_back_into_the_whole() {
     let p = fixture();
     for (max_samples, thread_names) in [(1, true), (2, false), (3, true), (100, true)] {
-        let parts = pprof::split(&p, EncodeOptions { thread_names }, max_samples, usize::MAX);
+        let parts = pprof::split(
+            &p,
+            EncodeOptions {
+                thread_names,
+                off_cpu_only: None,
+            },
+            max_samples,
+            usize::MAX,
+        );
         assert_eq!(parts.len(), p.samples.len().div_ceil(max_samples));
         let mut m = Merger::new("parts".into());
         for part in &parts {

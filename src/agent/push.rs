@@ -614,13 +614,59 @@ async fn send(c: &HttpClient, b: &Backend, uri: &str, body: Bytes) -> (Outcome, 
 }
 
 /// Request URIs and bodies for one profile on one backend, split to the
-/// server's limits.
+/// server's limits. A profile with off-CPU time goes as two profile types,
+/// each its own series, as the servers keep them: CPU as always, and
+/// off-CPU as Pyroscope names it (`__name__` `off_cpu`, sample type
+/// `off_cpu/nanoseconds`, no period: `off_cpu:off_cpu:nanoseconds::`, the
+/// type Pyroscope gives OpenTelemetry's off-CPU profiles) or as Parca's
+/// UI knows it (`parca_agent:wallclock:nanoseconds:samples:count:delta`,
+/// shown as "Off-CPU"). Pyroscope's legacy `/ingest` has no off-CPU type:
+/// it gets the CPU part only.
 fn encode(b: &Backend, p: &Profile, frequency: u64) -> Vec<(String, Vec<u8>)> {
+    if !p.off_cpu {
+        return encode_type(b, p, frequency, None);
+    }
+    let mut out = encode_type(b, &p.cpu_part(), frequency, None);
+    let off = p.off_cpu_part();
+    if !off.samples.is_empty() {
+        match b.kind {
+            Kind::Pyroscope => out.extend(encode_type(
+                b,
+                &off,
+                frequency,
+                Some(("off_cpu", ("off_cpu", None))),
+            )),
+            Kind::Parca | Kind::ParcaJson => out.extend(encode_type(
+                b,
+                &off,
+                frequency,
+                Some(("parca_agent", ("wallclock", Some(("samples", "count"))))),
+            )),
+            Kind::PyroscopeIngest => {}
+        }
+    }
+    out
+}
+
+/// The off-CPU part's series name and pprof types (see [`encode`]).
+type OffCpuAs = (
+    &'static str,
+    (&'static str, Option<(&'static str, &'static str)>),
+);
+
+/// [`encode`] for one profile type.
+fn encode_type(
+    b: &Backend,
+    p: &Profile,
+    frequency: u64,
+    off_cpu: Option<OffCpuAs>,
+) -> Vec<(String, Vec<u8>)> {
     let root = b.cfg.url.trim_end_matches('/');
     // Pyroscope turns string sample labels into series labels; thread
     // names would multiply series, so only comm is kept.
     let opts = pprof::EncodeOptions {
         thread_names: !matches!(b.kind, Kind::Pyroscope | Kind::PyroscopeIngest),
+        off_cpu_only: off_cpu.map(|o| o.1),
     };
     let parts = pprof::split(
         p,
@@ -628,7 +674,10 @@ fn encode(b: &Backend, p: &Profile, frequency: u64) -> Vec<(String, Vec<u8>)> {
         MAX_SAMPLES,
         TARGET_PROFILE_BYTES.min(MAX_PROFILE_BYTES),
     );
-    let labels = series_labels(p, b.kind);
+    let mut labels = series_labels(p, b.kind);
+    if let Some((name, _)) = off_cpu {
+        labels[0].1 = name.to_string();
+    }
     let mut out = Vec::new();
     for part in parts {
         let raw = pprof::gzip(&part.encode_to_vec());

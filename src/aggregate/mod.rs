@@ -163,6 +163,36 @@ pub struct Drainer {
     chunks: Chains,
     /// (process, Python stack) pairs of the last drain, each once.
     py_keys: std::collections::HashSet<(u32, u64)>,
+    /// With off-CPU time: recently drained stacks, for waits that end in a
+    /// later window than the one their stacks were drained in.
+    carry: Carry,
+    /// Off-CPU keys of the last drain.
+    off_keys: Vec<SampleKey>,
+}
+
+/// Stacks drained lately, in two generations within a byte budget: a wait
+/// ends (and is counted) long after its stacks were stored, perhaps after
+/// the aggregate holding them was cut as a window and cleared.
+#[derive(Default)]
+struct Carry {
+    new: StackTable,
+    old: StackTable,
+}
+
+/// Frames the carried stacks may hold per generation (8 bytes each).
+const CARRY_FRAMES: usize = 1 << 20;
+
+impl Carry {
+    fn insert(&mut self, hash: u64, frames: &[u64]) {
+        if self.new.frames.len() + frames.len() > CARRY_FRAMES {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(hash, frames);
+    }
+
+    fn get(&self, hash: u64) -> Option<&[u64]> {
+        self.new.get(hash).or_else(|| self.old.get(hash))
+    }
 }
 
 /// The chunks of deep stacks (`stack_trace.next` set) of one drain, joined
@@ -231,6 +261,8 @@ impl Default for Drainer {
             counts: vec![0; BATCH],
             chunks: Chains::default(),
             py_keys: Default::default(),
+            carry: Carry::default(),
+            off_keys: Vec::new(),
         }
     }
 }
@@ -248,6 +280,8 @@ impl Drainer {
         let chunks = &mut self.chunks;
         let py_keys = &mut self.py_keys;
         py_keys.clear();
+        let off_cpu = sampler.off_cpu();
+        let carry = &mut self.carry;
 
         // Stacks first, so every key read next finds its stacks.
         abi::drain_batch(
@@ -258,6 +292,9 @@ impl Drainer {
             |&hash, trace| {
                 if trace.next == 0 {
                     agg.stacks.insert(hash, abi::frames(trace));
+                    if off_cpu {
+                        carry.insert(hash, abi::frames(trace));
+                    }
                 } else {
                     chunks.add(hash, abi::frames(trace), trace.next);
                 }
@@ -282,13 +319,16 @@ impl Drainer {
             },
         )
         .context("draining the count map failed")?;
-        if sampler.off_cpu() {
+        if off_cpu {
+            let off_keys = &mut self.off_keys;
+            off_keys.clear();
             abi::drain_batch(
                 sampler.off_cpu_map(g),
                 BATCH,
                 &mut self.count_keys,
                 &mut self.counts,
                 |key, &ns| {
+                    off_keys.push(*key);
                     *agg.off_cpu.entry(*key).or_insert(0) += ns;
                     if key.py_stack != 0 {
                         py_keys.insert((key.tgid, key.py_stack));
@@ -298,6 +338,24 @@ impl Drainer {
                 },
             )
             .context("draining the off-CPU map failed")?;
+            // Stacks stored before this window (and whole deep stacks) come
+            // from the carry; those used now stay in it.
+            let (off_keys, carry) = (&self.off_keys, &mut self.carry);
+            for key in off_keys {
+                for h in [key.user_stack, key.kernel_stack, key.py_stack] {
+                    if h == 0 {
+                        continue;
+                    }
+                    match agg.stacks.get(h) {
+                        Some(f) => carry.insert(h, f),
+                        None => {
+                            if let Some(f) = carry.get(h) {
+                                agg.stacks.insert(h, f);
+                            }
+                        }
+                    }
+                }
+            }
         }
         Ok(st)
     }
@@ -311,6 +369,23 @@ mod tests {
     /// outermost one (stored as a stack of its own): joined under the
     /// first chunk's hash, in order; a chain missing a chunk keeps what it
     /// has, and chunks that continue others are not stacks of their own.
+    /// The carry keeps the newest stacks within its budget, in two
+    /// generations: a stack drained one generation ago is still found.
+    #[test]
+    fn carried_stacks_rotate_within_the_budget() {
+        let mut c = Carry::default();
+        let big: Vec<u64> = vec![7; CARRY_FRAMES / 2];
+        c.insert(1, &[1, 2, 3]);
+        c.insert(2, &big);
+        c.insert(3, &big); // over budget: generation 1 becomes old
+        assert_eq!(c.get(1), Some(&[1, 2, 3][..]));
+        c.insert(4, &big);
+        c.insert(5, &big); // and again: stack 1 is gone
+        assert_eq!(c.get(1), None);
+        assert!(c.get(5).is_some() && c.get(4).is_some());
+        assert!(c.new.frames.len() + c.old.frames.len() <= 2 * CARRY_FRAMES);
+    }
+
     #[test]
     fn chunks_join_into_whole_stacks() {
         let mut stacks = StackTable::default();

@@ -236,6 +236,29 @@ impl Profile {
         }
     }
 
+    /// The CPU part of a profile with off-CPU time: its samples with CPU
+    /// samples, and the CPU types only.
+    pub fn cpu_part(&self) -> Profile {
+        let mut p = self.clone();
+        p.off_cpu = false;
+        p.samples.retain(|s| s.count > 0);
+        for s in &mut p.samples {
+            s.off_cpu = 0;
+        }
+        p
+    }
+
+    /// The off-CPU part: its samples with off-CPU time (their CPU counts
+    /// zeroed).
+    pub fn off_cpu_part(&self) -> Profile {
+        let mut p = self.clone();
+        p.samples.retain(|s| s.off_cpu > 0);
+        for s in &mut p.samples {
+            s.count = 0;
+        }
+        p
+    }
+
     /// Off-CPU time by the kernel function threads waited in (the first
     /// kernel frame, from the leaf, that is not the scheduler's own:
     /// `do_nanosleep`, `futex_wait`, `anon_pipe_read`...; `[preempted]` when

@@ -23,11 +23,19 @@ pub struct EncodeOptions {
     /// Label each sample with its thread name (`thread_name`), besides
     /// `pid`, `tid` and `comm`.
     pub thread_names: bool,
+    /// Write the off-CPU time alone, as this sample type (nanoseconds)
+    /// with this period type (none when `None`): what a backend that keeps
+    /// one profile type per series needs. Default: every type the profile
+    /// has (`samples`, `cpu`, and `off_cpu` when recorded).
+    pub off_cpu_only: Option<(&'static str, Option<(&'static str, &'static str)>)>,
 }
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        EncodeOptions { thread_names: true }
+        EncodeOptions {
+            thread_names: true,
+            off_cpu_only: None,
+        }
     }
 }
 
@@ -84,15 +92,28 @@ pub fn to_proto_with(p: &Profile, opts: EncodeOptions) -> proto::Profile {
         r#type: st.id(t),
         unit: st.id(u),
     };
-    let mut sample_type = vec![
-        vt(&mut st, "samples", "count"),
-        vt(&mut st, "cpu", "nanoseconds"),
-    ];
-    if p.off_cpu {
-        sample_type.push(vt(&mut st, OFF_CPU_TYPE, "nanoseconds"));
-    }
-    let period_type = Some(vt(&mut st, "cpu", "nanoseconds"));
-    let period = p.period_ns() as i64;
+    let (sample_type, period_type, period) = match opts.off_cpu_only {
+        None => {
+            let mut types = vec![
+                vt(&mut st, "samples", "count"),
+                vt(&mut st, "cpu", "nanoseconds"),
+            ];
+            if p.off_cpu {
+                types.push(vt(&mut st, OFF_CPU_TYPE, "nanoseconds"));
+            }
+            (
+                types,
+                Some(vt(&mut st, "cpu", "nanoseconds")),
+                p.period_ns() as i64,
+            )
+        }
+        Some((name, period)) => (
+            vec![vt(&mut st, name, "nanoseconds")],
+            period.map(|(t, u)| vt(&mut st, t, u)),
+            i64::from(period.is_some()),
+        ),
+    };
+    let cpu_period = p.period_ns() as i64;
     let (k_pid, k_tid) = (st.id("pid"), st.id("tid"));
     let k_thread = opts.thread_names.then(|| st.id("thread_name"));
     let k_comm = st.id("comm");
@@ -188,11 +209,14 @@ pub fn to_proto_with(p: &Profile, opts: EncodeOptions) -> proto::Profile {
                 value: {
                     // Saturating: a merged profile's counts come from files.
                     let n = i64::try_from(s.count).unwrap_or(i64::MAX);
-                    let mut v = vec![n, n.saturating_mul(period)];
-                    if p.off_cpu {
-                        v.push(i64::try_from(s.off_cpu).unwrap_or(i64::MAX));
+                    let off = i64::try_from(s.off_cpu).unwrap_or(i64::MAX);
+                    if opts.off_cpu_only.is_some() {
+                        vec![off]
+                    } else if p.off_cpu {
+                        vec![n, n.saturating_mul(cpu_period), off]
+                    } else {
+                        vec![n, n.saturating_mul(cpu_period)]
                     }
-                    v
                 },
                 label,
             }

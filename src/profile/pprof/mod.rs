@@ -108,6 +108,7 @@ mod tests {
         let without = to_proto_with(
             &p,
             EncodeOptions {
+                off_cpu_only: None,
                 thread_names: false,
             },
         );
