@@ -113,6 +113,7 @@ enum ember_stat {
 	STAT_OFFCPU_SHORT,        /* ...not recorded: shorter than the threshold */
 	STAT_OFFCPU_SAMPLED_OUT,  /* ...not recorded: sampled out 1-in-N (the rest weigh N) */
 	STAT_OFFCPU_DROPPED,      /* ...lost: a map was full */
+	STAT_OFFCPU_WALKS,        /* stack walks at switch-out (the rest reused stacks) */
 	STAT_MAX,
 };
 
@@ -212,19 +213,30 @@ struct py_thread {
 	__u64 checked; /* when that was found (bpf_ktime_get_ns) */
 };
 
-/* A thread's off-CPU state: the stacks it last left the CPU with, the
- * registers they were found for (reused while the thread leaves from the
- * same place), and since when it waits (0: it runs). Userspace writes
- * these for threads already waiting when a recording starts, and reads
- * those still waiting when it ends. */
+/* A thread's off-CPU state: since when it waits (0: it runs) and the key
+ * (names and stacks) it waits with. Userspace writes these for threads
+ * already waiting when a recording starts, and reads those still waiting
+ * when it ends. */
 struct offcpu_state {
 	__u64 since;  /* bpf_ktime_get_ns() when it left the CPU; 0 when running */
-	__u64 ip, sp, bp, nr; /* user registers and system call then */
-	__u32 gen;    /* generation + 1 the stacks were stored in; 0: none */
 	__u32 weight; /* what one nanosecond of this wait counts for (1-in-N) */
-	__u32 stable; /* two walks from these registers found the same stacks */
 	__u32 _pad;
 	struct sample_key key;
+};
+
+/* A place threads leave the CPU from: thread, system call and user
+ * registers. Its stacks are walked again until two walks agree, then
+ * reused while they are in the current generation's stack map. */
+struct offcpu_site {
+	__u32 tid;
+	__u32 nr;
+	__u64 ip, sp, bp;
+};
+
+struct offcpu_site_stacks {
+	struct sample_key key;
+	__u32 gen;    /* generation + 1 the stacks were stored in */
+	__u32 stable; /* two walks from here found the same stacks */
 };
 
 /* Ring-buffer message: a process was sampled for the first time, or

@@ -79,6 +79,14 @@ COUNT_MAP(counts1);
 COUNT_MAP(offcpu0);
 COUNT_MAP(offcpu1);
 
+/* Places threads left the CPU from -> their stacks (see on_switch). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct offcpu_site);
+	__type(value, struct offcpu_site_stacks);
+} offcpu_sites SEC(".maps");
+
 /* tid -> where and since when it waits (see on_switch). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -963,9 +971,6 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 		}
 		weight = off_cpu_sample;
 	}
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
-	__u64 ip = BPF_CORE_READ(regs, ip), sp = BPF_CORE_READ(regs, sp), bp = BPF_CORE_READ(regs, bp);
-	__u64 nr = BPF_CORE_READ(regs, orig_ax);
 	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
 	if (!st) {
 		struct offcpu_state zero = {};
@@ -976,25 +981,35 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 			return 0;
 		}
 	}
-	/* Stacks are reused once two walks from the same registers agreed (a
-	 * walk made before a binary's unwind table was loaded differs from
-	 * the next, and is not kept). */
-	bool same = st->gen == gen + 1 && st->ip == ip && st->sp == sp && st->bp == bp && st->nr == nr &&
-		    !(python && bpf_map_lookup_elem(&py_procs, &tgid));
-	if (!same || !st->stable) {
-		__u32 g = gen;
-		void *stacks = g ? (void *)&stacks1 : (void *)&stacks0;
-		__u64 user = st->key.user_stack, kern = st->key.kernel_stack;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+	struct offcpu_site site = {
+		.tid = tid,
+		.nr = (__u32)BPF_CORE_READ(regs, orig_ax),
+		.ip = BPF_CORE_READ(regs, ip),
+		.sp = BPF_CORE_READ(regs, sp),
+		.bp = BPF_CORE_READ(regs, bp),
+	};
+	/* Python frames change under the same native registers: walked always. */
+	bool cacheable = !(python && bpf_map_lookup_elem(&py_procs, &tgid));
+	struct offcpu_site_stacks *ss = cacheable ? bpf_map_lookup_elem(&offcpu_sites, &site) : NULL;
+	if (ss && ss->gen == gen + 1 && ss->stable) {
+		st->key = ss->key;
+	} else {
+		void *stacks = gen ? (void *)&stacks1 : (void *)&stacks0;
 		/* Skipped: this program and bpf_trace_run, called by __schedule. */
 		capture_key(ctx, &st->key, stacks, tgid, tid, 2);
-		st->stable = same && user == st->key.user_stack && kern == st->key.kernel_stack &&
-			     !(st->key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
-		st->ip = ip;
-		st->sp = sp;
-		st->bp = bp;
-		st->nr = nr;
-		st->gen = gen + 1;
+		stat_inc(STAT_OFFCPU_WALKS);
 		announce(tgid);
+		if (cacheable) {
+			/* Reused once two walks from here agree: a walk made before
+			 * a binary's unwind table was loaded differs from the next. */
+			bool stable = ss && ss->gen == gen + 1 &&
+				      ss->key.user_stack == st->key.user_stack &&
+				      ss->key.kernel_stack == st->key.kernel_stack &&
+				      !(st->key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
+			struct offcpu_site_stacks v = {.key = st->key, .gen = gen + 1, .stable = stable};
+			bpf_map_update_elem(&offcpu_sites, &site, &v, BPF_ANY);
+		}
 	}
 	st->weight = weight;
 	st->since = now;

@@ -86,6 +86,8 @@ pub struct Recording {
     pub finish_time: Duration,
     /// Time spent in the BPF sampling program.
     pub bpf_cost: sample::BpfCost,
+    /// Time spent in the off-CPU program (every context switch).
+    pub off_cpu_cost: sample::BpfCost,
     /// Unwind tables (None with frame pointers only).
     pub unwind: Option<crate::unwind::UnwindStats>,
     /// Frames left without a name, by reason.
@@ -186,6 +188,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         sampler.map_memory_bytes(),
         sampler.bpf_cost(),
     );
+    let off_cpu_cost = sampler.off_cpu_cost();
     let unwind = cap.unwind_stats();
     let py_tracker = cap.python_stats();
     let (mut procs, mut sym) = cap.into_naming();
@@ -258,6 +261,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         map_bytes,
         finish_time: end.elapsed(),
         bpf_cost,
+        off_cpu_cost,
         python: py_tracker.map(|t| (t, sym.python.stats())),
         unwind,
         unnamed,
@@ -438,12 +442,15 @@ pub fn summary(r: &Recording) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "  off-CPU: {:.2} s in {} waits recorded ({} shorter than the threshold, {} sampled out, {} dropped: map full){}{}",
+            "  off-CPU: {:.2} s in {} waits recorded ({} shorter than the threshold, {} sampled out, {} dropped: map full); {:.2} µs in BPF per context switch over {}, {} stack walks{}{}",
             p.off_cpu_total() as f64 / 1e9,
             st.off_cpu_waits,
             st.off_cpu_short,
             st.off_cpu_sampled_out,
             st.off_cpu_dropped,
+            r.off_cpu_cost.per_run_ns() / 1000.0,
+            r.off_cpu_cost.runs,
+            st.off_cpu_walks,
             if waits.is_empty() { "" } else { "; largest waits: " },
             waits.join(", ")
         );

@@ -290,13 +290,7 @@ assert_tiled!(ProcUnwind {
 assert_tiled!(ProcEvent { tgid, kind });
 assert_tiled!(OffCpuState {
     since,
-    ip,
-    sp,
-    bp,
-    nr,
-    gen,
     weight,
-    stable,
     _pad,
     key
 });

@@ -223,6 +223,7 @@ impl Sampler {
                 m.set_max_entries(1)?;
             }
             open.maps.offcpu_thread.set_max_entries(1)?;
+            open.maps.offcpu_sites.set_max_entries(1)?;
         }
         for m in [&mut open.maps.stacks0, &mut open.maps.stacks1] {
             m.set_max_entries(cfg.stack_map_entries)?;
@@ -535,7 +536,19 @@ impl Sampler {
 
     /// Time the sampling program has run so far (zero if statistics are off).
     pub fn bpf_cost(&self) -> BpfCost {
-        let fd = self.skel.progs.on_sample.as_fd().as_raw_fd();
+        prog_cost(self.skel.progs.on_sample.as_fd().as_raw_fd())
+    }
+
+    /// Time the off-CPU program (run at every context switch) has run so
+    /// far.
+    pub fn off_cpu_cost(&self) -> BpfCost {
+        prog_cost(self.skel.progs.on_switch.as_fd().as_raw_fd())
+    }
+}
+
+/// A program's run count and time, from its fdinfo.
+fn prog_cost(fd: i32) -> BpfCost {
+    {
         let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
         let field = |name: &str| {
             text.lines()
@@ -548,7 +561,9 @@ impl Sampler {
             nanos: field("run_time_ns:"),
         }
     }
+}
 
+impl Sampler {
     /// Kernel memory held by the sampler's maps, from their fdinfo.
     pub fn map_memory_bytes(&self) -> u64 {
         let m = &self.skel.maps;
@@ -558,6 +573,7 @@ impl Sampler {
             &m.offcpu0,
             &m.offcpu1,
             &m.offcpu_thread,
+            &m.offcpu_sites,
             &m.stacks0,
             &m.stacks1,
             &m.filter,

@@ -108,6 +108,10 @@ const OFFCPU_WAITS: Family = Family {
     name: "ember_off_cpu_waits_total",
     help: "Off-CPU waits of profiled threads recorded with their stacks.",
 };
+const OFFCPU_WALKS: Family = Family {
+    name: "ember_off_cpu_stack_walks_total",
+    help: "Stack walks made when profiled threads left a CPU (the other switch-outs reused the stacks found last time from the same place).",
+};
 const OFFCPU_SKIPPED: Family = Family {
     name: "ember_off_cpu_waits_skipped_total",
     help: "Off-CPU waits not recorded, by cause: shorter than the threshold, sampled out (their time is carried by the recorded ones' weight), or dropped (a kernel map was full).",
@@ -222,6 +226,8 @@ kernel_counters! {
     off_cpu_sampled_out: STAT_OFFCPU_SAMPLED_OUT => OFFCPU_SKIPPED { cause = "sampled_out" }, Summary::Count;
     /// Off-CPU waits dropped: a map was full.
     off_cpu_dropped: STAT_OFFCPU_DROPPED => OFFCPU_SKIPPED { cause = "map_full" }, Summary::Count;
+    /// Stack walks at switch-out (the other switch-outs reused stacks).
+    off_cpu_walks: STAT_OFFCPU_WALKS => OFFCPU_WALKS, Summary::Count;
 }
 
 // The table covers `enum ember_stat` exactly: one row per index, in order.
@@ -353,7 +359,7 @@ mod tests {
         let st = KernelStats::from_values(v);
         assert_eq!(st.values(), v);
         assert_eq!(st.samples, 100);
-        assert_eq!(st.off_cpu_dropped, 100 + STAT_COUNT as u64 - 1);
+        assert_eq!(st.off_cpu_walks, 100 + STAT_COUNT as u64 - 1);
         for (i, c) in COUNTERS.iter().enumerate() {
             assert_eq!(c.index(), i);
             assert_eq!(st.get(c), v[i], "{}", c.field);
