@@ -218,7 +218,9 @@ impl Sampler {
             m.set_max_entries(cfg.count_map_entries)?;
         }
         if cfg.off_cpu.is_none() {
-            // Not attached: no memory for what they would hold.
+            // Not loaded (verifying it takes most of a second), not attached:
+            // no memory for what its maps would hold.
+            open.progs.on_switch.set_autoload(false);
             for m in [&mut open.maps.offcpu0, &mut open.maps.offcpu1] {
                 m.set_max_entries(1)?;
             }
