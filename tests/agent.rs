@@ -1309,8 +1309,13 @@ url = "{u}"
     w.wait().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let waits = agent.metric("ember_off_cpu_waits_total");
+    let switches = agent.metric("ember_off_cpu_switches_total");
     let log = agent.stop();
     assert!(waits > 0.0, "no off-CPU wait recorded\n{log}");
+    assert!(
+        switches >= waits,
+        "{switches} switches seen, {waits} waits recorded"
+    );
     let got = rx.received();
     let type_of = |p: &pprof::proto::Profile| -> Vec<String> {
         p.sample_type

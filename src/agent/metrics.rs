@@ -66,6 +66,10 @@ pub struct Metrics {
     pub bpf_map_bytes: AtomicU64,
     /// BPF program time, ns.
     pub bpf_run_ns: AtomicU64,
+    /// Context switches the off-CPU program saw (0 without off-CPU).
+    pub off_cpu_switches: AtomicU64,
+    /// Time spent in the off-CPU program, ns.
+    pub off_cpu_run_ns: AtomicU64,
     /// Unwind tables loaded.
     pub unwind_tables: AtomicU64,
     /// Their kernel memory.
@@ -352,6 +356,20 @@ impl Metrics {
             "Time spent in the BPF sampling program.",
             format!(" {:.6}", g(&self.bpf_run_ns) as f64 / 1e9),
         );
+        if g(&self.off_cpu_switches) > 0 {
+            line(
+                "ember_off_cpu_switches_total",
+                "counter",
+                "Context switches the off-CPU program saw (every switch on the host, profiled or not).",
+                format!(" {}", g(&self.off_cpu_switches)),
+            );
+            line(
+                "ember_off_cpu_bpf_run_seconds_total",
+                "counter",
+                "Time spent in the off-CPU BPF program.",
+                format!(" {:.6}", g(&self.off_cpu_run_ns) as f64 / 1e9),
+            );
+        }
         let (rss, cpu) = self_usage();
         line(
             "process_resident_memory_bytes",
@@ -460,6 +478,11 @@ impl Metrics {
             self.kernel.store(&st);
         }
         self.bpf_run_ns.store(sampler.bpf_cost().nanos, Relaxed);
+        if sampler.off_cpu() {
+            let c = sampler.off_cpu_cost();
+            self.off_cpu_switches.store(c.runs, Relaxed);
+            self.off_cpu_run_ns.store(c.nanos, Relaxed);
+        }
     }
 
     /// Updates one backend's counters.
