@@ -614,10 +614,15 @@ impl Tracker {
         self.stats.processes += 1;
     }
 
-    /// A process exec'd or exited: whatever it was is forgotten (the
-    /// sampler drops it on its own).
-    pub fn forget(&mut self, pid: u32) {
-        self.registered.remove(&pid);
+    /// A process exec'd or exited: whatever it was is forgotten, in the
+    /// sampler too. (The sampler drops a process that execs or exits on its
+    /// own, but a registration made after that, from mappings read before
+    /// it, would outlive it: a python that forks and execs another program
+    /// must not leave that program walked as Python.)
+    pub fn forget(&mut self, sampler: &Sampler, pid: u32) {
+        if self.registered.remove(&pid).is_some() {
+            let _ = sampler.set_python_process(pid, None);
+        }
         self.pending.remove(&pid);
     }
 
