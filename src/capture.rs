@@ -205,7 +205,7 @@ impl Capture {
         if let Some(py) = self.py.as_mut() {
             for e in events {
                 if e.exec {
-                    py.forget(&self.sampler, e.pid);
+                    py.forget(&self.sampler, e.pid, false);
                     self.sym.python.forget(e.pid);
                 }
                 py.check(&self.sampler, &mut self.procs, &mut self.sym.python, e.pid);
@@ -318,7 +318,7 @@ impl Capture {
         let forgotten = self.procs.forget_exited(forget);
         if let Some(py) = self.py.as_mut() {
             for &pid in &forgotten {
-                py.forget(&self.sampler, pid);
+                py.forget(&self.sampler, pid, true);
                 self.sym.python.forget(pid);
             }
             // Processes whose Python runtime was not mapped yet (or whose

@@ -489,6 +489,9 @@ pub struct Tracker {
     /// [`recheck`](Self::recheck) for a while, as a dynamically linked
     /// python maps libpython only after its first instructions ran.
     pending: HashMap<u32, std::time::Instant>,
+    /// Processes counted in `stats.processes` and not exited: one that
+    /// execs (python into python) is counted once.
+    counted: std::collections::HashSet<u32>,
     stats: TrackerStats,
 }
 
@@ -507,6 +510,7 @@ impl Tracker {
             binaries: HashMap::new(),
             registered: HashMap::new(),
             pending: HashMap::new(),
+            counted: Default::default(),
             stats: TrackerStats::default(),
         })
     }
@@ -611,7 +615,9 @@ impl Tracker {
             },
         );
         self.registered.insert(pid, id);
-        self.stats.processes += 1;
+        if self.counted.insert(pid) {
+            self.stats.processes += 1;
+        }
     }
 
     /// A process exec'd or exited: whatever it was is forgotten, in the
@@ -619,11 +625,14 @@ impl Tracker {
     /// own, but a registration made after that, from mappings read before
     /// it, would outlive it: a python that forks and execs another program
     /// must not leave that program walked as Python.)
-    pub fn forget(&mut self, sampler: &Sampler, pid: u32) {
+    pub fn forget(&mut self, sampler: &Sampler, pid: u32, exited: bool) {
         if self.registered.remove(&pid).is_some() {
             let _ = sampler.set_python_process(pid, None);
         }
         self.pending.remove(&pid);
+        if exited {
+            self.counted.remove(&pid);
+        }
     }
 
     /// Looks again at the processes seen lately that were not CPython yet.
