@@ -234,14 +234,14 @@ fn python_threads_asyncio_callbacks_and_deep_recursion() {
             assert_shares(&format!("{label} {mode}"), &workload(&f), &truth);
         }
         // A C function calling back into Python shows both layers:
-        // callback (Python) -> sorted (C) -> key_fn (Python).
+        // sort_with_key (Python) -> sorted (C) -> key_fn (Python).
         let (f, _, _) = record_command(&dir, py, "2", "callback", &[]);
         let nested = count_where(&f, |_| true);
         let good: u64 = f
             .iter()
             .filter(|(s, _)| {
                 let fr: Vec<&str> = s.split(';').collect();
-                let cb = fr.iter().position(|x| py_name(x) == Some("callback"));
+                let cb = fr.iter().position(|x| py_name(x) == Some("sort_with_key"));
                 let key = fr.iter().position(|x| py_name(x) == Some("key_fn"));
                 match (cb, key) {
                     // Native frames (the sort; unnamed in a stripped
@@ -255,10 +255,10 @@ fn python_threads_asyncio_callbacks_and_deep_recursion() {
             .map(|(_, n)| n)
             .sum();
         let with_key = count_where(&f, |x| py_name(x) == Some("key_fn"));
-        eprintln!("{label}: {good} of {with_key} key_fn samples under callback -> native frames ({nested} in all)");
+        eprintln!("{label}: {good} of {with_key} key_fn samples under sort_with_key -> native frames ({nested} in all)");
         assert!(
             with_key > 0 && good * 100 >= with_key * 95,
-            "{label}: key_fn is not under callback and the native sort: {good} of {with_key}"
+            "{label}: key_fn is not under sort_with_key and the native sort: {good} of {with_key}"
         );
         // 151 nested Python calls, every one shown.
         let (f, _, _) = record_command(&dir, py, "2", "deep", &[]);
