@@ -32,16 +32,29 @@ fn main() {
         Ok(other) => panic!("ember's BPF program has not been ported to {other} yet"),
         Err(_) => "x86",
     };
-    libbpf_cargo::SkeletonBuilder::new()
-        .source(SRC)
-        .clang(&clang)
-        .clang_args([
+    // Two builds of one source: the sampler for Linux 5.17 and newer, and
+    // the compat variant for 5.10-5.16 (see the top of bpf/profiler.bpf.c).
+    // The objects stay in OUT_DIR, where tests/bpf_features.rs reads them.
+    for (name, extra) in [
+        ("profiler", None),
+        ("profiler_compat", Some("-DEMBER_COMPAT")),
+    ] {
+        let mut args = vec![
             format!("-D__TARGET_ARCH_{arch}"),
             "-Ibpf".to_string(),
             "-O2".to_string(),
             "-g".to_string(),
-        ])
-        .build_and_generate(out.join("profiler.skel.rs"))
-        .expect("compiling bpf/profiler.bpf.c failed (see clang's messages above)");
+        ];
+        args.extend(extra.map(str::to_string));
+        libbpf_cargo::SkeletonBuilder::new()
+            .source(SRC)
+            .obj(out.join(format!("{name}.bpf.o")))
+            .clang(&clang)
+            .clang_args(args)
+            .build_and_generate(out.join(format!("{name}.skel.rs")))
+            .unwrap_or_else(|e| {
+                panic!("compiling bpf/profiler.bpf.c ({name}) failed (see clang's messages above): {e:#}")
+            });
+    }
     println!("cargo:rerun-if-changed=bpf/");
 }

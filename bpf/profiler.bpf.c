@@ -3,7 +3,16 @@
  * frequency. It captures kernel and user stacks, stores each distinct stack
  * once in a hash map keyed by a 64-bit hash of its frames, and counts samples
  * per (process, thread, names, stacks) in the kernel. Two generations of
- * maps let userspace drain one while the other fills. */
+ * maps let userspace drain one while the other fills.
+ *
+ * The same source is compiled twice (build.rs): as is, for Linux 5.17 and
+ * newer, and with EMBER_COMPAT for 5.10-5.16. The compat build uses nothing
+ * newer than 5.10 (tests/bpf_features.rs checks every helper, map and
+ * program type against the kernel that introduced it): bounded loops over
+ * global functions that keep their state in a per-CPU map instead of
+ * bpf_loop callbacks (5.17) and global functions taking pointers (5.12),
+ * and the user registers found at the top of the task's kernel stack
+ * instead of bpf_task_pt_regs (5.15) and bpf_get_current_task_btf (5.11). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -332,6 +341,46 @@ static __always_inline void notify(__u32 tgid, enum ember_event_kind kind)
 	}
 }
 
+/* ---- The interrupted user registers ------------------------------------ */
+
+#ifdef EMBER_COMPAT
+/* Which of the four possible places of the saved user registers (see
+ * user_regs) was right last time; races between CPUs are harmless. */
+__u32 regs_guess = 0;
+#endif
+
+/* The user registers saved on kernel entry of the current task: those of
+ * the interrupted user code, also when the sample hit the kernel. NULL when
+ * they cannot be found (compat build only). */
+static __always_inline struct pt_regs *user_regs(struct task_struct *task)
+{
+#ifndef EMBER_COMPAT
+	return (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+#else
+	/* x86-64 saves them at the top of the task's kernel stack: THREAD_SIZE
+	 * (16 KiB, 32 KiB with KASAN) above task->stack, less
+	 * TOP_OF_KERNEL_STACK_PADDING (16 bytes with FRED, 6.9+; else 0).
+	 * The right place is the one whose saved code and stack segments are
+	 * user mode (privilege level 3). */
+	__u64 base = (__u64)BPF_CORE_READ(task, stack);
+	if (!base)
+		return NULL;
+	__u32 g = regs_guess & 3;
+	for (__u32 k = 0; k < 4; k++) {
+		__u32 c = (g + k) & 3;
+		__u64 top = base + ((c & 1) ? 32768 : 16384) - ((c & 2) ? 16 : 0);
+		struct pt_regs *r = (struct pt_regs *)(top - bpf_core_type_size(struct pt_regs));
+		__u16 cs = BPF_CORE_READ(r, cs), ss = BPF_CORE_READ(r, ss);
+		if ((cs & 3) == 3 && (ss & 3) == 3) {
+			if (c != g)
+				regs_guess = c;
+			return r;
+		}
+	}
+	return NULL;
+#endif
+}
+
 /* ---- Table-driven user stack walking ---------------------------------- */
 
 #define WALK_RUNNING 0
@@ -436,12 +485,9 @@ static __always_inline int read_u64(__u64 *dst, __u64 addr)
 	return bpf_probe_read_user(dst, sizeof(*dst), (const void *)addr);
 }
 
-/* One frame: record w->pc, then step to the caller. Returns 1 to stop.
- * Global, so the verifier checks it once instead of once per loop state. */
-__noinline int walk_frame(struct walk *w)
+/* One frame: record w->pc, then step to the caller. Returns 1 to stop. */
+static __always_inline int walk_frame_in(struct walk *w)
 {
-	if (!w)
-		return 1;
 	__u32 zero = 0;
 	struct user_stack *st = bpf_map_lookup_elem(&user_scratch, &zero);
 	if (!st) {
@@ -555,10 +601,49 @@ __noinline int walk_frame(struct walk *w)
 	return 0;
 }
 
+#ifndef EMBER_COMPAT
+/* Global, so the verifier checks it once instead of once per loop state. */
+__noinline int walk_frame(struct walk *w)
+{
+	if (!w)
+		return 1;
+	return walk_frame_in(w);
+}
+
 static long walk_step(__u32 i, struct walk *w)
 {
 	return walk_frame(w) ? 1 : 0;
 }
+#else
+/* The walk's state, per CPU: a global function cannot take a pointer to
+ * the caller's stack before 5.12. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct walk);
+} walk_state SEC(".maps");
+
+/* One frame of this CPU's walk; global, checked once by the verifier. */
+__noinline int walk_frame_percpu(void)
+{
+	__u32 zero = 0;
+	struct walk *w = bpf_map_lookup_elem(&walk_state, &zero);
+	if (!w)
+		return 1;
+	return walk_frame_in(w);
+}
+
+/* The whole walk; a global function too, so the loop is verified once per
+ * program rather than once for every state of its callers. */
+__noinline int walk_percpu(void)
+{
+	for (__u32 i = 0; i < EMBER_MAX_USER_DEPTH + 1; i++)
+		if (walk_frame_percpu())
+			break;
+	return 0;
+}
+#endif
 
 /* Walks the current task's user stack into the scratch buffer; returns
  * WALK_COMPLETE or the reason it stopped early. */
@@ -569,24 +654,37 @@ static __always_inline __u32 walk_user(struct task_struct *task, __u32 tgid, str
 	if (!st)
 		return WALK_READ;
 	*out = st;
-	/* The user registers saved on kernel entry: those of the interrupted
-	 * user code, also when the sample hit the kernel. */
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
-	struct walk w = {};
-	w.pc = BPF_CORE_READ(regs, ip);
-	w.sp = BPF_CORE_READ(regs, sp);
-	w.bp = BPF_CORE_READ(regs, bp);
-	w.tgid = tgid;
-	w.exact = 1;
+	struct pt_regs *regs = user_regs(task);
+	if (!regs) {
+		st->len = 0;
+		return WALK_READ;
+	}
+#ifndef EMBER_COMPAT
+	struct walk w_ = {}, *w = &w_;
+#else
+	struct walk *w = bpf_map_lookup_elem(&walk_state, &zero);
+	if (!w)
+		return WALK_READ;
+	__builtin_memset(w, 0, sizeof(*w));
+#endif
+	w->pc = BPF_CORE_READ(regs, ip);
+	w->sp = BPF_CORE_READ(regs, sp);
+	w->bp = BPF_CORE_READ(regs, bp);
+	w->tgid = tgid;
+	w->exact = 1;
 	struct proc_unwind *p = bpf_map_lookup_elem(&proc_unwind, &tgid);
 	if (p) {
-		w.first = p->first;
-		w.count = p->count;
+		w->first = p->first;
+		w->count = p->count;
 	}
-	w.n = walk_origin;
-	bpf_loop(EMBER_MAX_USER_DEPTH + 1, walk_step, &w, 0);
-	st->len = w.n;
-	return w.result == WALK_RUNNING ? WALK_DEPTH : w.result;
+#ifndef EMBER_COMPAT
+	w->n = walk_origin;
+	bpf_loop(EMBER_MAX_USER_DEPTH + 1, walk_step, w, 0);
+#else
+	walk_percpu();
+#endif
+	st->len = w->n;
+	return w->result == WALK_RUNNING ? WALK_DEPTH : w->result;
 }
 
 /* ---- CPython frames ----------------------------------------------------- */
@@ -621,7 +719,7 @@ static __always_inline __u64 py_field(__u64 base, __u16 off)
 
 /* One step of the thread-state search: the next thread state of the
  * current interpreter, or the next interpreter. */
-static long py_thread_step(__u32 i, struct py_walk *w)
+static __always_inline long py_thread_step(__u32 i, struct py_walk *w)
 {
 	if (!w->cur) {
 		w->interp = py_field(w->interp, w->l.interp_next);
@@ -640,6 +738,32 @@ static long py_thread_step(__u32 i, struct py_walk *w)
 	return 0;
 }
 
+#ifdef EMBER_COMPAT
+/* The Python walk's state, per CPU (see walk_state). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct py_walk);
+} py_state SEC(".maps");
+
+__noinline int py_thread_percpu(void)
+{
+	__u32 zero = 0;
+	struct py_walk *w = bpf_map_lookup_elem(&py_state, &zero);
+	return w ? py_thread_step(0, w) : 1;
+}
+
+/* The thread-state search (see walk_percpu). */
+__noinline int py_threads_percpu(void)
+{
+	for (__u32 i = 0; i < PY_MAX_THREADS; i++)
+		if (py_thread_percpu())
+			break;
+	return 0;
+}
+#endif
+
 static __always_inline __u64 py_u64(struct py_buf *buf, __u16 off)
 {
 	__u32 o = off & (EMBER_PY_FRAME_READ - 1);
@@ -649,7 +773,7 @@ static __always_inline __u64 py_u64(struct py_buf *buf, __u16 off)
 /* One Python frame: record (code, instruction | flags) and step to the
  * caller. Entry shims (owner FRAME_OWNED_BY_CSTACK) are not frames: they
  * mark the frame below them as the outermost of its native eval call. */
-static long py_frame_step(__u32 i, struct py_walk *w)
+static __always_inline long py_frame_step(__u32 i, struct py_walk *w)
 {
 	__u32 zero = 0;
 	if (!w->cur) {
@@ -705,6 +829,34 @@ static long py_frame_step(__u32 i, struct py_walk *w)
 	return 0;
 }
 
+#ifndef EMBER_COMPAT
+static long py_thread_cb(__u32 i, struct py_walk *w)
+{
+	return py_thread_step(i, w);
+}
+
+static long py_frame_cb(__u32 i, struct py_walk *w)
+{
+	return py_frame_step(i, w);
+}
+#else
+__noinline int py_frame_percpu(void)
+{
+	__u32 zero = 0;
+	struct py_walk *w = bpf_map_lookup_elem(&py_state, &zero);
+	return w ? py_frame_step(0, w) : 1;
+}
+
+/* The frame walk (see walk_percpu). */
+__noinline int py_frames_percpu(void)
+{
+	for (__u32 i = 0; i < EMBER_MAX_PY_DEPTH + 64; i++)
+		if (py_frame_percpu())
+			break;
+	return 0;
+}
+#endif
+
 /* Walks the Python frames of the current thread into the user scratch
  * buffer (the user stack is stored already) and stores them; returns their
  * hash, 0 when the thread has none. */
@@ -717,26 +869,38 @@ static __always_inline __u64 walk_python(struct task_struct *task, __u32 tid, st
 	struct user_stack *st = bpf_map_lookup_elem(&user_scratch, &zero);
 	if (!l || !st)
 		return 0;
-	struct py_walk w = {};
-	w.l = *l;
-	w.want = BPF_CORE_READ(task, thread.fsbase);
+#ifndef EMBER_COMPAT
+	struct py_walk w_ = {}, *w = &w_;
+#else
+	struct py_walk *w = bpf_map_lookup_elem(&py_state, &zero);
+	if (!w)
+		return 0;
+	__builtin_memset(w, 0, sizeof(*w));
+#endif
+	w->l = *l;
+	w->want = BPF_CORE_READ(task, thread.fsbase);
 	__u64 now = bpf_ktime_get_ns();
 
 	/* The thread's state: as found before, if it still names this thread. */
 	__u64 tstate = 0;
 	struct py_thread *pt = bpf_map_lookup_elem(&py_threads, &tid);
-	if (pt && pt->tstate && py_field(pt->tstate, w.l.tstate_thread_id) == w.want) {
+	if (pt && pt->tstate && py_field(pt->tstate, w->l.tstate_thread_id) == w->want) {
 		tstate = pt->tstate;
 	} else if (pt && !pt->tstate && now - pt->checked < PY_RECHECK_NS) {
 		stat_inc(STAT_PY_NO_THREAD);
 		return 0;
 	} else {
-		w.interp = py_field(pp->interp_head, 0);
-		w.cur = py_field(w.interp, w.l.interp_threads);
-		if (w.interp)
-			bpf_loop(PY_MAX_THREADS, py_thread_step, &w, 0);
-		if (w.result == PY_COMPLETE)
-			tstate = w.cur;
+		w->interp = py_field(pp->interp_head, 0);
+		w->cur = py_field(w->interp, w->l.interp_threads);
+		if (w->interp) {
+#ifndef EMBER_COMPAT
+			bpf_loop(PY_MAX_THREADS, py_thread_cb, w, 0);
+#else
+			py_threads_percpu();
+#endif
+		}
+		if (w->result == PY_COMPLETE)
+			tstate = w->cur;
 		struct py_thread v = {.tstate = tstate, .checked = now};
 		bpf_map_update_elem(&py_threads, &tid, &v, BPF_ANY);
 	}
@@ -745,25 +909,30 @@ static __always_inline __u64 walk_python(struct task_struct *task, __u32 tid, st
 		return 0;
 	}
 
-	__u64 frame = py_field(tstate, w.l.tstate_frame);
-	if (w.l.cframe_frame != 0xffff)
-		frame = py_field(frame, w.l.cframe_frame);
+	__u64 frame = py_field(tstate, w->l.tstate_frame);
+	if (w->l.cframe_frame != 0xffff)
+		frame = py_field(frame, w->l.cframe_frame);
 	if (!frame)
 		return 0; /* a Python thread running no Python code now */
-	w.cur = frame;
-	w.n = walk_origin;
-	w.result = PY_RUNNING;
-	bpf_loop(EMBER_MAX_PY_DEPTH + 64, py_frame_step, &w, 0);
+	w->cur = frame;
+	w->result = PY_RUNNING;
+#ifndef EMBER_COMPAT
+	w->n = walk_origin;
+	bpf_loop(EMBER_MAX_PY_DEPTH + 64, py_frame_cb, w, 0);
+#else
+	w->n = 0;
+	py_frames_percpu();
+#endif
 	stat_inc(STAT_PY_STACKS);
-	if (w.result == PY_READ)
+	if (w->result == PY_READ)
 		stat_inc(STAT_PY_READ);
-	if (w.result == PY_DEPTH || w.result == PY_RUNNING)
+	if (w->result == PY_DEPTH || w->result == PY_RUNNING)
 		stat_inc(STAT_PY_DEPTH);
-	if (w.result != PY_COMPLETE)
+	if (w->result != PY_COMPLETE)
 		*flags |= SAMPLE_PY_TRUNCATED;
-	if (!w.n)
+	if (!w->n)
 		return 0;
-	st->len = 2 * w.n;
+	st->len = 2 * w->n;
 	bool lost = false;
 	__u64 h = store_user(st, stacks, 0x707974686f6eULL, &lost, map_full);
 	if (!h)
@@ -981,7 +1150,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 			return 0;
 		}
 	}
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+	struct pt_regs *regs = user_regs(task);
 	struct offcpu_site site = {
 		.tid = tid,
 		.nr = (__u32)BPF_CORE_READ(regs, orig_ax),

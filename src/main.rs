@@ -95,6 +95,10 @@ struct TopArgs {
     /// Also look for separate debug files by build ID in DIR/.build-id/ (repeatable).
     #[arg(long, value_name = "DIR")]
     debug_dir: Vec<PathBuf>,
+    /// Which build of the BPF program to load: auto (the newest the kernel
+    /// supports), modern (Linux 5.17+) or compat (Linux 5.10-5.16).
+    #[arg(long, default_value = "auto", value_name = "VARIANT")]
+    bpf_variant: String,
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -169,6 +173,10 @@ struct AgentArgs {
     /// (after /usr/lib/debug; repeatable; adds to the config's debug_dirs).
     #[arg(long, value_name = "DIR")]
     debug_dir: Vec<PathBuf>,
+    /// Which build of the BPF program to load: auto, modern (Linux 5.17+)
+    /// or compat (Linux 5.10-5.16); overrides the config's bpf_variant.
+    #[arg(long, value_name = "VARIANT")]
+    bpf_variant: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -290,6 +298,10 @@ struct RecordArgs {
     /// files are written with what is there).
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     debuginfod_timeout: String,
+    /// Which build of the BPF program to load: auto (the newest the kernel
+    /// supports), modern (Linux 5.17+) or compat (Linux 5.10-5.16).
+    #[arg(long, default_value = "auto", value_name = "VARIANT")]
+    bpf_variant: String,
     /// The command to run and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -412,6 +424,8 @@ fn top_cmd(a: TopArgs) -> anyhow::Result<()> {
         anyhow::bail!("--rows {} is out of range; use 1 to 10000", a.rows);
     }
     ember::top::run(&ember::top::TopOptions {
+        bpf_variant: ember::sample::Variant::parse(&a.bpf_variant)
+            .map_err(|e| anyhow::anyhow!("--bpf-variant: {e}"))?,
         what,
         window,
         duration,
@@ -509,6 +523,8 @@ fn record_cmd(a: RecordArgs) -> anyhow::Result<()> {
         python: !a.no_python,
         off_cpu,
         sample_type,
+        bpf_variant: ember::sample::Variant::parse(&a.bpf_variant)
+            .map_err(|e| anyhow::anyhow!("--bpf-variant: {e}"))?,
         debuginfod_timeout: if a.no_debuginfod {
             None
         } else {
@@ -595,6 +611,9 @@ fn agent_cmd(a: AgentArgs) -> anyhow::Result<()> {
     c.debug_dirs.extend(a.debug_dir.iter().cloned());
     if a.no_kernel {
         c.kernel = false;
+    }
+    if let Some(v) = a.bpf_variant {
+        c.bpf_variant = v;
     }
     let push = |kind: &str, url: String| PushConfig {
         kind: kind.into(),

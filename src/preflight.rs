@@ -42,7 +42,7 @@ fn effective_caps() -> u64 {
 pub fn check_btf() -> Result<()> {
     let path = "/sys/kernel/btf/vmlinux";
     if std::fs::metadata(path).is_err() {
-        bail!("this kernel exposes no BTF type information ({path} is missing); ember needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+ on most distributions)");
+        bail!("this kernel exposes no BTF type information ({path} is missing); ember needs a kernel built with CONFIG_DEBUG_INFO_BTF=y and Linux 5.10 or newer");
     }
     Ok(())
 }

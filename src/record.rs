@@ -58,6 +58,8 @@ pub struct RecordOptions {
     pub off_cpu: Option<sample::OffCpu>,
     /// What folded and SVG outputs show.
     pub sample_type: export::SampleType,
+    /// Which build of the BPF program to load.
+    pub bpf_variant: sample::Variant,
 }
 
 /// The outcome, for the summary.
@@ -86,6 +88,8 @@ pub struct Recording {
     pub finish_time: Duration,
     /// Time spent in the BPF sampling program.
     pub bpf_cost: sample::BpfCost,
+    /// The build of the BPF program that ran.
+    pub bpf_variant: sample::Variant,
     /// Time spent in the off-CPU program (every context switch).
     pub off_cpu_cost: sample::BpfCost,
     /// Unwind tables (None with frame pointers only).
@@ -143,6 +147,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
             max_user_depth: opts.max_depth,
             python: opts.python,
             off_cpu: opts.off_cpu,
+            variant: opts.bpf_variant,
         },
         unwind_memory: opts.unwind_tables.then_some(opts.unwind_memory),
         // A process watched by pid is read while it lives; its mappings
@@ -189,6 +194,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         sampler.bpf_cost(),
     );
     let off_cpu_cost = sampler.off_cpu_cost();
+    let bpf_variant = sampler.variant();
     let unwind = cap.unwind_stats();
     let py_tracker = cap.python_stats();
     let (mut procs, mut sym) = cap.into_naming();
@@ -261,6 +267,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         map_bytes,
         finish_time: end.elapsed(),
         bpf_cost,
+        bpf_variant,
         off_cpu_cost,
         python: py_tracker.map(|t| (t, sym.python.stats())),
         unwind,
@@ -420,11 +427,12 @@ pub fn summary(r: &Recording) -> String {
         let share = r.bpf_cost.per_run_ns() * p.frequency as f64 / 1e9 * 100.0;
         let _ = writeln!(
             s,
-            "  sampler cost: {:.2} µs per sample in BPF over {} samples ({:.3}% of each CPU at {} Hz)",
+            "  sampler cost: {:.2} µs per sample in BPF over {} samples ({:.3}% of each CPU at {} Hz; {} BPF variant)",
             r.bpf_cost.per_run_ns() / 1000.0,
             r.bpf_cost.runs,
             share,
-            p.frequency
+            p.frequency,
+            r.bpf_variant
         );
     }
     if p.off_cpu {

@@ -62,6 +62,8 @@ pub struct TopOptions {
     pub unwind_memory: u64,
     /// More directories with separate debug files by build ID.
     pub debug_dirs: Vec<PathBuf>,
+    /// Which build of the BPF program to load.
+    pub bpf_variant: sample::Variant,
 }
 
 /// What the user controls with keys.
@@ -157,6 +159,7 @@ pub fn run(o: &TopOptions) -> Result<()> {
             max_user_depth: 512,
             python: true,
             off_cpu: None,
+            variant: o.bpf_variant,
         },
         unwind_memory: o.unwind_tables.then_some(o.unwind_memory),
         kernel_mappings: !matches!(o.what, What::Pids(_)),

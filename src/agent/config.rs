@@ -47,6 +47,9 @@ pub struct Config {
     pub python: bool,
     /// Record off-CPU time (where threads wait) next to CPU samples.
     pub off_cpu: bool,
+    /// Which build of the BPF program to load: `auto` (the newest the
+    /// kernel supports), `modern` (Linux 5.17+) or `compat` (5.10-5.16).
+    pub bpf_variant: String,
 }
 
 /// `[store]`
@@ -187,6 +190,7 @@ impl Default for Config {
             debuginfod: true,
             python: true,
             off_cpu: false,
+            bpf_variant: "auto".into(),
         }
     }
 }
@@ -281,6 +285,8 @@ pub struct Settings {
     pub python: bool,
     /// Record off-CPU time.
     pub off_cpu: bool,
+    /// Which build of the BPF program to load.
+    pub bpf_variant: crate::sample::Variant,
 }
 
 impl Settings {
@@ -740,6 +746,8 @@ impl Config {
             debuginfod: self.debuginfod,
             python: self.python,
             off_cpu: self.off_cpu,
+            bpf_variant: crate::sample::Variant::parse(&self.bpf_variant)
+                .map_err(|e| anyhow::anyhow!("bpf_variant: {e}"))?,
         })
     }
 

@@ -32,6 +32,9 @@ impl KernelCounters {
 /// Counters and gauges shared by the sampler, HTTP and push threads.
 #[derive(Default)]
 pub struct Metrics {
+    /// The build of the BPF program that runs and the kernel release, set
+    /// once at start.
+    pub bpf: std::sync::OnceLock<(crate::sample::Variant, String)>,
     /// The BPF program's counters (copied after each drain).
     pub kernel: KernelCounters,
     /// Samples of processes relabeling dropped.
@@ -147,6 +150,13 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         render_kernel(&mut s, &self.kernel.load());
+        if let Some((variant, kernel)) = self.bpf.get() {
+            let _ = writeln!(
+                s,
+                "# HELP ember_bpf_info The build of the BPF program that runs (modern: Linux 5.17+, compat: 5.10-5.16) and the kernel release.\n# TYPE ember_bpf_info gauge\nember_bpf_info{{variant=\"{variant}\",kernel=\"{}\"}} 1",
+                label_value(kernel)
+            );
+        }
         let g = |a: &AtomicU64| a.load(Relaxed);
         let mut line = |name: &str, kind: &str, help: &str, v: String| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{v}");

@@ -245,6 +245,7 @@ pub fn run(s: Settings) -> Result<()> {
             max_user_depth: s.max_depth,
             python: s.python,
             off_cpu: s.off_cpu.then(sample::OffCpu::default),
+            variant: s.bpf_variant,
         },
         unwind_memory: s.unwind_tables.then_some(s.unwind_memory),
         kernel_mappings: true,
@@ -258,6 +259,10 @@ pub fn run(s: Settings) -> Result<()> {
         pusher: &pusher,
         targeting: Targeting::default(),
     };
+    let _ = shared
+        .metrics
+        .bpf
+        .set((cap.sampler().variant(), sample::probe::kernel_release()));
     announce(&s, &shared);
     let drain_every = drain_interval(&s, cap.sampler().cpus());
     shared
@@ -320,8 +325,10 @@ pub fn run(s: Settings) -> Result<()> {
 /// profiles go.
 fn announce(s: &Settings, shared: &Shared) {
     eprintln!(
-        "ember agent: sampling all processes at {} Hz, {}s windows{}{}",
+        "ember agent: sampling all processes at {} Hz ({} BPF variant on Linux {}), {}s windows{}{}",
         s.frequency,
+        shared.metrics.bpf.get().map(|b| b.0).unwrap_or_default(),
+        sample::probe::kernel_release(),
         s.window.as_secs(),
         shared
             .store

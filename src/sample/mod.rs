@@ -9,6 +9,7 @@
 pub mod abi;
 pub mod mappings;
 pub mod perf;
+pub mod probe;
 pub mod stats;
 pub mod waits;
 
@@ -17,13 +18,19 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
 }
 
+/// The same program built for Linux 5.10-5.16 (see [`probe`]).
+#[allow(clippy::all, missing_docs, dead_code, non_camel_case_types)]
+mod skel_compat {
+    include!(concat!(env!("OUT_DIR"), "/profiler_compat.skel.rs"));
+}
+
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapFlags};
+use libbpf_rs::{Link, MapFlags, MapMut, ProgramMut};
 
 use abi::{
     EventKind, ProcEvent, ProcUnwind, StackTrace, UnwindMapping, FILTER_FOLLOW, FILTER_PROFILE,
@@ -33,7 +40,7 @@ pub use abi::{
     SAMPLE_TRUNCATED, SAMPLE_USER_LOST, STACK_TRACE_SIZE,
 };
 pub use perf::Event;
-use skel::{ProfilerSkel, ProfilerSkelBuilder};
+pub use probe::Variant;
 pub use stats::KernelStats;
 
 /// A process the sampler announced: its first sample, an exec, or code
@@ -116,6 +123,8 @@ pub struct Config {
     pub python: bool,
     /// Record where threads wait (off-CPU time); None: CPU only.
     pub off_cpu: Option<OffCpu>,
+    /// Which build of the BPF program to load.
+    pub variant: Variant,
 }
 
 /// How off-CPU time is recorded.
@@ -149,13 +158,20 @@ impl Default for Config {
             max_user_depth: abi::MAX_USER_DEPTH as u32,
             python: true,
             off_cpu: None,
+            variant: Variant::Auto,
         }
     }
 }
 
 /// A loaded and attached sampler.
 pub struct Sampler {
-    skel: ProfilerSkel<'static>,
+    maps: Maps,
+    progs: Progs,
+    generation_cell: *mut u32,
+    variant: Variant,
+    off_cpu: bool,
+    python: bool,
+    table_unwind: bool,
     _links: Vec<Link>,
     off_cpu_links: Vec<Link>,
     perf_links: Vec<Link>,
@@ -167,29 +183,42 @@ pub struct Sampler {
     _stats_fd: Option<std::os::fd::OwnedFd>,
 }
 
-/// Time spent in the sampler's BPF program, from the kernel's statistics.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BpfCost {
-    /// Program runs (samples taken on any CPU, idle included).
-    pub runs: u64,
-    /// Nanoseconds spent in those runs.
-    pub nanos: u64,
+/// The loaded object's maps, whichever variant it is (both builds define
+/// the same maps with the same types; the skeleton is leaked for the
+/// sampler's life, one allocation per sampler).
+struct Maps {
+    counts: [&'static MapMut<'static>; 2],
+    stacks: [&'static MapMut<'static>; 2],
+    offcpu: [&'static MapMut<'static>; 2],
+    offcpu_thread: &'static MapMut<'static>,
+    filter: &'static MapMut<'static>,
+    events: &'static MapMut<'static>,
+    stats: &'static MapMut<'static>,
+    unwind_tables: &'static MapMut<'static>,
+    proc_unwind: &'static MapMut<'static>,
+    unwind_mappings: &'static MapMut<'static>,
+    py_layouts: &'static MapMut<'static>,
+    py_procs: &'static MapMut<'static>,
+    /// Every map, for the memory they hold.
+    all: Vec<&'static MapMut<'static>>,
 }
 
-impl BpfCost {
-    /// Mean nanoseconds per run.
-    pub fn per_run_ns(&self) -> f64 {
-        self.nanos as f64 / self.runs.max(1) as f64
-    }
+struct Progs {
+    on_sample: &'static ProgramMut<'static>,
+    on_switch: &'static ProgramMut<'static>,
+    on_fork: &'static ProgramMut<'static>,
+    on_exec: &'static ProgramMut<'static>,
+    on_exit: &'static ProgramMut<'static>,
 }
 
-impl Sampler {
-    /// Loads the BPF program, fills the filter and attaches to every CPU.
-    pub fn start(cfg: &Config) -> Result<Sampler> {
-        // The skeleton borrows its object for the sampler's life; one leaked
-        // allocation per sampler keeps the types simple.
+/// Opens, configures and loads one variant's skeleton; evaluates to
+/// `(Maps, Progs, *mut generation)`. A macro because each build has its own
+/// generated skeleton types, with the same fields.
+macro_rules! load_variant {
+    ($module:ident, $builder:ident, $cfg:expr, $variant:expr) => {{
+        let cfg: &Config = $cfg;
         let object = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = ProfilerSkelBuilder::default()
+        let mut open = $module::$builder::default()
             .open(object)
             .context("opening the BPF object failed")?;
         let rodata = open
@@ -232,10 +261,98 @@ impl Sampler {
         }
         let skel = open.load().map_err(|e| {
             anyhow::anyhow!(
-                "the kernel refused ember's BPF program ({e}); ember needs Linux 5.8 or newer with BTF"
+                "the kernel (Linux {}) refused ember's BPF program, {} variant ({e}); if --bpf-variant was given, try auto",
+                probe::kernel_release(),
+                $variant
             )
         })?;
-        check_maps(&skel)?;
+        let skel = Box::leak(Box::new(skel));
+        let generation: *mut u32 = &mut skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .context("the BPF object has no .bss")?
+            .generation;
+        let skel = &*skel;
+        let m = &skel.maps;
+        let all: Vec<&'static MapMut<'static>> = vec![
+            &m.counts0,
+            &m.counts1,
+            &m.offcpu0,
+            &m.offcpu1,
+            &m.offcpu_thread,
+            &m.offcpu_sites,
+            &m.stacks0,
+            &m.stacks1,
+            &m.filter,
+            &m.known,
+            &m.events,
+            &m.scratch,
+            &m.user_scratch,
+            &m.stats,
+            &m.unwind_tables,
+            &m.proc_unwind,
+            &m.unwind_mappings,
+            &m.py_layouts,
+            &m.py_procs,
+            &m.py_threads,
+            &m.py_buf,
+        ];
+        let maps = Maps {
+            counts: [&m.counts0, &m.counts1],
+            stacks: [&m.stacks0, &m.stacks1],
+            offcpu: [&m.offcpu0, &m.offcpu1],
+            offcpu_thread: &m.offcpu_thread,
+            filter: &m.filter,
+            events: &m.events,
+            stats: &m.stats,
+            unwind_tables: &m.unwind_tables,
+            proc_unwind: &m.proc_unwind,
+            unwind_mappings: &m.unwind_mappings,
+            py_layouts: &m.py_layouts,
+            py_procs: &m.py_procs,
+            all,
+        };
+        let p = &skel.progs;
+        let progs = Progs {
+            on_sample: &p.on_sample,
+            on_switch: &p.on_switch,
+            on_fork: &p.on_fork,
+            on_exec: &p.on_exec,
+            on_exit: &p.on_exit,
+        };
+        (maps, progs, generation)
+    }};
+}
+
+/// Time spent in the sampler's BPF program, from the kernel's statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BpfCost {
+    /// Program runs (samples taken on any CPU, idle included).
+    pub runs: u64,
+    /// Nanoseconds spent in those runs.
+    pub nanos: u64,
+}
+
+impl BpfCost {
+    /// Mean nanoseconds per run.
+    pub fn per_run_ns(&self) -> f64 {
+        self.nanos as f64 / self.runs.max(1) as f64
+    }
+}
+
+impl Sampler {
+    /// Loads the BPF program (the variant the kernel supports, or the one
+    /// asked for), fills the filter and attaches to every CPU.
+    pub fn start(cfg: &Config) -> Result<Sampler> {
+        let variant = probe::Features::probe().choose(cfg.variant)?;
+        let (maps, progs, generation_cell) = match variant {
+            Variant::Compat => {
+                load_variant!(skel_compat, ProfilerCompatSkelBuilder, cfg, variant)
+            }
+            _ => load_variant!(skel, ProfilerSkelBuilder, cfg, variant),
+        };
+        check_maps(&maps)?;
 
         if let Targets::Pids {
             pids,
@@ -245,30 +362,30 @@ impl Sampler {
         {
             let flags = FILTER_PROFILE | if *follow { FILTER_FOLLOW } else { 0 };
             for pid in pids {
-                abi::update(&skel.maps.filter, pid, &flags, MapFlags::ANY)?;
+                abi::update(maps.filter, pid, &flags, MapFlags::ANY)?;
             }
             for pid in parents {
-                abi::update(&skel.maps.filter, pid, &FILTER_FOLLOW, MapFlags::ANY)?;
+                abi::update(maps.filter, pid, &FILTER_FOLLOW, MapFlags::ANY)?;
             }
         }
 
         let mut links = Vec::new();
         if matches!(cfg.targets, Targets::Pids { follow: true, .. }) {
             links.push(
-                skel.progs
+                progs
                     .on_fork
                     .attach()
                     .context("attaching to sched_process_fork failed")?,
             );
         }
         links.push(
-            skel.progs
+            progs
                 .on_exec
                 .attach()
                 .context("attaching to sched_process_exec failed")?,
         );
         links.push(
-            skel.progs
+            progs
                 .on_exit
                 .attach()
                 .context("attaching to sched_process_exit failed")?,
@@ -276,7 +393,7 @@ impl Sampler {
         let mut off_cpu_links = Vec::new();
         if cfg.off_cpu.is_some() {
             off_cpu_links.push(
-                skel.progs
+                progs
                     .on_switch
                     .attach()
                     .context("attaching to sched_switch failed")?,
@@ -309,7 +426,7 @@ impl Sampler {
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => continue, // CPU went offline
                 Err(e) => return Err(e).with_context(|| format!("opening the {} perf event on CPU {cpu} failed", event.name())),
             };
-            match skel.progs.on_sample.attach_perf_event(fd) {
+            match progs.on_sample.attach_perf_event(fd) {
                 Ok(link) => perf_links.push(link),
                 Err(e) => {
                     // SAFETY: fd is ours until libbpf takes it, which failed.
@@ -319,7 +436,13 @@ impl Sampler {
             }
         }
         Ok(Sampler {
-            skel,
+            maps,
+            progs,
+            generation_cell,
+            variant,
+            off_cpu: cfg.off_cpu.is_some(),
+            python: cfg.python,
+            table_unwind: cfg.unwind_tables,
             _links: links,
             off_cpu_links,
             perf_links,
@@ -332,7 +455,7 @@ impl Sampler {
 
     /// Starts profiling one more process (with a PID filter).
     pub fn add_target(&self, pid: u32) -> Result<()> {
-        abi::update(&self.skel.maps.filter, &pid, &FILTER_PROFILE, MapFlags::ANY)
+        abi::update(self.maps.filter, &pid, &FILTER_PROFILE, MapFlags::ANY)
             .with_context(|| format!("adding PID {pid} to the sampler's filter failed"))
     }
 
@@ -346,20 +469,17 @@ impl Sampler {
 
     /// Whether off-CPU time is recorded.
     pub fn off_cpu(&self) -> bool {
-        self.skel
-            .maps
-            .rodata_data
-            .as_ref()
-            .is_some_and(|r| r.off_cpu)
+        self.off_cpu
+    }
+
+    /// The build of the BPF program that runs.
+    pub fn variant(&self) -> Variant {
+        self.variant
     }
 
     /// The off-CPU count map of generation `g`.
     pub fn off_cpu_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
-        if g == 0 {
-            &self.skel.maps.offcpu0
-        } else {
-            &self.skel.maps.offcpu1
-        }
+        self.maps.offcpu[g & 1]
     }
 
     /// Notes threads as off CPU since `since_ns` (CLOCK_MONOTONIC) with
@@ -373,12 +493,7 @@ impl Sampler {
                 key: (*k).into(),
                 ..Default::default()
             };
-            let _ = abi::update(
-                &self.skel.maps.offcpu_thread,
-                &k.tid,
-                &st,
-                MapFlags::NO_EXIST,
-            );
+            let _ = abi::update(self.maps.offcpu_thread, &k.tid, &st, MapFlags::NO_EXIST);
         }
     }
 
@@ -387,7 +502,7 @@ impl Sampler {
     /// waits (CLOCK_MONOTONIC ns) and its weight.
     pub fn open_waits(&self) -> Vec<(SampleKey, u64, u64)> {
         use libbpf_rs::MapCore;
-        let m = &self.skel.maps.offcpu_thread;
+        let m = self.maps.offcpu_thread;
         let mut out = Vec::new();
         for k in m.keys() {
             if let Ok(Some(v)) = m.lookup(&k, MapFlags::ANY) {
@@ -420,74 +535,57 @@ impl Sampler {
     pub fn flip_generation(&mut self) -> usize {
         let old = (self.generation & 1) as usize;
         self.generation = self.generation.wrapping_add(1);
-        let bss = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .expect("the BPF object has a .bss");
-        // SAFETY: the .bss is a live mmap shared with the kernel; a volatile
-        // store makes the new value visible to the next BPF invocation.
-        unsafe { std::ptr::write_volatile(&mut bss.generation, self.generation) };
+        // SAFETY: the .bss is a live mmap shared with the kernel, leaked
+        // with the skeleton; a volatile store makes the new value visible to
+        // the next BPF invocation.
+        unsafe { std::ptr::write_volatile(self.generation_cell, self.generation) };
         wait_for_bpf_programs();
         old
     }
 
     /// The count map of generation `g`.
     pub fn counts_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
-        if g == 0 {
-            &self.skel.maps.counts0
-        } else {
-            &self.skel.maps.counts1
-        }
+        self.maps.counts[g & 1]
     }
 
     /// The stack map of generation `g`.
     pub fn stacks_map(&self, g: usize) -> &libbpf_rs::MapMut<'static> {
-        if g == 0 {
-            &self.skel.maps.stacks0
-        } else {
-            &self.skel.maps.stacks1
-        }
+        self.maps.stacks[g & 1]
     }
 
     /// The map of unwind tables (table id -> inner array of rows).
     pub fn unwind_tables_map(&self) -> &libbpf_rs::MapMut<'static> {
-        &self.skel.maps.unwind_tables
+        self.maps.unwind_tables
     }
 
     /// The map of per-process executable mappings for the unwinder.
     pub fn proc_unwind_map(&self) -> &libbpf_rs::MapMut<'static> {
-        &self.skel.maps.proc_unwind
+        self.maps.proc_unwind
     }
 
     /// The shared array of per-process executable mappings.
     pub fn unwind_mappings_map(&self) -> &libbpf_rs::MapMut<'static> {
-        &self.skel.maps.unwind_mappings
+        self.maps.unwind_mappings
     }
 
     /// Whether Python frames are walked.
     pub fn python(&self) -> bool {
-        self.skel
-            .maps
-            .rodata_data
-            .as_ref()
-            .is_some_and(|r| r.python)
+        self.python
     }
 
     /// Describes CPython layout `index` to the walk.
     pub(crate) fn set_python_layout(&self, index: u32, layout: &abi::PyLayout) -> Result<()> {
-        abi::update(&self.skel.maps.py_layouts, &index, layout, MapFlags::ANY)
+        abi::update(self.maps.py_layouts, &index, layout, MapFlags::ANY)
             .context("writing a CPython layout to the sampler failed")
     }
 
     /// Has the walk follow the Python frames of `pid` (None: stop).
     pub(crate) fn set_python_process(&self, pid: u32, p: Option<&abi::PyProc>) -> Result<()> {
         match p {
-            Some(p) => abi::update(&self.skel.maps.py_procs, &pid, p, MapFlags::ANY)
+            Some(p) => abi::update(self.maps.py_procs, &pid, p, MapFlags::ANY)
                 .with_context(|| format!("registering Python process {pid} failed")),
             None => {
-                let _ = abi::delete(&self.skel.maps.py_procs, &pid);
+                let _ = abi::delete(self.maps.py_procs, &pid);
                 Ok(())
             }
         }
@@ -495,11 +593,7 @@ impl Sampler {
 
     /// Whether user stacks are walked with unwind tables.
     pub fn table_unwind(&self) -> bool {
-        self.skel
-            .maps
-            .rodata_data
-            .as_ref()
-            .is_some_and(|r| r.table_unwind)
+        self.table_unwind
     }
 
     /// Subscribes to new-process and exec notifications.
@@ -507,7 +601,7 @@ impl Sampler {
         let pending: std::rc::Rc<std::cell::RefCell<Vec<ProcessEvent>>> = Default::default();
         let sink = pending.clone();
         let mut rb = libbpf_rs::RingBufferBuilder::new();
-        rb.add(&self.skel.maps.events, move |data: &[u8]| {
+        rb.add(self.maps.events, move |data: &[u8]| {
             if let Some(e) = abi::read::<ProcEvent>(data) {
                 sink.borrow_mut().push(ProcessEvent {
                     pid: e.tgid,
@@ -529,22 +623,21 @@ impl Sampler {
         let mut values = [0u64; abi::STAT_COUNT];
         let mut per_cpu = Vec::new();
         for c in stats::COUNTERS {
-            values[c.index()] =
-                abi::sum_percpu(&self.skel.maps.stats, &(c.index() as u32), &mut per_cpu)
-                    .with_context(|| format!("reading the BPF counter {} failed", c.field))?;
+            values[c.index()] = abi::sum_percpu(self.maps.stats, &(c.index() as u32), &mut per_cpu)
+                .with_context(|| format!("reading the BPF counter {} failed", c.field))?;
         }
         Ok(KernelStats::from_values(values))
     }
 
     /// Time the sampling program has run so far (zero if statistics are off).
     pub fn bpf_cost(&self) -> BpfCost {
-        prog_cost(self.skel.progs.on_sample.as_fd().as_raw_fd())
+        prog_cost(self.progs.on_sample.as_fd().as_raw_fd())
     }
 
     /// Time the off-CPU program (run at every context switch) has run so
     /// far.
     pub fn off_cpu_cost(&self) -> BpfCost {
-        prog_cost(self.skel.progs.on_switch.as_fd().as_raw_fd())
+        prog_cost(self.progs.on_switch.as_fd().as_raw_fd())
     }
 }
 
@@ -568,57 +661,35 @@ fn prog_cost(fd: i32) -> BpfCost {
 impl Sampler {
     /// Kernel memory held by the sampler's maps, from their fdinfo.
     pub fn map_memory_bytes(&self) -> u64 {
-        let m = &self.skel.maps;
-        [
-            &m.counts0,
-            &m.counts1,
-            &m.offcpu0,
-            &m.offcpu1,
-            &m.offcpu_thread,
-            &m.offcpu_sites,
-            &m.stacks0,
-            &m.stacks1,
-            &m.filter,
-            &m.known,
-            &m.events,
-            &m.scratch,
-            &m.stats,
-            &m.unwind_tables,
-            &m.proc_unwind,
-            &m.unwind_mappings,
-            &m.py_layouts,
-            &m.py_procs,
-            &m.py_threads,
-            &m.py_buf,
-        ]
-        .iter()
-        .map(|map| memlock_of(map.as_fd().as_raw_fd()))
-        .sum()
+        self.maps
+            .all
+            .iter()
+            .map(|map| memlock_of(map.as_fd().as_raw_fd()))
+            .sum()
     }
 }
 
 /// Checks every map ember reads or writes against the Rust types of its
 /// keys and values: a map definition in bpf/ whose key or value type
 /// changed without the matching change here.
-fn check_maps(skel: &ProfilerSkel<'_>) -> Result<()> {
+fn check_maps(m: &Maps) -> Result<()> {
     use abi::check_map;
     use libbpf_rs::MapCore;
-    let m = &skel.maps;
-    check_map::<SampleKey, u64>("counts0", &m.counts0)?;
-    check_map::<SampleKey, u64>("counts1", &m.counts1)?;
-    check_map::<SampleKey, u64>("offcpu0", &m.offcpu0)?;
-    check_map::<SampleKey, u64>("offcpu1", &m.offcpu1)?;
-    check_map::<u32, abi::OffCpuState>("offcpu_thread", &m.offcpu_thread)?;
-    check_map::<u64, StackTrace>("stacks0", &m.stacks0)?;
-    check_map::<u64, StackTrace>("stacks1", &m.stacks1)?;
-    check_map::<u32, u64>("stats", &m.stats)?;
-    check_map::<u32, u8>("filter", &m.filter)?;
-    check_map::<u32, ProcUnwind>("proc_unwind", &m.proc_unwind)?;
-    check_map::<u32, UnwindMapping>("unwind_mappings", &m.unwind_mappings)?;
-    check_map::<u32, abi::PyLayout>("py_layouts", &m.py_layouts)?;
-    check_map::<u32, abi::PyProc>("py_procs", &m.py_procs)?;
+    check_map::<SampleKey, u64>("counts0", m.counts[0])?;
+    check_map::<SampleKey, u64>("counts1", m.counts[1])?;
+    check_map::<SampleKey, u64>("offcpu0", m.offcpu[0])?;
+    check_map::<SampleKey, u64>("offcpu1", m.offcpu[1])?;
+    check_map::<u32, abi::OffCpuState>("offcpu_thread", m.offcpu_thread)?;
+    check_map::<u64, StackTrace>("stacks0", m.stacks[0])?;
+    check_map::<u64, StackTrace>("stacks1", m.stacks[1])?;
+    check_map::<u32, u64>("stats", m.stats)?;
+    check_map::<u32, u8>("filter", m.filter)?;
+    check_map::<u32, ProcUnwind>("proc_unwind", m.proc_unwind)?;
+    check_map::<u32, UnwindMapping>("unwind_mappings", m.unwind_mappings)?;
+    check_map::<u32, abi::PyLayout>("py_layouts", m.py_layouts)?;
+    check_map::<u32, abi::PyProc>("py_procs", m.py_procs)?;
     // A map of maps: the value is the inner map's fd.
-    check_map::<u32, u32>("unwind_tables", &m.unwind_tables)?;
+    check_map::<u32, u32>("unwind_tables", m.unwind_tables)?;
     // The unwinder allocates slots and ids in these two arrays.
     anyhow::ensure!(
         m.unwind_mappings.max_entries() == abi::MAPPING_SLOTS
