@@ -53,6 +53,58 @@ fn per_thread(f: &BTreeMap<String, u64>, function: &str) -> (u64, u64) {
     (total, under)
 }
 
+/// Off-CPU time under each wait function of waits.c against the threads'
+/// own clocks (0.9-1.1x).
+fn assert_waits_match(label: &str, o: &std::process::Output, off: &Path) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{label}{err}");
+    let t = truth(&String::from_utf8_lossy(&o.stdout));
+    let f = folded(off);
+    for function in ["wait_sleep", "wait_pipe", "wait_futex", "wait_fsync"] {
+        let (want, _) = t[function];
+        let (total, under) = per_thread(&f, function);
+        let (total, under) = (total as f64 / 1e9, under as f64 / 1e9);
+        eprintln!(
+            "{label}{function}: off-CPU {under:.3} s under it ({total:.3} s in its thread); its own clocks: {want:.3} s"
+        );
+        assert!(
+            (0.9..=1.1).contains(&(under / want)),
+            "{label}{function}: {under:.3} s off CPU in the profile, {want:.3} s by the thread's clocks"
+        );
+    }
+}
+
+/// The compat build (Linux 5.10-5.16) records waits as truly as the
+/// modern one.
+#[test]
+fn off_cpu_time_matches_under_the_compat_variant() {
+    let _one = serial();
+    let bin = fixture("waits.c");
+    let dir = scratch("offcpu_compat");
+    let off = dir.join("off.folded");
+    let o = ember(
+        &[
+            "record",
+            "-q",
+            "-F",
+            "499",
+            "--bpf-variant",
+            "compat",
+            "--off-cpu",
+            "-t",
+            "-o",
+            off.to_str().unwrap(),
+            "--sample-type",
+            "off-cpu",
+            "--",
+            bin.to_str().unwrap(),
+            "3",
+        ],
+        &dir,
+    );
+    assert_waits_match("compat variant: ", &o, &off);
+}
+
 #[test]
 fn off_cpu_time_per_wait_function_matches_the_threads_clocks() {
     let _one = serial();
@@ -81,22 +133,8 @@ fn off_cpu_time_per_wait_function_matches_the_threads_clocks() {
         ],
         &dir,
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    assert_waits_match("", &o, &off);
     let t = truth(&String::from_utf8_lossy(&o.stdout));
-    let f = folded(&off);
-    for function in ["wait_sleep", "wait_pipe", "wait_futex", "wait_fsync"] {
-        let (want, _) = t[function];
-        let (total, under) = per_thread(&f, function);
-        let (total, under) = (total as f64 / 1e9, under as f64 / 1e9);
-        eprintln!(
-            "{function}: off-CPU {under:.3} s under it ({total:.3} s in its thread); its own clocks: {want:.3} s"
-        );
-        assert!(
-            (0.9..=1.1).contains(&(under / want)),
-            "{function}: {under:.3} s off CPU in the profile, {want:.3} s by the thread's clocks"
-        );
-    }
     // The CPU profile of the same run: the burner's share of the CPU
     // samples, against the same workload recorded without --off-cpu and
     // against the threads' CPU clocks.

@@ -216,6 +216,26 @@ fn python_shares_match_the_workload_clock_on_every_cpython() {
     }
 }
 
+/// The compat build (Linux 5.10-5.16) walks Python frames as truly as
+/// the modern one: bounded loops instead of bpf_loop.
+#[test]
+fn python_shares_match_under_the_compat_variant() {
+    let _one = serial();
+    let dir = scratch("python_compat");
+    let py = PathBuf::from("/usr/bin/python3");
+    let (f, truth, err) = record_command(&dir, &py, "4", "plain", &["--bpf-variant", "compat"]);
+    assert!(err.contains("compat BPF variant"), "{err}");
+    assert!(
+        err.contains("python: 1 processes"),
+        "no Python process found: {err}"
+    );
+    let f = workload(&f);
+    assert_shares("compat variant", &f, &truth);
+    let pct = under(&f, "<module>");
+    eprintln!("compat variant: {pct:.1}% of samples under <module>");
+    assert!(pct >= 90.0, "only {pct:.1}% of samples sit under <module>");
+}
+
 #[test]
 fn python_threads_asyncio_callbacks_and_deep_recursion() {
     let _one = serial();

@@ -724,3 +724,86 @@ fn outputs_never_write_through_planted_symlinks() {
     assert!(m.file_type().is_file());
     assert!(std::fs::read_to_string(&x).unwrap().starts_with("<?xml"));
 }
+
+/// Both builds of the BPF program (see README, "Kernels and the two BPF
+/// variants") meet the same truth bars in `--pid` mode, with and without
+/// frame pointers: the 1:2:3 split within 3 points of the fixture's own
+/// clock, and at least 99% of samples reaching main.
+#[test]
+fn both_bpf_variants_meet_the_truth_bars() {
+    let dir = scratch("variants");
+    for variant in ["modern", "compat"] {
+        for (build, bin) in [
+            ("frame pointers", fixture("split.c")),
+            ("no frame pointers", fixture_nofp("split.c")),
+        ] {
+            let label = format!("{variant} variant, {build}");
+            let child = Command::new(&bin)
+                .arg("4.5")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let pid = child.id().to_string();
+            let out = dir.join(format!("{variant}-{}.folded", build.len()));
+            let o = ember(
+                &[
+                    "record",
+                    "--bpf-variant",
+                    variant,
+                    "--pid",
+                    &pid,
+                    "-d",
+                    "3s",
+                    "-F",
+                    "999",
+                    "-o",
+                    out.to_str().unwrap(),
+                ],
+                &dir,
+            );
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{label}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{variant} BPF variant")),
+                "{label}: the summary does not name the variant: {stderr}"
+            );
+            let done = child.wait_with_output().unwrap();
+            let truth: Vec<(String, f64)> = String::from_utf8_lossy(&done.stdout)
+                .split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect();
+            assert_eq!(truth.len(), 3, "{label}: the fixture printed no truth");
+            let f = folded(&out);
+            let counted: Vec<u64> = truth
+                .iter()
+                .map(|(name, _)| count_where(&f, |fr| fr == name))
+                .collect();
+            let sum: u64 = counted.iter().sum();
+            assert!(sum > 800, "{label}: too few samples in the burners: {sum}");
+            for ((name, want), got) in truth.iter().zip(&counted) {
+                let share = *got as f64 / sum as f64;
+                let err_pp = (share - want).abs() * 100.0;
+                eprintln!(
+                    "{label}: {name} {:.1}% (truth {:.1}%)",
+                    share * 100.0,
+                    want * 100.0
+                );
+                assert!(
+                    err_pp <= 3.0,
+                    "{label}: {name} profile share {share:.4}, truth {want:.4}, off by {err_pp:.2} pp"
+                );
+            }
+            let total: u64 = f.values().sum();
+            let with_main = count_where(&f, |fr| fr == "main");
+            eprintln!("{label}: {with_main}/{total} samples reach main");
+            assert!(
+                with_main as f64 >= 0.99 * total as f64,
+                "{label}: only {with_main}/{total} samples reach main"
+            );
+        }
+    }
+}
