@@ -42,7 +42,10 @@ fn effective_caps() -> u64 {
 pub fn check_btf() -> Result<()> {
     let path = "/sys/kernel/btf/vmlinux";
     if std::fs::metadata(path).is_err() {
-        bail!("this kernel exposes no BTF type information ({path} is missing); ember needs a kernel built with CONFIG_DEBUG_INFO_BTF=y and Linux 5.10 or newer");
+        bail!(
+            "the running kernel (Linux {}) exposes no BTF type information ({path} is missing): run ember on Linux 5.10 or newer built with CONFIG_DEBUG_INFO_BTF=y",
+            crate::sample::probe::kernel_release()
+        );
     }
     Ok(())
 }

@@ -80,7 +80,9 @@ fn missing_btf() {
         .unwrap();
     let err = one_error(&out);
     assert!(
-        err.contains("exposes no BTF") && err.contains("CONFIG_DEBUG_INFO_BTF"),
+        err.contains("exposes no BTF")
+            && err.contains("CONFIG_DEBUG_INFO_BTF")
+            && err.contains("the running kernel (Linux "),
         "{err}"
     );
 }
