@@ -417,10 +417,15 @@ pub fn summary(r: &Recording) -> String {
     }
     let _ = writeln!(
         s,
-        "  processes: {}, threads: {}, BPF maps: {:.1} MiB",
+        "  processes: {}, threads: {}, BPF maps: {:.1} MiB{}",
         r.processes,
         r.threads,
-        r.map_bytes as f64 / 1048576.0
+        r.map_bytes as f64 / 1048576.0,
+        if sample::probe::map_memory_is_estimate() {
+            " (the kernel's estimate from the maps' sizes, before Linux 6.4)"
+        } else {
+            ""
+        }
     );
     if r.bpf_cost.runs > 0 {
         // Each run interrupts a CPU; frequency runs per second per CPU.

@@ -357,7 +357,7 @@ impl Metrics {
         line(
             "ember_bpf_map_bytes",
             "gauge",
-            "Kernel memory of the sampler's BPF maps.",
+            "Kernel memory of the sampler's BPF maps, from their fdinfo (before Linux 6.4 the kernel's estimate from their sizes).",
             format!(" {}", g(&self.bpf_map_bytes)),
         );
         line(

@@ -232,6 +232,24 @@ fn inner_map_flag() -> bool {
     }
 }
 
+/// The running kernel's (major, minor) version, if its release parses.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    parse_version(&kernel_release())
+}
+
+/// `6.1.0-27-cloud-amd64` -> (6, 1).
+fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Whether the kernel reports a map's memory (`memlock` in its fdinfo) as
+/// an estimate from its size limits (before 6.4) rather than the memory
+/// actually charged.
+pub fn map_memory_is_estimate() -> bool {
+    kernel_version().is_some_and(|v| v < (6, 4))
+}
+
 /// The running kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -274,6 +292,14 @@ mod tests {
             e.contains("ring buffer") && e.contains("5.10 or newer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(parse_version("6.1.0-27-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_version("5.10.226"), Some((5, 10)));
+        assert_eq!(parse_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_version("unknown"), None);
     }
 
     #[test]
