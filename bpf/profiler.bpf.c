@@ -245,11 +245,32 @@ static __always_inline __u64 hash_stack(const struct stack_trace *st, __u64 seed
 	return h ? h : 1;
 }
 
-/* Stores the stack in the scratch buffer once; returns its hash. */
-static __always_inline __u64 store(struct stack_trace *st, void *stacks, __u64 seed, bool *lost,
-				   bool *map_full)
+/* Which per-CPU buffer hash_buf hashes. */
+#define BUF_SCRATCH 0
+#define BUF_USER 1
+
+/* The hash of the stack in one of the per-CPU buffers (the user walk's
+ * buffer starts with the same header and frames as a stack_trace). A
+ * global function taking no pointers: the verifier checks its loop once
+ * instead of at each of the dozen places a stack is stored, which older
+ * verifiers (6.1) cannot prune, and it needs nothing newer than 5.6. */
+__noinline __u64 hash_buf(__u32 which, __u64 seed)
 {
-	__u64 h = hash_stack(st, seed);
+	__u32 zero = 0;
+	if (which == BUF_USER) {
+		struct user_stack *us = bpf_map_lookup_elem(&user_scratch, &zero);
+		return us ? hash_stack((const struct stack_trace *)us, seed) : 1;
+	}
+	struct stack_trace *st = bpf_map_lookup_elem(&scratch, &zero);
+	return st ? hash_stack(st, seed) : 1;
+}
+
+/* Stores the stack held in buffer `which` (st points at it) once; returns
+ * its hash. */
+static __always_inline __u64 store(struct stack_trace *st, __u32 which, void *stacks, __u64 seed,
+				   bool *lost, bool *map_full)
+{
+	__u64 h = hash_buf(which, seed);
 	/* Most samples repeat a stored stack: a lockless lookup avoids the
 	 * bucket lock and the 1 KiB copy of an update. */
 	if (bpf_map_lookup_elem(stacks, &h))
@@ -285,7 +306,7 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 	}
 	st->len = n / sizeof(__u64);
 	st->next = 0;
-	return store(st, stacks, seed, lost, map_full);
+	return store(st, BUF_SCRATCH, stacks, seed, lost, map_full);
 }
 
 /* Stores a walked user stack: in place when it fits one chunk (the common
@@ -317,14 +338,14 @@ static __always_inline __u64 store_user(struct user_stack *us, void *stacks, __u
 			}
 			ch->len = len;
 			ch->next = next;
-			next = store(ch, stacks, seed, lost, map_full);
+			next = store(ch, BUF_SCRATCH, stacks, seed, lost, map_full);
 			if (!next)
 				return 0;
 		}
 		us->len = EMBER_MAX_DEPTH;
 	}
 	us->next = next;
-	__u64 h = store((struct stack_trace *)us, stacks, seed, lost, map_full);
+	__u64 h = store((struct stack_trace *)us, BUF_USER, stacks, seed, lost, map_full);
 	us->len = n;
 	return h;
 }
