@@ -5,7 +5,8 @@
 # and bpftrace (and inferno's CLIs) for the benchmark, binutils (objcopy,
 # strip) and a debuginfod server for the debug-file tests, py-spy for the
 # Python tests, tmux and headless Chromium for the live-view tests (ember
-# top's keys, the agent's page). Safe to run again.
+# top's keys, the agent's page), QEMU, static busybox and cpio for the
+# kernel matrix (scripts/kernel-matrix). Safe to run again.
 set -eu
 
 need=""
@@ -27,6 +28,9 @@ have_cmd xz || need="$need xz-utils"
 have_cmd systemd-analyze || need="$need systemd"
 have_cmd tmux || need="$need tmux"
 have_cmd chromium || need="$need chromium"
+have_cmd qemu-system-x86_64 || need="$need qemu-system-x86"
+have_pkg busybox-static || need="$need busybox-static"
+have_cmd cpio || need="$need cpio"
 
 if [ -n "$need" ]; then
     if [ "$(id -u)" != 0 ]; then
