@@ -261,7 +261,7 @@ macro_rules! load_variant {
         }
         let skel = open.load().map_err(|e| {
             anyhow::anyhow!(
-                "the kernel (Linux {}) refused ember's BPF program, {} variant ({e}); if --bpf-variant was given, try auto",
+                "the kernel (Linux {}) refused ember's BPF program, {} variant ({e})",
                 probe::kernel_release(),
                 $variant
             )
@@ -345,12 +345,32 @@ impl Sampler {
     /// Loads the BPF program (the variant the kernel supports, or the one
     /// asked for), fills the filter and attaches to every CPU.
     pub fn start(cfg: &Config) -> Result<Sampler> {
-        let variant = probe::Features::probe().choose(cfg.variant)?;
-        let (maps, progs, generation_cell) = match variant {
-            Variant::Compat => {
-                load_variant!(skel_compat, ProfilerCompatSkelBuilder, cfg, variant)
+        let mut variant = probe::Features::probe().choose(cfg.variant)?;
+        let load = |variant: Variant| -> Result<(Maps, Progs, *mut u32)> {
+            Ok(match variant {
+                Variant::Compat => {
+                    load_variant!(skel_compat, ProfilerCompatSkelBuilder, cfg, variant)
+                }
+                _ => load_variant!(skel, ProfilerSkelBuilder, cfg, variant),
+            })
+        };
+        let (maps, progs, generation_cell) = match load(variant) {
+            Ok(loaded) => loaded,
+            // Chosen, not asked for: a verifier that refuses the modern
+            // build (its limits differ between kernels) may take the
+            // compat one.
+            Err(modern) if cfg.variant == Variant::Auto && variant == Variant::Modern => {
+                variant = Variant::Compat;
+                load(variant).map_err(|compat| {
+                    anyhow::anyhow!(
+                        "{modern:#}; {compat:#}: run ember on Linux 5.10 or newer with BTF, and report this kernel if it is one"
+                    )
+                })?
             }
-            _ => load_variant!(skel, ProfilerSkelBuilder, cfg, variant),
+            Err(e) if cfg.variant == Variant::Auto => {
+                bail!("{e:#}: run ember on Linux 5.10 or newer with BTF, and report this kernel if it is one")
+            }
+            Err(e) => bail!("{e:#}: try --bpf-variant auto"),
         };
         check_maps(&maps)?;
 
