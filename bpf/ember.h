@@ -36,6 +36,9 @@ enum ember_limit {
 	EMBER_PY_LAYOUTS = 16,
 	/* Bytes of a Python frame read at once (py_buf). */
 	EMBER_PY_FRAME_READ = 128,
+	/* Places a thread left the CPU from that its off-CPU state keeps with
+	 * their keys (offcpu_state.memo; a power of two). */
+	EMBER_OFFCPU_MEMO = 2,
 };
 
 /* sample_key.flags */
@@ -213,30 +216,70 @@ struct py_thread {
 	__u64 checked; /* when that was found (bpf_ktime_get_ns) */
 };
 
-/* A thread's off-CPU state: since when it waits (0: it runs) and the key
- * (names and stacks) it waits with. Userspace writes these for threads
- * already waiting when a recording starts, and reads those still waiting
- * when it ends. */
-struct offcpu_state {
-	__u64 since;  /* bpf_ktime_get_ns() when it left the CPU; 0 when running */
-	__u32 weight; /* what one nanosecond of this wait counts for (1-in-N) */
+/* A place a thread left the CPU from lately (its system call, user
+ * registers and how, see offcpu_site) and the key (names and stacks) of a
+ * wait from there. */
+struct offcpu_memo {
+	__u64 ip, sp, bp;
+	__u32 nr, how;
+	/* Generation + 1 the key's stacks are stored in, when they may be
+	 * reused for the next wait from here (the sites cache had them as
+	 * stable); 0: this wait's key only. */
+	__u32 gen;
 	__u32 _pad;
+	__u64 until; /* ...until then (offcpu_site_stacks.until) */
 	struct sample_key key;
 };
 
-/* A place threads leave the CPU from: thread, system call and user
- * registers. Its stacks are walked again until two walks agree, then
- * reused while they are in the current generation's stack map. */
+/* A thread's off-CPU state: since when it waits (0: it runs) and the key
+ * it waits with, memo[cur].key. Userspace writes these for threads already
+ * waiting when a recording starts, and reads those still waiting when it
+ * ends. */
+struct offcpu_state {
+	__u64 since;  /* bpf_ktime_get_ns() when it left the CPU; 0 when running */
+	__u32 weight; /* what one nanosecond of this wait counts for (1-in-N) */
+	__u32 cur;    /* the memo entry with this wait's key (& EMBER_OFFCPU_MEMO - 1) */
+	/* Whether the thread's process is a registered Python process, as
+	 * found at py_epoch E: (E + 1) << 1 | 1 if it is, (E + 1) << 1 if not;
+	 * 0: not looked up (userspace writes 0). */
+	__u32 py;
+	__u32 _pad;
+	/* bpf_ktime_get_ns() until which the thread is known to have no
+	 * Python thread state (py_threads), so its stacks may be reused. */
+	__u64 py_quiet;
+	/* The places it left from lately, with their keys: a wait from one
+	 * of them reuses its key without a look-up in offcpu_sites. */
+	struct offcpu_memo memo[EMBER_OFFCPU_MEMO];
+};
+
+/* offcpu_site.how: how the thread left the CPU (a cheap tell of which
+ * kernel path it left from, so one place's stacks are not walked again at
+ * every switch when it leaves from two paths in turn). */
+enum offcpu_how {
+	OFFCPU_PREEMPTED = 1, /* preempted inside the kernel */
+	OFFCPU_BLOCKED = 2,   /* not runnable: it waits for something */
+};
+
+/* A place threads leave the CPU from: thread, system call, user registers
+ * and how. Its stacks are walked again until two walks agree, then reused
+ * while they are in the current generation's stack map, and walked again
+ * to check them after as long again as walks have agreed (a walk made
+ * before a binary's unwind table was loaded agrees with the next one made
+ * before it, not with one made after). */
 struct offcpu_site {
 	__u32 tid;
 	__u32 nr;
 	__u64 ip, sp, bp;
+	__u32 how; /* OFFCPU_* */
+	__u32 _pad;
 };
 
 struct offcpu_site_stacks {
 	struct sample_key key;
 	__u32 gen;    /* generation + 1 the stacks were stored in */
-	__u32 stable; /* two walks from here found the same stacks */
+	__u32 stable; /* the last two walks from here found the same stacks */
+	__u64 since;  /* when the first of the walks that agree was made */
+	__u64 until;  /* reused until then (bpf_ktime_get_ns) */
 };
 
 /* Ring-buffer message: a process was sampled for the first time, or

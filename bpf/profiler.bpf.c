@@ -96,6 +96,42 @@ struct {
 	__type(value, struct offcpu_site_stacks);
 } offcpu_sites SEC(".maps");
 
+/* Bumped by userspace whenever it registers or forgets a Python process
+ * (py_procs), so each thread's off-CPU state keeps whether its process is
+ * one (offcpu_state.py) instead of looking it up at every switch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} py_epoch SEC(".maps");
+
+/* An off-CPU stack walk: the sites entry it makes (its key, too large for
+ * the BPF stack with the walk's own) and what the last walk from the same
+ * place found. */
+struct offcpu_walk {
+	struct offcpu_site_stacks v;
+	/* The last walk from the same place: its stacks and since. */
+	__u64 seen_user, seen_kernel, seen_since;
+	__u32 seen;      /* there was one */
+	__u32 cacheable; /* the stacks may be reused (no Python frames) */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct offcpu_walk);
+} offcpu_walk SEC(".maps");
+
+/* A new thread's off-CPU state (all zero; never written: too large for
+ * the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct offcpu_state);
+} offcpu_blank SEC(".maps");
+
 /* tid -> where and since when it waits (see on_switch). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -1114,10 +1150,80 @@ int on_sample(struct bpf_perf_event_data *ctx)
  * stacks found last time, so a context-switch storm costs a few map
  * operations per switch, not a stack walk. */
 
+#define PF_KTHREAD 0x00200000
+/* The shortest time stacks that two walks agreed on are reused before a
+ * walk checks them again. */
+#define OFFCPU_RECHECK_NS 1000000ULL
+
+/* task_struct.__state was task_struct.state before 5.14. */
+struct task_struct___pre514 {
+	long state;
+} __attribute__((preserve_access_index));
+
+/* Whether `t` is not runnable (TASK_RUNNING is 0). */
+static __always_inline bool task_blocked(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return t->__state != 0;
+	return ((struct task_struct___pre514 *)t)->state != 0;
+}
+
+/* Where `prev` leaves the CPU from: its system call and user registers
+ * (those saved on kernel entry), and how it leaves. prev is a BTF pointer
+ * (a tp_btf argument), so its fields are plain loads, not helper calls. */
+static __always_inline void switch_site(struct task_struct *prev, bool preempt,
+					struct offcpu_site *site)
+{
+#ifndef EMBER_COMPAT
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+	site->nr = (__u32)regs->orig_ax;
+	site->ip = regs->ip;
+	site->sp = regs->sp;
+	site->bp = regs->bp;
+#else
+	/* No bpf_task_pt_regs (5.15): found at the top of the kernel stack
+	 * (see user_regs; prev is the current task). */
+	struct pt_regs *regs = user_regs(prev);
+	site->nr = (__u32)BPF_CORE_READ(regs, orig_ax);
+	site->ip = BPF_CORE_READ(regs, ip);
+	site->sp = BPF_CORE_READ(regs, sp);
+	site->bp = BPF_CORE_READ(regs, bp);
+#endif
+	site->how = preempt ? OFFCPU_PREEMPTED : task_blocked(prev) ? OFFCPU_BLOCKED : 0;
+}
+
+/* Whether a walk from thread `tid` (state `st`, process `tgid`) would walk
+ * Python frames, which change under the same native registers. Whether the
+ * process is a registered Python one is looked up in py_procs once per
+ * py_epoch, not at every switch. A thread of one found without a Python
+ * thread state lately has none (walk_python itself looks again only after
+ * PY_RECHECK_NS): its stacks are reused like any other's. */
+static __always_inline bool python_thread(struct offcpu_state *st, __u32 tgid, __u32 tid,
+					  __u64 now)
+{
+	if (!python)
+		return false;
+	__u32 zero = 0;
+	__u32 *e = bpf_map_lookup_elem(&py_epoch, &zero);
+	__u32 tag = ((e ? *e : 0) + 1) << 1;
+	if ((st->py & ~1U) != tag)
+		st->py = tag | (bpf_map_lookup_elem(&py_procs, &tgid) ? 1 : 0);
+	if (!(st->py & 1) || now < st->py_quiet)
+		return false;
+	struct py_thread *pt = bpf_map_lookup_elem(&py_threads, &tid);
+	if (pt && !pt->tstate && now - pt->checked < PY_RECHECK_NS) {
+		st->py_quiet = pt->checked + PY_RECHECK_NS;
+		return false;
+	}
+	return true;
+}
+
+/* `next` comes back on the CPU: the wait it noted ends now. */
 static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u32 gen)
 {
-	__u32 tid = BPF_CORE_READ(next, pid);
-	if (!tid)
+	__u32 tid = next->pid;
+	/* The idle task and kernel threads are never noted as waiting. */
+	if (!tid || (next->flags & PF_KTHREAD))
 		return;
 	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
 	if (!st || !st->since)
@@ -1130,7 +1236,8 @@ static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u3
 	}
 	d *= st->weight ? st->weight : 1;
 	void *counts = gen ? (void *)&offcpu1 : (void *)&offcpu0;
-	if (add_count(counts, &st->key, d))
+	struct offcpu_memo *m = &st->memo[st->cur & (EMBER_OFFCPU_MEMO - 1)];
+	if (add_count(counts, &m->key, d))
 		stat_inc(STAT_OFFCPU_WAITS);
 	else
 		stat_inc(STAT_OFFCPU_DROPPED);
@@ -1144,12 +1251,10 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 	off_cpu_in(next, now, gen);
 
 	/* prev is the current task: note where it waits. */
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32, tid = (__u32)id;
+	__u32 tid = prev->pid, tgid = prev->tgid;
 	if (tid == 0 || tgid == self_tgid)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	if (!BPF_CORE_READ(task, mm) || (BPF_CORE_READ(task, flags) & 0x00200000 /* PF_KTHREAD */))
+	if (!prev->mm || (prev->flags & PF_KTHREAD))
 		return 0;
 	if (!profiled(tgid))
 		return 0;
@@ -1163,44 +1268,86 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 	}
 	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
 	if (!st) {
-		struct offcpu_state zero = {};
-		bpf_map_update_elem(&offcpu_thread, &tid, &zero, BPF_NOEXIST);
+		__u32 zero = 0;
+		struct offcpu_state *blank = bpf_map_lookup_elem(&offcpu_blank, &zero);
+		if (blank)
+			bpf_map_update_elem(&offcpu_thread, &tid, blank, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&offcpu_thread, &tid);
 		if (!st) {
 			stat_inc(STAT_OFFCPU_DROPPED);
 			return 0;
 		}
 	}
-	struct pt_regs *regs = user_regs(task);
-	struct offcpu_site site = {
-		.tid = tid,
-		.nr = (__u32)BPF_CORE_READ(regs, orig_ax),
-		.ip = BPF_CORE_READ(regs, ip),
-		.sp = BPF_CORE_READ(regs, sp),
-		.bp = BPF_CORE_READ(regs, bp),
-	};
+	struct offcpu_site site = {.tid = tid};
+	switch_site(prev, preempt, &site);
 	/* Python frames change under the same native registers: walked always. */
-	bool cacheable = !(python && bpf_map_lookup_elem(&py_procs, &tgid));
-	struct offcpu_site_stacks *ss = cacheable ? bpf_map_lookup_elem(&offcpu_sites, &site) : NULL;
-	if (ss && ss->gen == gen + 1 && ss->stable) {
-		st->key = ss->key;
-	} else {
-		void *stacks = gen ? (void *)&stacks1 : (void *)&stacks0;
-		/* Skipped: this program and bpf_trace_run, called by __schedule. */
-		capture_key(ctx, &st->key, stacks, tgid, tid, 2);
-		stat_inc(STAT_OFFCPU_WALKS);
-		announce(tgid);
-		if (cacheable) {
-			/* Reused once two walks from here agree: a walk made before
-			 * a binary's unwind table was loaded differs from the next. */
-			bool stable = ss && ss->gen == gen + 1 &&
-				      ss->key.user_stack == st->key.user_stack &&
-				      ss->key.kernel_stack == st->key.kernel_stack &&
-				      !(st->key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
-			struct offcpu_site_stacks v = {.key = st->key, .gen = gen + 1, .stable = stable};
-			bpf_map_update_elem(&offcpu_sites, &site, &v, BPF_ANY);
+	bool cacheable = !python_thread(st, tgid, tid, now);
+	__u32 want = gen + 1;
+	/* A place it left from lately: its key is in the memo already. */
+	if (cacheable) {
+		for (__u32 i = 0; i < EMBER_OFFCPU_MEMO; i++) {
+			struct offcpu_memo *m = &st->memo[i];
+			if (m->gen == want && now < m->until && m->ip == site.ip && m->sp == site.sp &&
+			    m->bp == site.bp && m->nr == site.nr && m->how == site.how) {
+				st->cur = i;
+				st->weight = weight;
+				st->since = now;
+				return 0;
+			}
 		}
 	}
+	/* Else the entry after the one used last takes this wait's key. */
+	__u32 cur = (st->cur + 1) & (EMBER_OFFCPU_MEMO - 1);
+	struct offcpu_memo *m = &st->memo[cur];
+	m->ip = site.ip;
+	m->sp = site.sp;
+	m->bp = site.bp;
+	m->nr = site.nr;
+	m->how = site.how;
+	struct offcpu_site_stacks *ss = cacheable ? bpf_map_lookup_elem(&offcpu_sites, &site) : NULL;
+	if (ss && ss->gen == want && ss->stable && now < ss->until) {
+		m->key = ss->key;
+		m->gen = want;
+		m->until = ss->until;
+	} else {
+		__u32 zero = 0;
+		struct offcpu_walk *w = bpf_map_lookup_elem(&offcpu_walk, &zero);
+		if (!w) {
+			stat_inc(STAT_OFFCPU_DROPPED);
+			return 0;
+		}
+		/* What decides whether this walk's stacks may be reused, kept in
+		 * map memory rather than registers: the verifier then sees one
+		 * state at the walk instead of one per way here (a third of the
+		 * program's verification each). */
+		w->cacheable = cacheable;
+		w->seen = ss != NULL;
+		w->seen_user = ss ? ss->key.user_stack : 0;
+		w->seen_kernel = ss ? ss->key.kernel_stack : 0;
+		w->seen_since = ss ? ss->since : 0;
+		void *stacks = gen ? (void *)&stacks1 : (void *)&stacks0;
+		/* Skipped: this program and bpf_trace_run, called by __schedule. */
+		capture_key(ctx, &w->v.key, stacks, tgid, tid, 2);
+		stat_inc(STAT_OFFCPU_WALKS);
+		announce(tgid);
+		/* Reused once two walks from here agree (in any generation: a
+		 * stack's hash is its frames'), for as long again as walks from
+		 * here have agreed, at least OFFCPU_RECHECK_NS. */
+		bool agree = w->cacheable && w->seen && w->seen_user == w->v.key.user_stack &&
+			     w->seen_kernel == w->v.key.kernel_stack &&
+			     !(w->v.key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
+		w->v.gen = want;
+		w->v.stable = agree;
+		w->v.since = agree ? w->seen_since : now;
+		__u64 age = now - w->v.since;
+		w->v.until = agree ? now + (age > OFFCPU_RECHECK_NS ? age : OFFCPU_RECHECK_NS) : 0;
+		m->key = w->v.key;
+		m->gen = agree ? want : 0;
+		m->until = w->v.until;
+		if (w->cacheable)
+			bpf_map_update_elem(&offcpu_sites, &site, &w->v, BPF_ANY);
+	}
+	st->cur = cur;
 	st->weight = weight;
 	st->since = now;
 	return 0;

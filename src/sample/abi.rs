@@ -46,6 +46,8 @@ pub(crate) type PyProc = types::py_proc;
 /// `struct offcpu_state`: a thread's off-CPU state; the `offcpu_thread`
 /// map's value.
 pub(crate) type OffCpuState = types::offcpu_state;
+/// `struct offcpu_memo`: a place a thread left the CPU from, with its key.
+pub(crate) type OffCpuMemo = types::offcpu_memo;
 /// `struct ember_proc_event`: the ring buffer's message.
 pub(crate) type ProcEvent = types::ember_proc_event;
 
@@ -291,7 +293,21 @@ assert_tiled!(ProcEvent { tgid, kind });
 assert_tiled!(OffCpuState {
     since,
     weight,
+    cur,
+    py,
     _pad,
+    py_quiet,
+    memo
+});
+assert_tiled!(OffCpuMemo {
+    ip,
+    sp,
+    bp,
+    nr,
+    how,
+    gen,
+    _pad,
+    until,
     key
 });
 assert_tiled!(PyProc {
@@ -337,6 +353,7 @@ unsafe impl Plain for ProcEvent {}
 unsafe impl Plain for PyLayout {}
 unsafe impl Plain for PyProc {}
 unsafe impl Plain for OffCpuState {}
+unsafe impl Plain for OffCpuMemo {}
 
 /// A value's bytes, as the kernel stores them.
 pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {

@@ -178,6 +178,8 @@ pub struct Sampler {
     event: Event,
     generation: u32,
     cpus: usize,
+    // What the py_epoch map holds (see bump_py_epoch).
+    py_epoch: std::sync::atomic::AtomicU32,
     // Keeps the kernel's BPF run-time statistics on while sampling, so the
     // sampler's own cost can be reported; None if the kernel refused.
     _stats_fd: Option<std::os::fd::OwnedFd>,
@@ -199,6 +201,7 @@ struct Maps {
     unwind_mappings: &'static MapMut<'static>,
     py_layouts: &'static MapMut<'static>,
     py_procs: &'static MapMut<'static>,
+    py_epoch: &'static MapMut<'static>,
     /// Every map, for the memory they hold.
     all: Vec<&'static MapMut<'static>>,
 }
@@ -297,6 +300,9 @@ macro_rules! load_variant {
             &m.py_procs,
             &m.py_threads,
             &m.py_buf,
+            &m.py_epoch,
+            &m.offcpu_walk,
+            &m.offcpu_blank,
         ];
         let maps = Maps {
             counts: [&m.counts0, &m.counts1],
@@ -311,6 +317,7 @@ macro_rules! load_variant {
             unwind_mappings: &m.unwind_mappings,
             py_layouts: &m.py_layouts,
             py_procs: &m.py_procs,
+            py_epoch: &m.py_epoch,
             all,
         };
         let p = &skel.progs;
@@ -469,6 +476,7 @@ impl Sampler {
             event,
             generation: 0,
             cpus: cpus.len(),
+            py_epoch: Default::default(),
             _stats_fd: stats_fd,
         })
     }
@@ -507,12 +515,13 @@ impl Sampler {
     /// began before the recording count from its start.
     pub fn seed_waits(&self, waits: &[SampleKey], since_ns: u64) {
         for k in waits {
-            let st = abi::OffCpuState {
+            // The key in memo entry 0 (cur), not to be reused (gen 0).
+            let mut st = abi::OffCpuState {
                 since: since_ns,
                 weight: 1,
-                key: (*k).into(),
                 ..Default::default()
             };
+            st.memo[0].key = (*k).into();
             let _ = abi::update(self.maps.offcpu_thread, &k.tid, &st, MapFlags::NO_EXIST);
         }
     }
@@ -528,8 +537,9 @@ impl Sampler {
             if let Ok(Some(v)) = m.lookup(&k, MapFlags::ANY) {
                 if let Some(st) = abi::read::<abi::OffCpuState>(&v) {
                     if st.since != 0 {
+                        let memo = &st.memo[st.cur as usize % st.memo.len()];
                         out.push((
-                            SampleKey::from(st.key),
+                            SampleKey::from(memo.key),
                             st.since,
                             u64::from(st.weight.max(1)),
                         ));
@@ -601,14 +611,27 @@ impl Sampler {
 
     /// Has the walk follow the Python frames of `pid` (None: stop).
     pub(crate) fn set_python_process(&self, pid: u32, p: Option<&abi::PyProc>) -> Result<()> {
-        match p {
+        let r = match p {
             Some(p) => abi::update(self.maps.py_procs, &pid, p, MapFlags::ANY)
                 .with_context(|| format!("registering Python process {pid} failed")),
             None => {
                 let _ = abi::delete(self.maps.py_procs, &pid);
                 Ok(())
             }
-        }
+        };
+        self.bump_py_epoch();
+        r
+    }
+
+    /// Tells the off-CPU program that `py_procs` changed: each thread keeps
+    /// whether its process is a Python one, looked up once per epoch.
+    fn bump_py_epoch(&self) {
+        use std::sync::atomic::Ordering;
+        let epoch = self
+            .py_epoch
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        let _ = abi::update(self.maps.py_epoch, &0u32, &epoch, MapFlags::ANY);
     }
 
     /// Whether user stacks are walked with unwind tables.
@@ -700,6 +723,7 @@ fn check_maps(m: &Maps) -> Result<()> {
     check_map::<SampleKey, u64>("offcpu0", m.offcpu[0])?;
     check_map::<SampleKey, u64>("offcpu1", m.offcpu[1])?;
     check_map::<u32, abi::OffCpuState>("offcpu_thread", m.offcpu_thread)?;
+    check_map::<u32, u32>("py_epoch", m.py_epoch)?;
     check_map::<u64, StackTrace>("stacks0", m.stacks[0])?;
     check_map::<u64, StackTrace>("stacks1", m.stacks[1])?;
     check_map::<u32, u64>("stats", m.stats)?;
