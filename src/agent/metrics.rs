@@ -150,11 +150,13 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         render_kernel(&mut s, &self.kernel.load());
-        if let Some((variant, kernel)) = self.bpf.get() {
+        if let Some((variant, _)) = self.bpf.get() {
+            // The variant only: /metrics, open to every local user, holds
+            // counts and fixed names, no free text (the kernel release is in
+            // the agent's start-up line).
             let _ = writeln!(
                 s,
-                "# HELP ember_bpf_info The build of the BPF program that runs (modern: Linux 5.17+, compat: 5.10-5.16) and the kernel release.\n# TYPE ember_bpf_info gauge\nember_bpf_info{{variant=\"{variant}\",kernel=\"{}\"}} 1",
-                label_value(kernel)
+                "# HELP ember_bpf_info The build of the BPF program that runs (modern: Linux 5.17+, compat: 5.10 and newer).\n# TYPE ember_bpf_info gauge\nember_bpf_info{{variant=\"{variant}\"}} 1"
             );
         }
         let g = |a: &AtomicU64| a.load(Relaxed);
