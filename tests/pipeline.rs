@@ -840,8 +840,8 @@ fn process_table_names_own_code_within_a_one_file_budget() {
 }
 
 /// The kernel's mapping records build a process's mappings with no /proc
-/// read: a fork inherits them, an exec keeps the old image's until new
-/// ones overlap them, processes the sampler never announces are bounded
+/// read: a fork inherits them, an exec keeps the old image's (as stale)
+/// until new ones overlap them, processes the sampler never announces are bounded
 /// and forgotten at the second collection (pids above any pid_max, so no
 /// process of this host).
 #[test]
@@ -880,6 +880,12 @@ fn process_table_learns_mappings_from_kernel_records() {
         "/usr/lib/libc.so.6\u{fffd}[31m"
     );
     assert!(c.find(0x10010).is_none(), "overlapped old mapping gone");
+    // What the process runs now is the new image only: the old libc
+    // names samples taken inside execve, but no interpreter or unwind
+    // table is looked for in it.
+    assert!(c.find(0x20010).unwrap().stale);
+    let now: Vec<&str> = c.current().map(|m| &*m.path).collect();
+    assert_eq!(now, ["/usr/bin/tiny"]);
     // Anonymous executable memory (a JIT's) has no file.
     t.on_map_event(mmap(child, 0x40000, "//anon", 0));
     let anon = t.process(child).unwrap().find(0x40000).unwrap().clone();

@@ -428,6 +428,75 @@ fn python_forked_workers_perf_trampolines_pprof_and_the_off_switch() {
     assert!(!err.contains("python:"), "{err}");
 }
 
+/// A Python process whose forked children exec a native program: the
+/// children stop being Python at the exec, so their samples are not
+/// walked as Python (the old image's mappings, kept to name samples taken
+/// inside execve, once had the tracker register them again) and the
+/// native program's profile is its own.
+#[test]
+fn python_child_that_execs_a_native_program_is_not_walked_as_python() {
+    let _one = serial();
+    let dir = scratch("python_exec");
+    let sys = &interpreters()[0];
+    let split = fixture("split.c");
+    let out = dir.join("exec.folded");
+    let src = fixture_src("pysplit.py");
+    let o = ember(
+        &[
+            "record",
+            "-F",
+            FREQ,
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            sys.to_str().unwrap(),
+            src.to_str().unwrap(),
+            "4",
+            "exec",
+            split.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let f = folded(&out);
+    let native = count_comm(&f, "split");
+    let with_py = count_where(&f, |x| x.ends_with("_[py]"));
+    let split_py: u64 = f
+        .iter()
+        .filter(|(s, _)| s.starts_with("split") && s.contains("_[py]"))
+        .map(|(_, n)| n)
+        .sum();
+    // Samples the walk took as Python but found no Python thread in.
+    let without: u64 = err
+        .split(" on threads without Python")
+        .next()
+        .and_then(|r| r.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the summary's python line");
+    eprintln!("split: {native} samples; walked as Python without a Python thread: {without}; Python frames: {with_py}");
+    assert!(
+        native >= 500,
+        "the exec'd program ran 4 s at {FREQ} Hz: {native} samples"
+    );
+    assert_eq!(split_py, 0, "Python frames in the native program's stacks");
+    assert!(
+        without * 20 <= native,
+        "{without} samples were walked as Python without a Python thread, against {native} of the native program: {err}"
+    );
+    // The native program's own split (1:2:3) holds.
+    let truth = String::from_utf8_lossy(&o.stdout);
+    assert!(truth.contains("alpha"), "split's output: {truth}");
+    let (a, g) = (
+        count_where(&f, |x| x.starts_with("alpha")),
+        count_where(&f, |x| x.starts_with("gamma")),
+    );
+    assert!(
+        a > 0 && g > 2 * a,
+        "alpha {a}, gamma {g} samples (1:3 by its clock)"
+    );
+}
+
 /// py-spy's folded (raw) output: `process;frame (file:line);... count`.
 fn py_spy() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());

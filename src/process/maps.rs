@@ -21,6 +21,10 @@ pub struct Mapping {
     pub file: Option<FileKey>,
     /// The kernel's vDSO.
     pub vdso: bool,
+    /// From an image the process has since replaced by exec: kept only to
+    /// name samples taken inside execve, never to find what the process
+    /// runs now (its interpreter, its unwind tables).
+    pub stale: bool,
 }
 
 impl Mapping {
@@ -80,6 +84,18 @@ impl Process {
         let lo = self.mappings.partition_point(|x| x.end <= m.start);
         let hi = lo + self.mappings[lo..].partition_point(|x| x.start < m.end);
         self.mappings.splice(lo..hi, [m]);
+    }
+
+    /// The process exec'd: every mapping it has is the old image's.
+    pub fn retire(&mut self) {
+        for m in &mut self.mappings {
+            m.stale = true;
+        }
+    }
+
+    /// The mappings of the image the process runs now.
+    pub fn current(&self) -> impl Iterator<Item = &Mapping> {
+        self.mappings.iter().filter(|m| !m.stale)
     }
 
     /// Merges a fresh read: new mappings win; old ones that nothing new
@@ -206,6 +222,7 @@ impl Mapping {
             path,
             file,
             vdso,
+            stale: false,
         }
     }
 }

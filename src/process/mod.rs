@@ -227,6 +227,7 @@ impl ProcessTable {
                 if self.recorded(pid) {
                     if let Some(p) = self.processes.get_mut(&pid) {
                         p.exec_recorded = true;
+                        p.retire();
                     }
                 }
             }

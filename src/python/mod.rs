@@ -528,8 +528,11 @@ impl Tracker {
         let Some(p) = procs.process(pid) else { return };
         // Mappings of CPython binaries: the executable, libpython, or both
         // (then the library holds the runtime).
+        // Not an old image's: a python that forked and exec'd another
+        // program leaves its mappings in the child's entry (to name samples
+        // taken inside execve), and that program is not Python.
         let mut candidates: Vec<(BinaryId, u64, u64, std::sync::Arc<str>)> = Vec::new();
-        for m in &p.mappings {
+        for m in p.current() {
             let Some(id) = procs.binary_of(m) else {
                 continue;
             };

@@ -158,7 +158,7 @@ fn own_vdso() -> Option<Vec<u8>> {
 }
 
 fn mapping_starts(p: &crate::process::Process) -> Vec<u64> {
-    p.mappings.iter().map(|m| m.start).collect()
+    p.current().map(|m| m.start).collect()
 }
 
 /// Owns the unwind tables of one sampler.
@@ -346,8 +346,7 @@ impl Unwinder {
             return;
         };
         let keys: Vec<FileKey> = proc
-            .mappings
-            .iter()
+            .current()
             .take(MAX_MAPPINGS)
             .filter(|m| !m.vdso)
             .filter_map(|m| m.file)
@@ -383,7 +382,9 @@ impl Unwinder {
         let mut entries: Vec<UnwindMapping> =
             Vec::with_capacity(proc.mappings.len().min(MAX_MAPPINGS));
         let mut keys = Vec::new();
-        for m in proc.mappings.iter().take(MAX_MAPPINGS) {
+        // Not the old image's after an exec: the sampler dropped the
+        // process's tables then, and they would only hold its slots.
+        for m in proc.current().take(MAX_MAPPINGS) {
             let (mut table_id, mut pages, mut bias) = (0u32, 0u32, 0u64);
             let key = if m.vdso { Some(VDSO_KEY) } else { m.file };
             if let Some(key) = key {
