@@ -90,8 +90,12 @@ pub struct Recording {
     pub bpf_cost: sample::BpfCost,
     /// The build of the BPF program that ran.
     pub bpf_variant: sample::Variant,
-    /// Time spent in the off-CPU program (every context switch).
+    /// Time spent in the off-CPU program (every context switch) while the
+    /// run-time statistics were on.
     pub off_cpu_cost: sample::BpfCost,
+    /// Context switches on the host while recording (the off-CPU
+    /// program's runs).
+    pub switches: u64,
     /// Unwind tables (None with frame pointers only).
     pub unwind: Option<crate::unwind::UnwindStats>,
     /// Frames left without a name, by reason.
@@ -194,6 +198,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         sampler.bpf_cost(),
     );
     let off_cpu_cost = sampler.off_cpu_cost();
+    let switches = sampler.switches();
     let bpf_variant = sampler.variant();
     let unwind = cap.unwind_stats();
     let py_tracker = cap.python_stats();
@@ -269,6 +274,7 @@ pub fn run(opts: &RecordOptions) -> Result<Recording> {
         bpf_cost,
         bpf_variant,
         off_cpu_cost,
+        switches,
         python: py_tracker.map(|t| (t, sym.python.stats())),
         unwind,
         unnamed,
@@ -455,7 +461,7 @@ pub fn summary(r: &Recording) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "  off-CPU: {:.2} s in {} waits recorded ({} shorter than the threshold, {} sampled out, {} dropped: map full); {:.2} µs in BPF per context switch over {}, {} stack walks{}{}",
+            "  off-CPU: {:.2} s in {} waits recorded ({} shorter than the threshold, {} sampled out, {} dropped: map full); {:.2} µs in BPF per context switch (measured over {} of {}), {} stack walks{}{}",
             p.off_cpu_total() as f64 / 1e9,
             st.off_cpu_waits,
             st.off_cpu_short,
@@ -463,6 +469,7 @@ pub fn summary(r: &Recording) -> String {
             st.off_cpu_dropped,
             r.off_cpu_cost.per_run_ns() / 1000.0,
             r.off_cpu_cost.runs,
+            r.switches.max(r.off_cpu_cost.runs),
             st.off_cpu_walks,
             if waits.is_empty() { "" } else { "; largest waits: " },
             waits.join(", ")
