@@ -445,6 +445,12 @@ pub fn summary(r: &Recording) -> String {
             p.frequency,
             r.bpf_variant
         );
+    } else {
+        let _ = writeln!(
+            s,
+            "  sampler cost: not measured (the kernel's BPF run-time statistics were refused or off while it ran; {} BPF variant)",
+            r.bpf_variant
+        );
     }
     if p.off_cpu {
         let st = &r.stats;
