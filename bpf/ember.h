@@ -252,6 +252,16 @@ struct offcpu_state {
 	struct offcpu_memo memo[EMBER_OFFCPU_MEMO];
 };
 
+/* A wait still going on when a recording ends (the offcpu_open_waits
+ * iterator's records, with task storage): since when, its weight and its
+ * key. */
+struct offcpu_open {
+	__u64 since;
+	__u32 weight;
+	__u32 _pad;
+	struct sample_key key;
+};
+
 /* offcpu_site.how: how the thread left the CPU (a cheap tell of which
  * kernel path it left from, so one place's stacks are not walked again at
  * every switch when it leaves from two paths in turn). */

@@ -43,9 +43,17 @@ const volatile __u64 off_cpu_threshold_ns = 0;
 const volatile __u32 off_cpu_sample = 1;
 /* ember's own process, left out of off-CPU time. */
 const volatile __u32 self_tgid = 0;
+/* Threads' off-CPU states are in task storage (offcpu_task), not looked up
+ * by tid: set by userspace where task storage allocates without kmalloc
+ * under the runqueue lock (6.6+; never in the compat build). */
+const volatile bool off_cpu_task_storage = false;
 
 /* Flipped by userspace to start a new generation. */
 __u32 generation = 0;
+/* The recording's span for off-CPU time, set by userspace (the clock of
+ * bpf_ktime_get_ns, CLOCK_MONOTONIC): [0] when it began, [1] when it ended
+ * (0 while it runs). Waits are clipped to it, and none begins after it. */
+__u64 offcpu_window[2] = {};
 /* Always 0, but the verifier cannot know it: the walker's frame counter
  * starts from it so the verifier treats the count as a range and checks the
  * walk step once, instead of once per frame. */
@@ -64,6 +72,7 @@ struct ember_abi {
 	enum ember_limit limit;
 	enum py_kind py_kind;
 	enum py_frame_flag py_frame_flag;
+	struct offcpu_open offcpu_open;
 } ember_abi;
 
 #define COUNT_MAP(name)                                                        \
@@ -132,13 +141,27 @@ struct {
 	__type(value, struct offcpu_state);
 } offcpu_blank SEC(".maps");
 
-/* tid -> where and since when it waits (see on_switch). */
+/* tid -> where and since when it waits (see on_switch). With
+ * off_cpu_task_storage only the waits userspace seeded (threads already
+ * waiting when the recording started) are here, each until the thread's
+ * first switch (userspace then makes it a plain hash, allocated as used). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u32);
 	__type(value, struct offcpu_state);
 } offcpu_thread SEC(".maps");
+
+#ifndef EMBER_COMPAT
+/* Each thread's off-CPU state, kept with the thread (5.11): no look-up by
+ * tid at each switch, freed with the thread (see off_cpu_task_storage). */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct offcpu_state);
+} offcpu_task SEC(".maps");
+#endif
 STACK_MAP(stacks0);
 STACK_MAP(stacks1);
 
@@ -1218,17 +1241,56 @@ static __always_inline bool python_thread(struct offcpu_state *st, __u32 tgid, _
 	return true;
 }
 
-/* `next` comes back on the CPU: the wait it noted ends now. */
-static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u32 gen)
+/* The off-CPU state of thread `t` (id `tid`); NULL if it has none. */
+static __always_inline struct offcpu_state *offcpu_state_of(struct task_struct *t, __u32 tid)
 {
-	__u32 tid = next->pid;
-	/* The idle task and kernel threads are never noted as waiting. */
-	if (!tid || (next->flags & PF_KTHREAD))
+#ifndef EMBER_COMPAT
+	if (off_cpu_task_storage)
+		return bpf_task_storage_get(&offcpu_task, t, 0, 0);
+#endif
+	return bpf_map_lookup_elem(&offcpu_thread, &tid);
+}
+
+/* The off-CPU state of thread `t` (id `tid`), made if it has none; NULL
+ * when that failed. */
+static __always_inline struct offcpu_state *offcpu_state_new(struct task_struct *t, __u32 tid)
+{
+	struct offcpu_state *st = offcpu_state_of(t, tid);
+	if (st)
+		return st;
+#ifndef EMBER_COMPAT
+	if (off_cpu_task_storage) {
+		/* A wait seeded for it ended unseen (it ran when seeded). */
+		bpf_map_delete_elem(&offcpu_thread, &tid);
+		return bpf_task_storage_get(&offcpu_task, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	}
+#endif
+	__u32 zero = 0;
+	struct offcpu_state *blank = bpf_map_lookup_elem(&offcpu_blank, &zero);
+	if (blank)
+		bpf_map_update_elem(&offcpu_thread, &tid, blank, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&offcpu_thread, &tid);
+}
+
+/* The time now, read once per run and only when needed (the clock costs
+ * as much as a map look-up, and most switches on a host are of threads
+ * not profiled): `*now` is 0 until read. */
+static __always_inline __u64 clock_now(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_ns();
+	return *now;
+}
+
+/* The wait noted in `st` ends now: its time is added to its key's count. */
+static __always_inline void end_wait(struct offcpu_state *st, __u64 *clock, __u32 gen)
+{
+	if (!st->since)
 		return;
-	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
-	if (!st || !st->since)
-		return;
-	__u64 d = now > st->since ? now - st->since : 0;
+	__u64 now = clock_now(clock);
+	__u64 from = st->since > offcpu_window[0] ? st->since : offcpu_window[0];
+	__u64 to = offcpu_window[1] && offcpu_window[1] < now ? offcpu_window[1] : now;
+	__u64 d = to > from ? to - from : 0;
 	st->since = 0;
 	if (d < off_cpu_threshold_ns) {
 		stat_inc(STAT_OFFCPU_SHORT);
@@ -1243,12 +1305,36 @@ static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u3
 		stat_inc(STAT_OFFCPU_DROPPED);
 }
 
+/* `next` comes back on the CPU: the wait it noted ends now. */
+static __always_inline void off_cpu_in(struct task_struct *next, __u64 *now, __u32 gen)
+{
+	__u32 tid = next->pid;
+	/* The idle task and kernel threads are never noted as waiting. */
+	if (!tid || (next->flags & PF_KTHREAD))
+		return;
+	struct offcpu_state *st = offcpu_state_of(next, tid);
+	if (st) {
+		end_wait(st, now, gen);
+		return;
+	}
+	if (!off_cpu_task_storage)
+		return;
+	/* A thread with no state yet may have a wait userspace seeded. */
+	st = bpf_map_lookup_elem(&offcpu_thread, &tid);
+	if (st) {
+		end_wait(st, now, gen);
+		bpf_map_delete_elem(&offcpu_thread, &tid);
+	}
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = 0;
 	__u32 gen = generation & 1;
-	off_cpu_in(next, now, gen);
+	off_cpu_in(next, &now, gen);
+	if (offcpu_window[1])
+		return 0; /* the recording ended: no new wait */
 
 	/* prev is the current task: note where it waits. */
 	__u32 tid = prev->pid, tgid = prev->tgid;
@@ -1266,18 +1352,12 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 		}
 		weight = off_cpu_sample;
 	}
-	struct offcpu_state *st = bpf_map_lookup_elem(&offcpu_thread, &tid);
+	struct offcpu_state *st = offcpu_state_new(prev, tid);
 	if (!st) {
-		__u32 zero = 0;
-		struct offcpu_state *blank = bpf_map_lookup_elem(&offcpu_blank, &zero);
-		if (blank)
-			bpf_map_update_elem(&offcpu_thread, &tid, blank, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&offcpu_thread, &tid);
-		if (!st) {
-			stat_inc(STAT_OFFCPU_DROPPED);
-			return 0;
-		}
+		stat_inc(STAT_OFFCPU_DROPPED);
+		return 0;
 	}
+	clock_now(&now);
 	struct offcpu_site site = {.tid = tid};
 	switch_site(prev, preempt, &site);
 	/* Python frames change under the same native registers: walked always. */
@@ -1352,6 +1432,29 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 	st->since = now;
 	return 0;
 }
+
+#ifndef EMBER_COMPAT
+/* The waits still going on, for userspace when a recording ends with
+ * threads' states in task storage (which has no keys to list): one
+ * offcpu_open per waiting thread, run through an iterator link. */
+SEC("iter/task")
+int offcpu_open_waits(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	if (!task)
+		return 0;
+	__u32 tid = task->pid;
+	struct offcpu_state *st = offcpu_state_of(task, tid);
+	if (!st)
+		st = bpf_map_lookup_elem(&offcpu_thread, &tid); /* seeded, not switched since */
+	if (!st || !st->since)
+		return 0;
+	struct offcpu_open o = {.since = st->since, .weight = st->weight ? st->weight : 1};
+	o.key = st->memo[st->cur & (EMBER_OFFCPU_MEMO - 1)].key;
+	bpf_seq_write(ctx->meta->seq, &o, sizeof(o));
+	return 0;
+}
+#endif
 
 /* With `-- cmd`, children of profiled processes are profiled too. */
 SEC("tp_btf/sched_process_fork")

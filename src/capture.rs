@@ -65,6 +65,8 @@ pub struct Capture {
     last_full: u64,
     /// When sampling stopped (CLOCK_MONOTONIC ns), for open waits.
     stopped_ns: u64,
+    // When the recording began (CLOCK_MONOTONIC ns; see Sampler::begin).
+    started_ns: u64,
     /// Stacks of the waits seeded from /proc, added to every drain.
     seed_stacks: Vec<(u64, Vec<u64>)>,
 }
@@ -89,7 +91,8 @@ impl Capture {
         } else {
             None
         };
-        let sampler = Sampler::start(&cfg.sample)?;
+        let mut sampler = Sampler::start(&cfg.sample)?;
+        let started_ns = sampler.begin();
         let events = sampler.process_events()?;
         let mut sym = Symbolizer::new();
         sym.add_debug_dirs(&cfg.debug_dirs);
@@ -122,8 +125,15 @@ impl Capture {
             last_check: Instant::now(),
             last_full: 0,
             stopped_ns: 0,
+            started_ns,
             seed_stacks: Vec::new(),
         })
+    }
+
+    /// Marks now as the start of the recording: off-CPU waits that began
+    /// before (seeded ones included) count from here.
+    pub fn begin(&mut self) {
+        self.started_ns = self.sampler.begin();
     }
 
     /// Starts sampling an existing process: its maps are captured and its
@@ -260,8 +270,7 @@ impl Capture {
         into: &mut Aggregate,
         on_process: &mut dyn FnMut(ProcessEvent),
     ) -> Result<()> {
-        self.sampler.stop();
-        self.stopped_ns = sample::waits::monotonic_ns();
+        self.stopped_ns = self.sampler.stop();
         self.events.consume();
         self.intake(false, on_process);
         self.drain(into)?;
@@ -296,7 +305,10 @@ impl Capture {
             return;
         }
         for (key, since, weight) in self.sampler.open_waits() {
-            let d = self.stopped_ns.saturating_sub(since).saturating_mul(weight);
+            let d = self
+                .stopped_ns
+                .saturating_sub(since.max(self.started_ns))
+                .saturating_mul(weight);
             if d > 0 {
                 *into.off_cpu.entry(key).or_insert(0) += d;
             }

@@ -56,10 +56,12 @@ impl Target {
                 }
                 cap.seed_waits(Some(pids));
                 t.alive = pids.clone();
+                cap.begin();
                 t.start = Instant::now();
             }
             What::Command(argv) => {
                 cap.preload(find_program(&argv[0]).as_deref());
+                cap.begin();
                 t.start = Instant::now();
                 let c = Command::new(&argv[0])
                     .args(&argv[1..])
@@ -70,7 +72,11 @@ impl Target {
                 cap.adopt(c.id());
                 t.child = Some(c);
             }
-            What::All => cap.seed_waits(None),
+            What::All => {
+                cap.seed_waits(None);
+                cap.begin();
+                t.start = Instant::now();
+            }
         }
         Ok(t)
     }

@@ -67,6 +67,7 @@ fn helpers() -> BTreeMap<u32, (&'static str, Release)> {
             "probe_read_user_str",
             (5, 5),
         ),
+        (s::BPF_FUNC_seq_write, "seq_write", (5, 7)),
         (s::BPF_FUNC_ringbuf_output, "ringbuf_output", (5, 8)),
         (s::BPF_FUNC_ringbuf_reserve, "ringbuf_reserve", (5, 8)),
         (s::BPF_FUNC_ringbuf_submit, "ringbuf_submit", (5, 8)),
@@ -200,6 +201,8 @@ fn requirements(obj: &[u8]) -> Vec<(String, Release)> {
             libbpf_rs::ProgramType::PerfEvent => (4, 9),
             // tp_btf: BPF_PROG_TYPE_TRACING with BPF_TRACE_RAW_TP.
             libbpf_rs::ProgramType::Tracing if attach == libbpf_sys::BPF_TRACE_RAW_TP => (5, 5),
+            // iter/task: BPF_PROG_TYPE_TRACING with BPF_TRACE_ITER.
+            libbpf_rs::ProgramType::Tracing if attach == libbpf_sys::BPF_TRACE_ITER => (5, 8),
             other => panic!(
                 "program {name}: type {other:?} (attach {attach}) is not in this test's table"
             ),

@@ -46,6 +46,9 @@ pub(crate) type PyProc = types::py_proc;
 /// `struct offcpu_state`: a thread's off-CPU state; the `offcpu_thread`
 /// map's value.
 pub(crate) type OffCpuState = types::offcpu_state;
+/// `struct offcpu_open`: a wait still going on at the end, as the
+/// `offcpu_open_waits` iterator writes it.
+pub(crate) type OffCpuOpen = types::offcpu_open;
 /// `struct offcpu_memo`: a place a thread left the CPU from, with its key.
 pub(crate) type OffCpuMemo = types::offcpu_memo;
 /// `struct ember_proc_event`: the ring buffer's message.
@@ -299,6 +302,12 @@ assert_tiled!(OffCpuState {
     py_quiet,
     memo
 });
+assert_tiled!(OffCpuOpen {
+    since,
+    weight,
+    _pad,
+    key
+});
 assert_tiled!(OffCpuMemo {
     ip,
     sp,
@@ -353,6 +362,7 @@ unsafe impl Plain for ProcEvent {}
 unsafe impl Plain for PyLayout {}
 unsafe impl Plain for PyProc {}
 unsafe impl Plain for OffCpuState {}
+unsafe impl Plain for OffCpuOpen {}
 unsafe impl Plain for OffCpuMemo {}
 
 /// A value's bytes, as the kernel stores them.

@@ -168,6 +168,8 @@ pub struct Sampler {
     maps: Maps,
     progs: Progs,
     generation_cell: *mut u32,
+    // The .bss's offcpu_window (see begin and stop).
+    window_cell: *mut [u64; 2],
     variant: Variant,
     off_cpu: bool,
     python: bool,
@@ -271,14 +273,29 @@ struct Progs {
     on_fork: &'static ProgramMut<'static>,
     on_exec: &'static ProgramMut<'static>,
     on_exit: &'static ProgramMut<'static>,
+    /// The task iterator that lists open waits, when threads' off-CPU
+    /// states are in task storage (else they are listed from
+    /// `offcpu_thread`).
+    offcpu_open_waits: Option<&'static ProgramMut<'static>>,
 }
 
 /// Opens, configures and loads one variant's skeleton; evaluates to
-/// `(Maps, Progs, *mut generation)`. A macro because each build has its own
+/// `(Maps, Progs, *mut generation, *mut offcpu_window)`. A macro because each build has its own
 /// generated skeleton types, with the same fields.
 macro_rules! load_variant {
-    ($module:ident, $builder:ident, $cfg:expr, $variant:expr) => {{
+    (@modern modern) => { true };
+    (@modern compat) => { false };
+    (@iter_autoload modern, $open:ident, $on:expr) => { $open.progs.offcpu_open_waits.set_autoload($on) };
+    (@iter_autoload compat, $open:ident, $on:expr) => {};
+    (@iter modern, $p:ident) => { Some(&$p.offcpu_open_waits) };
+    (@iter compat, $p:ident) => { None };
+    (@task_map modern, $m:ident) => { Some(&$m.offcpu_task) };
+    (@task_map compat, $m:ident) => { None };
+    ($module:ident, $builder:ident, $cfg:expr, $variant:expr, $kind:ident) => {{
         let cfg: &Config = $cfg;
+        // Threads' off-CPU states in task storage: the modern build, 6.6+.
+        let task_storage =
+            cfg.off_cpu.is_some() && load_variant!(@modern $kind) && task_storage_in_switch();
         let object = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = $module::$builder::default()
             .open(object)
@@ -299,7 +316,18 @@ macro_rules! load_variant {
             rodata.off_cpu_threshold_ns = o.threshold.as_nanos().min(u64::MAX as u128) as u64;
             rodata.off_cpu_sample = o.sample.max(1);
             rodata.self_tgid = std::process::id();
+            rodata.off_cpu_task_storage = task_storage;
         }
+        if task_storage {
+            // Only seeded waits are left in it: allocated as written.
+            open.maps
+                .offcpu_thread
+                .set_type(libbpf_rs::MapType::Hash)?;
+            open.maps
+                .offcpu_thread
+                .set_map_flags(libbpf_sys::BPF_F_NO_PREALLOC)?;
+        }
+        load_variant!(@iter_autoload $kind, open, task_storage);
         for m in [
             &mut open.maps.counts0,
             &mut open.maps.counts1,
@@ -329,15 +357,17 @@ macro_rules! load_variant {
             )
         })?;
         let skel = Box::leak(Box::new(skel));
-        let generation: *mut u32 = &mut skel
+        let bss = skel
             .maps
             .bss_data
             .as_deref_mut()
-            .context("the BPF object has no .bss")?
-            .generation;
+            .context("the BPF object has no .bss")?;
+        let generation: *mut u32 = &mut bss.generation;
+        let window: *mut [u64; 2] = &mut bss.offcpu_window;
         let skel = &*skel;
         let m = &skel.maps;
-        let all: Vec<&'static MapMut<'static>> = vec![
+        let task_map: Option<&'static MapMut<'static>> = load_variant!(@task_map $kind, m);
+        let mut all: Vec<&'static MapMut<'static>> = vec![
             &m.counts0,
             &m.counts1,
             &m.offcpu0,
@@ -363,6 +393,7 @@ macro_rules! load_variant {
             &m.offcpu_walk,
             &m.offcpu_blank,
         ];
+        all.extend(task_map);
         let maps = Maps {
             counts: [&m.counts0, &m.counts1],
             stacks: [&m.stacks0, &m.stacks1],
@@ -386,8 +417,13 @@ macro_rules! load_variant {
             on_fork: &p.on_fork,
             on_exec: &p.on_exec,
             on_exit: &p.on_exit,
+            offcpu_open_waits: if task_storage {
+                load_variant!(@iter $kind, p)
+            } else {
+                None
+            },
         };
-        (maps, progs, generation)
+        (maps, progs, generation, window)
     }};
 }
 
@@ -412,15 +448,16 @@ impl Sampler {
     /// asked for), fills the filter and attaches to every CPU.
     pub fn start(cfg: &Config) -> Result<Sampler> {
         let mut variant = probe::Features::probe().choose(cfg.variant)?;
-        let load = |variant: Variant| -> Result<(Maps, Progs, *mut u32)> {
+        type Loaded = (Maps, Progs, *mut u32, *mut [u64; 2]);
+        let load = |variant: Variant| -> Result<Loaded> {
             Ok(match variant {
                 Variant::Compat => {
-                    load_variant!(skel_compat, ProfilerCompatSkelBuilder, cfg, variant)
+                    load_variant!(skel_compat, ProfilerCompatSkelBuilder, cfg, variant, compat)
                 }
-                _ => load_variant!(skel, ProfilerSkelBuilder, cfg, variant),
+                _ => load_variant!(skel, ProfilerSkelBuilder, cfg, variant, modern),
             })
         };
-        let (maps, progs, generation_cell) = match load(variant) {
+        let (maps, progs, generation_cell, window_cell) = match load(variant) {
             Ok(loaded) => loaded,
             // Chosen, not asked for: a verifier that refuses the modern
             // build (its limits differ between kernels) may take the
@@ -518,10 +555,11 @@ impl Sampler {
                 }
             }
         }
-        Ok(Sampler {
+        let mut sampler = Sampler {
             maps,
             progs,
             generation_cell,
+            window_cell,
             variant,
             off_cpu: cfg.off_cpu.is_some(),
             python: cfg.python,
@@ -535,7 +573,9 @@ impl Sampler {
             py_epoch: Default::default(),
             run_stats,
             switches_at_start,
-        })
+        };
+        sampler.begin();
+        Ok(sampler)
     }
 
     /// Starts profiling one more process (with a PID filter).
@@ -544,12 +584,29 @@ impl Sampler {
             .with_context(|| format!("adding PID {pid} to the sampler's filter failed"))
     }
 
+    /// Marks now (CLOCK_MONOTONIC ns, returned) as the start of the
+    /// recording for off-CPU time: waits that began before count from
+    /// here. [`start`](Self::start) marks its own end; a recording marks
+    /// the moment its targets are set up.
+    pub fn begin(&mut self) -> u64 {
+        let now = waits::monotonic_ns();
+        // SAFETY: as in flip_generation (a live mmap of the .bss).
+        unsafe { std::ptr::write_volatile(&mut (*self.window_cell)[0], now) };
+        now
+    }
+
     /// Stops sampling (the maps stay readable), so a last drain and the
-    /// counters agree exactly.
-    pub fn stop(&mut self) {
+    /// counters agree exactly. Returns when the recording ended
+    /// (CLOCK_MONOTONIC ns): off-CPU time is clipped to it, not to when
+    /// the programs were detached (which may take a while).
+    pub fn stop(&mut self) -> u64 {
+        let now = waits::monotonic_ns();
+        // SAFETY: as in flip_generation.
+        unsafe { std::ptr::write_volatile(&mut (*self.window_cell)[1], now) };
         self.perf_links.clear();
         self.off_cpu_links.clear();
         wait_for_bpf_programs();
+        now
     }
 
     /// Whether off-CPU time is recorded.
@@ -587,6 +644,9 @@ impl Sampler {
     /// (its stacks are in the stack maps, or were seeded), since when it
     /// waits (CLOCK_MONOTONIC ns) and its weight.
     pub fn open_waits(&self) -> Vec<(SampleKey, u64, u64)> {
+        if let Some(iter) = self.progs.offcpu_open_waits {
+            return open_waits_by_iterator(iter);
+        }
         use libbpf_rs::MapCore;
         let m = self.maps.offcpu_thread;
         let mut out = Vec::new();
@@ -752,6 +812,36 @@ impl Sampler {
     pub fn off_cpu_cost(&self) -> BpfCost {
         prog_cost(self.progs.on_switch.as_fd().as_raw_fd())
     }
+}
+
+/// The open waits as the `offcpu_open_waits` task iterator lists them
+/// (threads' states in task storage have no keys to list). It sees the
+/// tasks of ember's own pid namespace, which are the ones ember profiles.
+/// Empty if the iterator cannot run (the waits then go uncounted past
+/// their last switch, never counted wrong).
+fn open_waits_by_iterator(prog: &ProgramMut<'_>) -> Vec<(SampleKey, u64, u64)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = prog
+        .attach()
+        .and_then(|link| libbpf_rs::Iter::new(&link))
+        .map(|mut it| it.read_to_end(&mut bytes));
+    if !matches!(read, Ok(Ok(_))) {
+        return Vec::new();
+    }
+    bytes
+        .chunks_exact(std::mem::size_of::<abi::OffCpuOpen>())
+        .filter_map(abi::read::<abi::OffCpuOpen>)
+        .map(|o| (SampleKey::from(o.key), o.since, u64::from(o.weight.max(1))))
+        .collect()
+}
+
+/// Whether threads' off-CPU states may be kept in task storage, made at a
+/// context switch: from 6.6 task storage allocates from BPF's own per-CPU
+/// caches there (before, a kmalloc under the runqueue lock, which may wake
+/// kswapd and so take a runqueue lock again).
+fn task_storage_in_switch() -> bool {
+    probe::kernel_version().is_some_and(|v| v >= (6, 6))
 }
 
 /// A program's run count and time, from its fdinfo.
