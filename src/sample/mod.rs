@@ -821,11 +821,15 @@ impl Sampler {
 /// their last switch, never counted wrong).
 fn open_waits_by_iterator(prog: &ProgramMut<'_>) -> Vec<(SampleKey, u64, u64)> {
     use std::io::Read;
+    // One record per waiting thread of the host: bounded like the hash
+    // map the other path lists (a user may make many threads).
+    const MAX_OPEN_WAITS: u64 = 65536;
+    let limit = MAX_OPEN_WAITS * std::mem::size_of::<abi::OffCpuOpen>() as u64;
     let mut bytes = Vec::new();
     let read = prog
         .attach()
         .and_then(|link| libbpf_rs::Iter::new(&link))
-        .map(|mut it| it.read_to_end(&mut bytes));
+        .map(|it| it.take(limit).read_to_end(&mut bytes));
     if !matches!(read, Ok(Ok(_))) {
         return Vec::new();
     }
