@@ -178,9 +178,6 @@ impl Capture {
             .as_ref()
             .and_then(|u| u.next_due())
             .unwrap_or(Duration::MAX);
-        // The run-time statistics' windows are a second long: a longer
-        // wait only stretches one.
-        self.sampler.tick();
         self.events
             .poll(max.min(refresh).max(Duration::from_millis(1)));
         self.intake(true, on_process);

@@ -90,8 +90,7 @@ pub struct Recording {
     pub bpf_cost: sample::BpfCost,
     /// The build of the BPF program that ran.
     pub bpf_variant: sample::Variant,
-    /// Time spent in the off-CPU program (every context switch) while the
-    /// run-time statistics were on.
+    /// Time spent in the off-CPU program (every context switch).
     pub off_cpu_cost: sample::BpfCost,
     /// Context switches on the host while recording (the off-CPU
     /// program's runs).
@@ -448,7 +447,7 @@ pub fn summary(r: &Recording) -> String {
     } else {
         let _ = writeln!(
             s,
-            "  sampler cost: not measured (the kernel's BPF run-time statistics were refused or off while it ran; {} BPF variant)",
+            "  sampler cost: not measured (the kernel refused its BPF run-time statistics; {} BPF variant)",
             r.bpf_variant
         );
     }

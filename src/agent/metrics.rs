@@ -365,7 +365,7 @@ impl Metrics {
         line(
             "ember_bpf_run_seconds_total",
             "counter",
-            "Time spent in the BPF sampling program while the kernel's run-time statistics were on (ember turns them on 1 s in every 5: they slow every BPF program on the host).",
+            "Time spent in the BPF sampling program.",
             format!(" {:.6}", g(&self.bpf_run_ns) as f64 / 1e9),
         );
         if g(&self.off_cpu_switches) > 0 {
@@ -378,7 +378,7 @@ impl Metrics {
             line(
                 "ember_off_cpu_bpf_run_seconds_total",
                 "counter",
-                "Time spent in the off-CPU BPF program while the kernel's run-time statistics were on (1 s in every 5).",
+                "Time spent in the off-CPU BPF program.",
                 format!(" {:.6}", g(&self.off_cpu_run_ns) as f64 / 1e9),
             );
         }

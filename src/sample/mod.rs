@@ -182,56 +182,34 @@ pub struct Sampler {
     cpus: usize,
     // What the py_epoch map holds (see bump_py_epoch).
     py_epoch: std::sync::atomic::AtomicU32,
-    // The kernel's BPF run-time statistics, on in windows (see RunStats).
-    run_stats: RunStats,
+    // The kernel's BPF run-time statistics, on while sampling.
+    _run_stats: RunStats,
     // The host's context switches (/proc/stat ctxt) when sampling began.
     switches_at_start: u64,
 }
 
 /// The kernel's BPF run-time statistics, which give the sampler's own cost
-/// per run. While on they cost every BPF program on the host two clock
-/// reads per run (measured: 0.06 µs of each context switch with
-/// `--off-cpu`, a sixth of its cost), so ember keeps them on for
-/// [`RUN_STATS_ON`] in every [`RUN_STATS_PERIOD`], from the start: the
-/// mean cost per run needs no more.
+/// per run, on while ember runs. They cost every BPF program on the host
+/// two clock reads per run (0.06 µs of each context switch with
+/// `--off-cpu`). They are not switched on and off in windows: each switch
+/// patches kernel text (a static key), and under QEMU's TCG a guest kernel
+/// oopsed on the patch's int3 in `__perf_event_overflow` with windows of
+/// 1 s in 5.
 struct RunStats {
-    fd: Option<std::os::fd::OwnedFd>,
-    since: std::time::Instant,
+    _fd: Option<std::os::fd::OwnedFd>,
 }
 
-/// How long the run-time statistics stay on in each period.
-pub const RUN_STATS_ON: std::time::Duration = std::time::Duration::from_secs(1);
-/// How often they are turned on.
-pub const RUN_STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl RunStats {
+    /// Turns the statistics on; None inside if the kernel refused (the
+    /// cost then reads zero).
     fn start() -> RunStats {
-        RunStats {
-            fd: Self::enable(),
-            since: std::time::Instant::now(),
-        }
-    }
-
-    /// Turns the statistics on; None if the kernel refused (the cost then
-    /// reads zero).
-    fn enable() -> Option<std::os::fd::OwnedFd> {
         // SAFETY: a plain syscall wrapper; a non-negative result is a new
         // fd we own (the statistics stay on until it is closed).
-        unsafe {
+        let fd = unsafe {
             let fd = libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME);
             (fd >= 0).then(|| <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd))
-        }
-    }
-
-    fn tick(&mut self) {
-        let held = self.since.elapsed();
-        if self.fd.is_some() && held >= RUN_STATS_ON {
-            self.fd = None;
-            self.since = std::time::Instant::now();
-        } else if self.fd.is_none() && held >= RUN_STATS_PERIOD.saturating_sub(RUN_STATS_ON) {
-            self.fd = Self::enable();
-            self.since = std::time::Instant::now();
-        }
+        };
+        RunStats { _fd: fd }
     }
 }
 
@@ -571,7 +549,7 @@ impl Sampler {
             generation: 0,
             cpus: cpus.len(),
             py_epoch: Default::default(),
-            run_stats,
+            _run_stats: run_stats,
             switches_at_start,
         };
         sampler.begin();
@@ -789,26 +767,20 @@ impl Sampler {
         Ok(KernelStats::from_values(values))
     }
 
-    /// Turns the kernel's run-time statistics on or off as their schedule
-    /// says (see [`RUN_STATS_ON`]); the event loops call it often.
-    pub fn tick(&mut self) {
-        self.run_stats.tick();
-    }
-
     /// Context switches on the host since sampling began: the off-CPU
     /// program's runs.
     pub fn switches(&self) -> u64 {
         host_switches().saturating_sub(self.switches_at_start)
     }
 
-    /// Time the sampling program has run while the run-time statistics
-    /// were on, and those runs (zero if the kernel refused them).
+    /// Time the sampling program has run so far, and its runs (zero if
+    /// the kernel refused the run-time statistics).
     pub fn bpf_cost(&self) -> BpfCost {
         prog_cost(self.progs.on_sample.as_fd().as_raw_fd())
     }
 
-    /// Time the off-CPU program (run at every context switch) has run
-    /// while the run-time statistics were on, and those runs.
+    /// Time the off-CPU program (run at every context switch) has run so
+    /// far, and its runs.
     pub fn off_cpu_cost(&self) -> BpfCost {
         prog_cost(self.progs.on_switch.as_fd().as_raw_fd())
     }
