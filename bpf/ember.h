@@ -252,6 +252,27 @@ struct offcpu_state {
 	struct offcpu_memo memo[EMBER_OFFCPU_MEMO];
 };
 
+/* A program's cost as it measures itself with the clock (cpu_state): its
+ * runs, how many of them were timed, and the nanoseconds those took (the
+ * cost of the clock reads taken out). */
+struct prog_cost {
+	__u64 runs;
+	__u64 timed;
+	__u64 ns;
+};
+
+/* Per CPU: the off-CPU program's clock and the programs' costs. The
+ * kernel's own BPF run-time statistics would give the costs too, but they
+ * are global: every BPF program on the host would pay two clock reads per
+ * run while ember runs. */
+struct cpu_state {
+	__u64 rq_at;  /* the runqueue's clock when `offset` was taken */
+	__u64 offset; /* bpf_ktime_get_ns() minus the runqueue's clock then */
+	__u64 t0, t1; /* the clock reads that open a timed run of on_switch; t0 0: not timed */
+	struct prog_cost sample; /* on_sample: every run timed */
+	struct prog_cost sw;     /* on_switch: about 1 run in 64 timed */
+};
+
 /* A wait still going on when a recording ends (the offcpu_open_waits
  * iterator's records, with task storage): since when, its weight and its
  * key. */

@@ -287,6 +287,23 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
+/* The off-CPU clock and the programs' self-measured costs, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_state);
+} cpu_state SEC(".maps");
+
+/* Adds a timed run to `c`: t0 and t1 are two clock reads back to back
+ * (what a read costs), t2 the read after the program's work. */
+static __always_inline void cost_add(struct prog_cost *c, __u64 t0, __u64 t1, __u64 t2)
+{
+	__u64 read = t1 - t0, span = t2 - t1;
+	c->timed++;
+	c->ns += span > read ? span - read : 0;
+}
+
 /* A cheap 64-bit mix; collisions between distinct stacks are ~n^2/2^65. */
 static __always_inline __u64 hash_stack(const struct stack_trace *st, __u64 seed)
 {
@@ -1136,8 +1153,7 @@ static __always_inline bool profiled(__u32 tgid)
 	return f && (*f & FILTER_PROFILE);
 }
 
-SEC("perf_event")
-int on_sample(struct bpf_perf_event_data *ctx)
+static __always_inline void sample(struct bpf_perf_event_data *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
@@ -1145,10 +1161,10 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (tid == 0) {
 		stat_inc(STAT_IDLE);
 		if (!include_idle)
-			return 0;
+			return;
 	}
 	if (!profiled(tgid))
-		return 0;
+		return;
 	stat_inc(STAT_SAMPLES);
 
 	__u32 gen = generation & 1;
@@ -1160,6 +1176,21 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (!add_count(counts, &key, 1))
 		stat_inc(STAT_LOST_COUNT_MAP_FULL);
 	announce(tgid);
+}
+
+SEC("perf_event")
+int on_sample(struct bpf_perf_event_data *ctx)
+{
+	/* Every sample times itself: they are few (frequency x CPUs). */
+	__u64 t0 = bpf_ktime_get_ns(), t1 = bpf_ktime_get_ns();
+	sample(ctx);
+	__u64 t2 = bpf_ktime_get_ns();
+	__u32 zero = 0;
+	struct cpu_state *cs = bpf_map_lookup_elem(&cpu_state, &zero);
+	if (cs) {
+		cs->sample.runs++;
+		cost_add(&cs->sample, t0, t1, t2);
+	}
 	return 0;
 }
 
@@ -1272,22 +1303,38 @@ static __always_inline struct offcpu_state *offcpu_state_new(struct task_struct 
 	return bpf_map_lookup_elem(&offcpu_thread, &tid);
 }
 
-/* The time now, read once per run and only when needed (the clock costs
- * as much as a map look-up, and most switches on a host are of threads
- * not profiled): `*now` is 0 until read. */
-static __always_inline __u64 clock_now(__u64 *now)
+/* How long the runqueue's clock is taken as is before it is set against
+ * bpf_ktime_get_ns() again on a CPU. */
+#define CLOCK_RESYNC_NS 8000000ULL
+
+/* The time of this switch in bpf_ktime_get_ns()'s clock (CLOCK_MONOTONIC).
+ * Reading that clock costs as much as a third of the rest of the program
+ * (a fifth of a microsecond per switch on a VM), so the switch's time is
+ * the runqueue's clock instead, which __schedule has just updated: a few
+ * loads. It is sched_clock's, set against CLOCK_MONOTONIC per CPU every
+ * CLOCK_RESYNC_NS (so it agrees across CPUs even where sched_clock is not
+ * synchronised, and drifts by at most the clocks' rate difference over
+ * 8 ms). Without the field (no CONFIG_FAIR_GROUP_SCHED) the clock is read. */
+static __always_inline __u64 switch_clock(struct task_struct *prev, struct cpu_state *cs)
 {
-	if (!*now)
-		*now = bpf_ktime_get_ns();
-	return *now;
+	if (!bpf_core_field_exists(prev->se.cfs_rq))
+		return bpf_ktime_get_ns();
+	struct cfs_rq *cfs = prev->se.cfs_rq;
+	__u64 c = cfs ? cfs->rq->clock : 0;
+	if (!c)
+		return bpf_ktime_get_ns();
+	if (!cs->rq_at || c - cs->rq_at > CLOCK_RESYNC_NS) {
+		cs->offset = bpf_ktime_get_ns() - c;
+		cs->rq_at = c;
+	}
+	return c + cs->offset;
 }
 
 /* The wait noted in `st` ends now: its time is added to its key's count. */
-static __always_inline void end_wait(struct offcpu_state *st, __u64 *clock, __u32 gen)
+static __always_inline void end_wait(struct offcpu_state *st, __u64 now, __u32 gen)
 {
 	if (!st->since)
 		return;
-	__u64 now = clock_now(clock);
 	__u64 from = st->since > offcpu_window[0] ? st->since : offcpu_window[0];
 	__u64 to = offcpu_window[1] && offcpu_window[1] < now ? offcpu_window[1] : now;
 	__u64 d = to > from ? to - from : 0;
@@ -1306,7 +1353,7 @@ static __always_inline void end_wait(struct offcpu_state *st, __u64 *clock, __u3
 }
 
 /* `next` comes back on the CPU: the wait it noted ends now. */
-static __always_inline void off_cpu_in(struct task_struct *next, __u64 *now, __u32 gen)
+static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u32 gen)
 {
 	__u32 tid = next->pid;
 	/* The idle task and kernel threads are never noted as waiting. */
@@ -1327,37 +1374,36 @@ static __always_inline void off_cpu_in(struct task_struct *next, __u64 *now, __u
 	}
 }
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+/* One context switch, at `now`: `next` ends its wait, `prev` starts one. */
+static __always_inline void switch_to(void *ctx, bool preempt, struct task_struct *prev,
+				      struct task_struct *next, __u64 now)
 {
-	__u64 now = 0;
 	__u32 gen = generation & 1;
-	off_cpu_in(next, &now, gen);
+	off_cpu_in(next, now, gen);
 	if (offcpu_window[1])
-		return 0; /* the recording ended: no new wait */
+		return; /* the recording ended: no new wait */
 
 	/* prev is the current task: note where it waits. */
 	__u32 tid = prev->pid, tgid = prev->tgid;
 	if (tid == 0 || tgid == self_tgid)
-		return 0;
+		return;
 	if (!prev->mm || (prev->flags & PF_KTHREAD))
-		return 0;
+		return;
 	if (!profiled(tgid))
-		return 0;
+		return;
 	__u32 weight = 1;
 	if (off_cpu_sample > 1) {
 		if (bpf_get_prandom_u32() % off_cpu_sample) {
 			stat_inc(STAT_OFFCPU_SAMPLED_OUT);
-			return 0;
+			return;
 		}
 		weight = off_cpu_sample;
 	}
 	struct offcpu_state *st = offcpu_state_new(prev, tid);
 	if (!st) {
 		stat_inc(STAT_OFFCPU_DROPPED);
-		return 0;
+		return;
 	}
-	clock_now(&now);
 	struct offcpu_site site = {.tid = tid};
 	switch_site(prev, preempt, &site);
 	/* Python frames change under the same native registers: walked always. */
@@ -1372,7 +1418,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 				st->cur = i;
 				st->weight = weight;
 				st->since = now;
-				return 0;
+				return;
 			}
 		}
 	}
@@ -1394,7 +1440,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 		struct offcpu_walk *w = bpf_map_lookup_elem(&offcpu_walk, &zero);
 		if (!w) {
 			stat_inc(STAT_OFFCPU_DROPPED);
-			return 0;
+			return;
 		}
 		/* What decides whether this walk's stacks may be reused, kept in
 		 * map memory rather than registers: the verifier then sees one
@@ -1430,6 +1476,28 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 	st->cur = cur;
 	st->weight = weight;
 	st->since = now;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u32 zero = 0;
+	struct cpu_state *cs = bpf_map_lookup_elem(&cpu_state, &zero);
+	if (!cs)
+		return 0;
+	__u64 now = switch_clock(prev, cs);
+	cs->sw.runs++;
+	/* About one run in 64 (by the clock's bits) times itself. The clock
+	 * reads are kept in cs, not registers: the verifier then sees the work
+	 * once, not once timed and once not. */
+	cs->t0 = 0;
+	if (((now * 0x9E3779B97F4A7C15ULL) >> 58) == 0) {
+		cs->t0 = bpf_ktime_get_ns();
+		cs->t1 = bpf_ktime_get_ns();
+	}
+	switch_to(ctx, preempt, prev, next, now);
+	if (cs->t0)
+		cost_add(&cs->sw, cs->t0, cs->t1, bpf_ktime_get_ns());
 	return 0;
 }
 

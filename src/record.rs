@@ -432,14 +432,14 @@ pub fn summary(r: &Recording) -> String {
             ""
         }
     );
-    if r.bpf_cost.runs > 0 {
+    if r.bpf_cost.timed > 0 {
         // Each run interrupts a CPU; frequency runs per second per CPU.
         let share = r.bpf_cost.per_run_ns() * p.frequency as f64 / 1e9 * 100.0;
         let _ = writeln!(
             s,
             "  sampler cost: {:.2} µs per sample in BPF over {} samples ({:.3}% of each CPU at {} Hz; {} BPF variant)",
             r.bpf_cost.per_run_ns() / 1000.0,
-            r.bpf_cost.runs,
+            r.bpf_cost.timed,
             share,
             p.frequency,
             r.bpf_variant
@@ -447,7 +447,7 @@ pub fn summary(r: &Recording) -> String {
     } else {
         let _ = writeln!(
             s,
-            "  sampler cost: not measured (the kernel refused its BPF run-time statistics; {} BPF variant)",
+            "  sampler cost: not measured (no sample was taken; {} BPF variant)",
             r.bpf_variant
         );
     }
@@ -473,7 +473,7 @@ pub fn summary(r: &Recording) -> String {
             st.off_cpu_sampled_out,
             st.off_cpu_dropped,
             r.off_cpu_cost.per_run_ns() / 1000.0,
-            r.off_cpu_cost.runs,
+            r.off_cpu_cost.timed,
             r.switches.max(r.off_cpu_cost.runs),
             st.off_cpu_walks,
             if waits.is_empty() { "" } else { "; largest waits: " },

@@ -365,7 +365,7 @@ impl Metrics {
         line(
             "ember_bpf_run_seconds_total",
             "counter",
-            "Time spent in the BPF sampling program.",
+            "Time spent in the BPF sampling program (every run times itself).",
             format!(" {:.6}", g(&self.bpf_run_ns) as f64 / 1e9),
         );
         if g(&self.off_cpu_switches) > 0 {
@@ -378,7 +378,7 @@ impl Metrics {
             line(
                 "ember_off_cpu_bpf_run_seconds_total",
                 "counter",
-                "Time spent in the off-CPU BPF program.",
+                "Time spent in the off-CPU BPF program (about 1 run in 64 times itself; this is their mean times all runs).",
                 format!(" {:.6}", g(&self.off_cpu_run_ns) as f64 / 1e9),
             );
         }
@@ -489,12 +489,13 @@ impl Metrics {
         if let Ok(st) = sampler.stats() {
             self.kernel.store(&st);
         }
-        self.bpf_run_ns.store(sampler.bpf_cost().nanos, Relaxed);
+        self.bpf_run_ns
+            .store(sampler.bpf_cost().total_ns(), Relaxed);
         if sampler.off_cpu() {
             let c = sampler.off_cpu_cost();
             self.off_cpu_switches
                 .store(sampler.switches().max(c.runs), Relaxed);
-            self.off_cpu_run_ns.store(c.nanos, Relaxed);
+            self.off_cpu_run_ns.store(c.total_ns(), Relaxed);
         }
     }
 

@@ -51,6 +51,11 @@ pub(crate) type OffCpuState = types::offcpu_state;
 pub(crate) type OffCpuOpen = types::offcpu_open;
 /// `struct offcpu_memo`: a place a thread left the CPU from, with its key.
 pub(crate) type OffCpuMemo = types::offcpu_memo;
+/// `struct cpu_state`: the off-CPU clock and the programs' costs, per CPU;
+/// the `cpu_state` map's value.
+pub(crate) type CpuState = types::cpu_state;
+/// `struct prog_cost`: a program's self-measured cost.
+pub(crate) type ProgCost = types::prog_cost;
 /// `struct ember_proc_event`: the ring buffer's message.
 pub(crate) type ProcEvent = types::ember_proc_event;
 
@@ -293,6 +298,15 @@ assert_tiled!(ProcUnwind {
     _pad
 });
 assert_tiled!(ProcEvent { tgid, kind });
+assert_tiled!(ProgCost { runs, timed, ns });
+assert_tiled!(CpuState {
+    rq_at,
+    offset,
+    t0,
+    t1,
+    sample,
+    sw
+});
 assert_tiled!(OffCpuState {
     since,
     weight,
@@ -363,6 +377,8 @@ unsafe impl Plain for PyLayout {}
 unsafe impl Plain for PyProc {}
 unsafe impl Plain for OffCpuState {}
 unsafe impl Plain for OffCpuOpen {}
+// SAFETY: as above; u64 fields only.
+unsafe impl Plain for CpuState {}
 unsafe impl Plain for OffCpuMemo {}
 
 /// A value's bytes, as the kernel stores them.

@@ -182,35 +182,8 @@ pub struct Sampler {
     cpus: usize,
     // What the py_epoch map holds (see bump_py_epoch).
     py_epoch: std::sync::atomic::AtomicU32,
-    // The kernel's BPF run-time statistics, on while sampling.
-    _run_stats: RunStats,
     // The host's context switches (/proc/stat ctxt) when sampling began.
     switches_at_start: u64,
-}
-
-/// The kernel's BPF run-time statistics, which give the sampler's own cost
-/// per run, on while ember runs. They cost every BPF program on the host
-/// two clock reads per run (0.06 µs of each context switch with
-/// `--off-cpu`). They are not switched on and off in windows: each switch
-/// patches kernel text (a static key), and under QEMU's TCG a guest kernel
-/// oopsed on the patch's int3 in `__perf_event_overflow` with windows of
-/// 1 s in 5.
-struct RunStats {
-    _fd: Option<std::os::fd::OwnedFd>,
-}
-
-impl RunStats {
-    /// Turns the statistics on; None inside if the kernel refused (the
-    /// cost then reads zero).
-    fn start() -> RunStats {
-        // SAFETY: a plain syscall wrapper; a non-negative result is a new
-        // fd we own (the statistics stay on until it is closed).
-        let fd = unsafe {
-            let fd = libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME);
-            (fd >= 0).then(|| <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd))
-        };
-        RunStats { _fd: fd }
-    }
 }
 
 /// Context switches on the host since boot (`ctxt` in /proc/stat; one per
@@ -235,6 +208,7 @@ struct Maps {
     filter: &'static MapMut<'static>,
     events: &'static MapMut<'static>,
     stats: &'static MapMut<'static>,
+    cpu_state: &'static MapMut<'static>,
     unwind_tables: &'static MapMut<'static>,
     proc_unwind: &'static MapMut<'static>,
     unwind_mappings: &'static MapMut<'static>,
@@ -370,6 +344,7 @@ macro_rules! load_variant {
             &m.py_epoch,
             &m.offcpu_walk,
             &m.offcpu_blank,
+            &m.cpu_state,
         ];
         all.extend(task_map);
         let maps = Maps {
@@ -380,6 +355,7 @@ macro_rules! load_variant {
             filter: &m.filter,
             events: &m.events,
             stats: &m.stats,
+            cpu_state: &m.cpu_state,
             unwind_tables: &m.unwind_tables,
             proc_unwind: &m.proc_unwind,
             unwind_mappings: &m.unwind_mappings,
@@ -405,19 +381,34 @@ macro_rules! load_variant {
     }};
 }
 
-/// Time spent in the sampler's BPF program, from the kernel's statistics.
-#[derive(Debug, Clone, Copy, Default)]
+/// Time spent in one of the sampler's BPF programs, as the program
+/// measures itself with the clock (the kernel's BPF run-time statistics
+/// would slow every BPF program on the host; see `struct cpu_state` in
+/// bpf/ember.h).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BpfCost {
-    /// Program runs (samples taken on any CPU, idle included).
+    /// Program runs (samples taken on any CPU, idle included; or context
+    /// switches).
     pub runs: u64,
-    /// Nanoseconds spent in those runs.
+    /// Runs that timed themselves: every sample, about 1 switch in 64.
+    pub timed: u64,
+    /// Nanoseconds spent in the timed runs.
     pub nanos: u64,
 }
 
 impl BpfCost {
-    /// Mean nanoseconds per run.
+    /// Mean nanoseconds per run (0 when no run was timed).
     pub fn per_run_ns(&self) -> f64 {
-        self.nanos as f64 / self.runs.max(1) as f64
+        if self.timed == 0 {
+            return 0.0;
+        }
+        self.nanos as f64 / self.timed as f64
+    }
+
+    /// Nanoseconds spent in all runs, timed or not (the timed runs' mean
+    /// times the runs).
+    pub fn total_ns(&self) -> u64 {
+        (self.per_run_ns() * self.runs as f64) as u64
     }
 }
 
@@ -502,7 +493,6 @@ impl Sampler {
         }
         let mut perf_links = Vec::new();
 
-        let run_stats = RunStats::start();
         let switches_at_start = host_switches();
         let cpus = perf::online_cpus().context("reading the online CPUs failed")?;
         let mut event = cfg.event;
@@ -549,7 +539,6 @@ impl Sampler {
             generation: 0,
             cpus: cpus.len(),
             py_epoch: Default::default(),
-            _run_stats: run_stats,
             switches_at_start,
         };
         sampler.begin();
@@ -773,16 +762,40 @@ impl Sampler {
         host_switches().saturating_sub(self.switches_at_start)
     }
 
-    /// Time the sampling program has run so far, and its runs (zero if
-    /// the kernel refused the run-time statistics).
+    /// Time the sampling program has run so far, and its runs.
     pub fn bpf_cost(&self) -> BpfCost {
-        prog_cost(self.progs.on_sample.as_fd().as_raw_fd())
+        self.costs().0
     }
 
     /// Time the off-CPU program (run at every context switch) has run so
     /// far, and its runs.
     pub fn off_cpu_cost(&self) -> BpfCost {
-        prog_cost(self.progs.on_switch.as_fd().as_raw_fd())
+        self.costs().1
+    }
+
+    /// The programs' self-measured costs, summed over the CPUs: (on_sample,
+    /// on_switch). Zero if the map cannot be read.
+    fn costs(&self) -> (BpfCost, BpfCost) {
+        use libbpf_rs::MapCore;
+        let add = |to: &mut BpfCost, c: &abi::ProgCost| {
+            to.runs += c.runs;
+            to.timed += c.timed;
+            to.nanos += c.ns;
+        };
+        let (mut sample, mut switch) = (BpfCost::default(), BpfCost::default());
+        if let Ok(Some(cpus)) = self
+            .maps
+            .cpu_state
+            .lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        {
+            for bytes in &cpus {
+                if let Some(cs) = abi::read::<abi::CpuState>(bytes) {
+                    add(&mut sample, &cs.sample);
+                    add(&mut switch, &cs.sw);
+                }
+            }
+        }
+        (sample, switch)
     }
 }
 
@@ -820,23 +833,6 @@ fn task_storage_in_switch() -> bool {
     probe::kernel_version().is_some_and(|v| v >= (6, 6))
 }
 
-/// A program's run count and time, from its fdinfo.
-fn prog_cost(fd: i32) -> BpfCost {
-    {
-        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        BpfCost {
-            runs: field("run_cnt:"),
-            nanos: field("run_time_ns:"),
-        }
-    }
-}
-
 impl Sampler {
     /// Kernel memory held by the sampler's maps, from their fdinfo.
     pub fn map_memory_bytes(&self) -> u64 {
@@ -868,6 +864,7 @@ fn check_maps(m: &Maps) -> Result<()> {
     check_map::<u32, UnwindMapping>("unwind_mappings", m.unwind_mappings)?;
     check_map::<u32, abi::PyLayout>("py_layouts", m.py_layouts)?;
     check_map::<u32, abi::PyProc>("py_procs", m.py_procs)?;
+    check_map::<u32, abi::CpuState>("cpu_state", m.cpu_state)?;
     // A map of maps: the value is the inner map's fd.
     check_map::<u32, u32>("unwind_tables", m.unwind_tables)?;
     // The unwinder allocates slots and ids in these two arrays.
