@@ -54,6 +54,11 @@ __u32 generation = 0;
  * bpf_ktime_get_ns, CLOCK_MONOTONIC): [0] when it began, [1] when it ended
  * (0 while it runs). Waits are clipped to it, and none begins after it. */
 __u64 offcpu_window[2] = {};
+/* Set by userspace while waits it seeded (offcpu_thread) may be waiting
+ * for their threads' first switch with task storage: until the
+ * offcpu_adopt_seeds iterator has moved them into it, a thread with no
+ * state is looked up there too. */
+__u32 seeds_pending = 0;
 /* Always 0, but the verifier cannot know it: the walker's frame counter
  * starts from it so the verifier treats the count as a range and checks the
  * walk step once, instead of once per frame. */
@@ -1364,7 +1369,7 @@ static __always_inline void off_cpu_in(struct task_struct *next, __u64 now, __u3
 		end_wait(st, now, gen);
 		return;
 	}
-	if (!off_cpu_task_storage)
+	if (!off_cpu_task_storage || !seeds_pending)
 		return;
 	/* A thread with no state yet may have a wait userspace seeded. */
 	st = bpf_map_lookup_elem(&offcpu_thread, &tid);
@@ -1520,6 +1525,26 @@ int offcpu_open_waits(struct bpf_iter__task *ctx)
 	struct offcpu_open o = {.since = st->since, .weight = st->weight ? st->weight : 1};
 	o.key = st->memo[st->cur & (EMBER_OFFCPU_MEMO - 1)].key;
 	bpf_seq_write(ctx->meta->seq, &o, sizeof(o));
+	return 0;
+}
+
+/* Moves the waits userspace seeded into the threads' task storage, so
+ * that a switch of a thread with no state need not look in offcpu_thread
+ * (seeds_pending is cleared after this runs). A thread that switched
+ * since has a state of its own, and its seed has ended. */
+SEC("iter/task")
+int offcpu_adopt_seeds(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	if (!task)
+		return 0;
+	__u32 tid = task->pid;
+	struct offcpu_state *seed = bpf_map_lookup_elem(&offcpu_thread, &tid);
+	if (!seed)
+		return 0;
+	if (!bpf_task_storage_get(&offcpu_task, task, 0, 0))
+		bpf_task_storage_get(&offcpu_task, task, seed, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	bpf_map_delete_elem(&offcpu_thread, &tid);
 	return 0;
 }
 #endif

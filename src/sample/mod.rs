@@ -170,6 +170,8 @@ pub struct Sampler {
     generation_cell: *mut u32,
     // The .bss's offcpu_window (see begin and stop).
     window_cell: *mut [u64; 2],
+    // The .bss's seeds_pending (see seed_waits).
+    seeds_cell: *mut u32,
     variant: Variant,
     off_cpu: bool,
     python: bool,
@@ -229,6 +231,8 @@ struct Progs {
     /// states are in task storage (else they are listed from
     /// `offcpu_thread`).
     offcpu_open_waits: Option<&'static ProgramMut<'static>>,
+    /// The task iterator that moves seeded waits into task storage.
+    offcpu_adopt_seeds: Option<&'static ProgramMut<'static>>,
 }
 
 /// Opens, configures and loads one variant's skeleton; evaluates to
@@ -237,10 +241,13 @@ struct Progs {
 macro_rules! load_variant {
     (@modern modern) => { true };
     (@modern compat) => { false };
-    (@iter_autoload modern, $open:ident, $on:expr) => { $open.progs.offcpu_open_waits.set_autoload($on) };
+    (@iter_autoload modern, $open:ident, $on:expr) => {{
+        $open.progs.offcpu_open_waits.set_autoload($on);
+        $open.progs.offcpu_adopt_seeds.set_autoload($on);
+    }};
     (@iter_autoload compat, $open:ident, $on:expr) => {};
-    (@iter modern, $p:ident) => { Some(&$p.offcpu_open_waits) };
-    (@iter compat, $p:ident) => { None };
+    (@iter modern, $p:ident) => { (Some(&$p.offcpu_open_waits), Some(&$p.offcpu_adopt_seeds)) };
+    (@iter compat, $p:ident) => { (None, None) };
     (@task_map modern, $m:ident) => { Some(&$m.offcpu_task) };
     (@task_map compat, $m:ident) => { None };
     ($module:ident, $builder:ident, $cfg:expr, $variant:expr, $kind:ident) => {{
@@ -316,6 +323,7 @@ macro_rules! load_variant {
             .context("the BPF object has no .bss")?;
         let generation: *mut u32 = &mut bss.generation;
         let window: *mut [u64; 2] = &mut bss.offcpu_window;
+        let seeds: *mut u32 = &mut bss.seeds_pending;
         let skel = &*skel;
         let m = &skel.maps;
         let task_map: Option<&'static MapMut<'static>> = load_variant!(@task_map $kind, m);
@@ -365,19 +373,21 @@ macro_rules! load_variant {
             all,
         };
         let p = &skel.progs;
+        let (offcpu_open_waits, offcpu_adopt_seeds) = if task_storage {
+            load_variant!(@iter $kind, p)
+        } else {
+            (None, None)
+        };
         let progs = Progs {
             on_sample: &p.on_sample,
             on_switch: &p.on_switch,
             on_fork: &p.on_fork,
             on_exec: &p.on_exec,
             on_exit: &p.on_exit,
-            offcpu_open_waits: if task_storage {
-                load_variant!(@iter $kind, p)
-            } else {
-                None
-            },
+            offcpu_open_waits,
+            offcpu_adopt_seeds,
         };
-        (maps, progs, generation, window)
+        (maps, progs, generation, window, seeds)
     }};
 }
 
@@ -417,7 +427,7 @@ impl Sampler {
     /// asked for), fills the filter and attaches to every CPU.
     pub fn start(cfg: &Config) -> Result<Sampler> {
         let mut variant = probe::Features::probe().choose(cfg.variant)?;
-        type Loaded = (Maps, Progs, *mut u32, *mut [u64; 2]);
+        type Loaded = (Maps, Progs, *mut u32, *mut [u64; 2], *mut u32);
         let load = |variant: Variant| -> Result<Loaded> {
             Ok(match variant {
                 Variant::Compat => {
@@ -426,7 +436,7 @@ impl Sampler {
                 _ => load_variant!(skel, ProfilerSkelBuilder, cfg, variant, modern),
             })
         };
-        let (maps, progs, generation_cell, window_cell) = match load(variant) {
+        let (maps, progs, generation_cell, window_cell, seeds_cell) = match load(variant) {
             Ok(loaded) => loaded,
             // Chosen, not asked for: a verifier that refuses the modern
             // build (its limits differ between kernels) may take the
@@ -528,6 +538,7 @@ impl Sampler {
             progs,
             generation_cell,
             window_cell,
+            seeds_cell,
             variant,
             off_cpu: cfg.off_cpu.is_some(),
             python: cfg.python,
@@ -595,6 +606,13 @@ impl Sampler {
     /// the key (names and stacks) userspace found for them: waits that
     /// began before the recording count from its start.
     pub fn seed_waits(&self, waits: &[SampleKey], since_ns: u64) {
+        if waits.is_empty() {
+            return;
+        }
+        // With task storage a thread with no state is looked for among
+        // the seeds only while this is set: set before they are written.
+        // SAFETY: the .bss is mapped for the sampler's life; a u32 store.
+        unsafe { std::ptr::write_volatile(self.seeds_cell, 1) };
         for k in waits {
             // The key in memo entry 0 (cur), not to be reused (gen 0).
             let mut st = abi::OffCpuState {
@@ -604,6 +622,14 @@ impl Sampler {
             };
             st.memo[0].key = (*k).into();
             let _ = abi::update(self.maps.offcpu_thread, &k.tid, &st, MapFlags::NO_EXIST);
+        }
+        if let Some(adopt) = self.progs.offcpu_adopt_seeds {
+            // Moved into the threads' task storage: then no switch need
+            // look among them. If the iterator fails they stay (looked up).
+            if run_iterator(adopt) {
+                // SAFETY: as above.
+                unsafe { std::ptr::write_volatile(self.seeds_cell, 0) };
+            }
         }
     }
 
@@ -797,6 +823,16 @@ impl Sampler {
         }
         (sample, switch)
     }
+}
+
+/// Runs a task iterator that writes nothing (for its effect); false if it
+/// could not run.
+fn run_iterator(prog: &ProgramMut<'_>) -> bool {
+    use std::io::Read;
+    prog.attach()
+        .and_then(|link| libbpf_rs::Iter::new(&link))
+        .map(|mut it| it.read_to_end(&mut Vec::new()))
+        .is_ok_and(|r| r.is_ok())
 }
 
 /// The open waits as the `offcpu_open_waits` task iterator lists them
