@@ -47,6 +47,11 @@ const volatile __u32 self_tgid = 0;
  * by tid: set by userspace where task storage allocates without kmalloc
  * under the runqueue lock (6.6+; never in the compat build). */
 const volatile bool off_cpu_task_storage = false;
+/* Where __traceiter_sched_switch is ([lo, hi); 0: unknown): the frame an
+ * off-CPU kernel stack has on top when another program is attached to
+ * sched_switch as well (the tracepoint then calls its probes through it). */
+const volatile __u64 traceiter_lo = 0;
+const volatile __u64 traceiter_hi = 0;
 
 /* Flipped by userspace to start a new generation. */
 __u32 generation = 0;
@@ -377,6 +382,11 @@ static __always_inline __u64 capture(struct bpf_perf_event_data *ctx, void *stac
 		return 0;
 	}
 	long n = bpf_get_stack(ctx, st->ips, sizeof(st->ips), flags);
+	/* A kernel stack taken with frames to skip (off-CPU) skips one more
+	 * when it shows the tracepoint's iterator on top. */
+	if (n > 0 && traceiter_lo && (flags & BPF_F_SKIP_FIELD_MASK) && !(flags & BPF_F_USER_STACK) &&
+	    st->ips[0] >= traceiter_lo && st->ips[0] < traceiter_hi)
+		n = bpf_get_stack(ctx, st->ips, sizeof(st->ips), flags + 1);
 	if (n <= 0) {
 		/* -EFAULT or 0 frames: the context has no such stack (a kernel
 		 * stack of a sample taken in user mode). The caller decides

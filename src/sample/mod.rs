@@ -276,6 +276,10 @@ macro_rules! load_variant {
             rodata.off_cpu_sample = o.sample.max(1);
             rodata.self_tgid = std::process::id();
             rodata.off_cpu_task_storage = task_storage;
+            if let Some((lo, hi)) = probe::traceiter_sched_switch() {
+                rodata.traceiter_lo = lo;
+                rodata.traceiter_hi = hi;
+            }
         }
         if task_storage {
             // Only seeded waits are left in it: allocated as written.

@@ -232,6 +232,36 @@ fn inner_map_flag() -> bool {
     }
 }
 
+/// Where the kernel's `__traceiter_sched_switch` is, `[start, end)` (end:
+/// the next text symbol), from /proc/kallsyms; None if it is not listed.
+/// With more than one program on sched_switch the tracepoint calls them
+/// through it, and off-CPU stacks skip it.
+pub fn traceiter_sched_switch() -> Option<(u64, u64)> {
+    use std::io::BufRead;
+    let f = std::fs::File::open("/proc/kallsyms").ok()?;
+    let mut syms = Vec::new();
+    let mut start = None;
+    for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        let Ok(a) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        if name == "__traceiter_sched_switch" {
+            start = Some(a);
+        }
+        syms.push(a);
+    }
+    let start = start.filter(|&a| a != 0)?;
+    let end = syms.into_iter().filter(|&a| a > start).min()?;
+    Some((start, end))
+}
+
 /// The running kernel's (major, minor) version, if its release parses.
 pub fn kernel_version() -> Option<(u32, u32)> {
     parse_version(&kernel_release())
