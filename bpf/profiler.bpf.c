@@ -1092,11 +1092,8 @@ static __always_inline void capture_key(void *ctx, struct sample_key *key, void 
 		bool lost = false;
 		if (st && st->len)
 			key->user_stack = store_user(st, stacks, 0x75736572ULL, &lost, &map_full);
-		if (lost || !key->user_stack) {
+		if (lost || !key->user_stack)
 			key->flags |= SAMPLE_USER_LOST;
-			if (!map_full)
-				stat_inc(STAT_LOST_USER_STACK);
-		}
 	} else if (user_task) {
 		bool lost = false;
 		key->user_stack = capture(ctx, stacks, BPF_F_USER_STACK, 0x75736572ULL, &lost, &map_full);
@@ -1113,11 +1110,8 @@ static __always_inline void capture_key(void *ctx, struct sample_key *key, void 
 				stat_inc(STAT_UNWIND_COMPLETE);
 			}
 		}
-		if (lost || !key->user_stack) {
+		if (lost || !key->user_stack)
 			key->flags |= SAMPLE_USER_LOST;
-			if (!map_full)
-				stat_inc(STAT_LOST_USER_STACK);
-		}
 	}
 	/* After the user stack is stored: the Python walk reuses its buffer. */
 	if (python && user_task) {
@@ -1125,10 +1119,8 @@ static __always_inline void capture_key(void *ctx, struct sample_key *key, void 
 		if (pp)
 			key->py_stack = walk_python(task, tid, pp, stacks, &key->flags, &map_full);
 	}
-	if (map_full) {
+	if (map_full)
 		key->flags |= SAMPLE_MAP_FULL;
-		stat_inc(STAT_LOST_STACK_MAP_FULL);
-	}
 }
 
 /* Adds `v` to the count of `key`; false when the map is full. */
@@ -1188,8 +1180,15 @@ static __always_inline void sample(struct bpf_perf_event_data *ctx)
 
 	struct sample_key key;
 	capture_key(ctx, &key, stacks, tgid, tid, 0);
-	if (!add_count(counts, &key, 1))
+	if (!add_count(counts, &key, 1)) {
 		stat_inc(STAT_LOST_COUNT_MAP_FULL);
+	} else if (key.flags & SAMPLE_MAP_FULL) {
+		/* Counted only for samples kept: one whose stacks were lost
+		 * and then dropped whole counts as dropped only. */
+		stat_inc(STAT_LOST_STACK_MAP_FULL);
+	} else if (key.flags & SAMPLE_USER_LOST) {
+		stat_inc(STAT_LOST_USER_STACK);
+	}
 	announce(tgid);
 }
 
