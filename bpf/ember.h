@@ -308,9 +308,18 @@ struct offcpu_site {
 struct offcpu_site_stacks {
 	struct sample_key key;
 	__u32 gen;    /* generation + 1 the stacks were stored in */
-	__u32 stable; /* the last two walks from here found the same stacks */
-	__u64 since;  /* when the first of the walks that agree was made */
-	__u64 until;  /* reused until then (bpf_ktime_get_ns) */
+	__u32 stable; /* OFFCPU_STABLE_*: what the last two walks from here agreed on */
+	__u64 since;  /* when the first of the walks that agree on both stacks was made */
+	__u64 until;  /* the key reused until then (the switch clock, CLOCK_MONOTONIC) */
+	__u64 since_user; /* the same for the user stack alone */
+	__u64 until_user;
+};
+
+/* offcpu_site_stacks.stable */
+enum offcpu_stable {
+	OFFCPU_STABLE_ALL = 1,  /* both stacks: the key is reused whole */
+	OFFCPU_STABLE_USER = 2, /* the user stack (the kernel path varies, as an
+				 * fsync's does): only the kernel stack is taken */
 };
 
 /* Ring-buffer message: a process was sampled for the first time, or

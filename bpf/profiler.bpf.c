@@ -131,9 +131,11 @@ struct {
 struct offcpu_walk {
 	struct offcpu_site_stacks v;
 	/* The last walk from the same place: its stacks and since. */
-	__u64 seen_user, seen_kernel, seen_since;
-	__u32 seen;      /* there was one */
-	__u32 cacheable; /* the stacks may be reused (no Python frames) */
+	__u64 seen_user, seen_kernel, seen_since, seen_since_user;
+	__u32 seen;        /* there was one */
+	__u32 cacheable;   /* the stacks may be reused (no Python frames) */
+	__u32 kernel_only; /* v.key holds the user stack already: take the kernel's */
+	__u32 _pad;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -1445,7 +1447,7 @@ static __always_inline void switch_to(void *ctx, bool preempt, struct task_struc
 	m->nr = site.nr;
 	m->how = site.how;
 	struct offcpu_site_stacks *ss = cacheable ? bpf_map_lookup_elem(&offcpu_sites, &site) : NULL;
-	if (ss && ss->gen == want && ss->stable && now < ss->until) {
+	if (ss && ss->gen == want && (ss->stable & OFFCPU_STABLE_ALL) && now < ss->until) {
 		m->key = ss->key;
 		m->gen = want;
 		m->until = ss->until;
@@ -1465,22 +1467,45 @@ static __always_inline void switch_to(void *ctx, bool preempt, struct task_struc
 		w->seen_user = ss ? ss->key.user_stack : 0;
 		w->seen_kernel = ss ? ss->key.kernel_stack : 0;
 		w->seen_since = ss ? ss->since : 0;
+		w->seen_since_user = ss ? ss->since_user : 0;
+		/* The user stack alone agreed lately (this generation): it is
+		 * reused and only the kernel stack is taken. */
+		w->kernel_only = ss && ss->gen == want && (ss->stable & OFFCPU_STABLE_USER) &&
+				 now < ss->until_user;
+		if (w->kernel_only)
+			w->v.key = ss->key;
 		void *stacks = gen ? (void *)&stacks1 : (void *)&stacks0;
-		/* Skipped: this program and bpf_trace_run, called by __schedule. */
-		capture_key(ctx, &w->v.key, stacks, tgid, tid, 2);
+		if (w->kernel_only) {
+			bool lost = false, map_full = false;
+			/* Skipped: this program and bpf_trace_run, called by __schedule. */
+			w->v.key.kernel_stack =
+				kernel_stacks ? capture(ctx, stacks, 2, 0x6b65726e656cULL, &lost, &map_full) : 0;
+			w->v.key.flags &= ~(SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL);
+			if (lost)
+				w->v.key.flags |= SAMPLE_KERNEL_LOST;
+			if (map_full)
+				w->v.key.flags |= SAMPLE_MAP_FULL;
+		} else {
+			capture_key(ctx, &w->v.key, stacks, tgid, tid, 2);
+		}
 		stat_inc(STAT_OFFCPU_WALKS);
 		announce(tgid);
 		/* Reused once two walks from here agree (in any generation: a
 		 * stack's hash is its frames'), for as long again as walks from
-		 * here have agreed, at least OFFCPU_RECHECK_NS. */
-		bool agree = w->cacheable && w->seen && w->seen_user == w->v.key.user_stack &&
-			     w->seen_kernel == w->v.key.kernel_stack &&
-			     !(w->v.key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
+		 * here have agreed, at least OFFCPU_RECHECK_NS: the whole key
+		 * when both stacks agree, the user stack when it alone does. */
+		bool whole = !(w->v.key.flags & (SAMPLE_USER_LOST | SAMPLE_KERNEL_LOST | SAMPLE_MAP_FULL));
+		bool user = w->cacheable && w->seen && w->seen_user == w->v.key.user_stack &&
+			    !(w->v.key.flags & (SAMPLE_USER_LOST | SAMPLE_MAP_FULL));
+		bool agree = user && whole && w->seen_kernel == w->v.key.kernel_stack;
 		w->v.gen = want;
-		w->v.stable = agree;
+		w->v.stable = (agree ? OFFCPU_STABLE_ALL : 0) | (user ? OFFCPU_STABLE_USER : 0);
 		w->v.since = agree ? w->seen_since : now;
 		__u64 age = now - w->v.since;
 		w->v.until = agree ? now + (age > OFFCPU_RECHECK_NS ? age : OFFCPU_RECHECK_NS) : 0;
+		w->v.since_user = user ? w->seen_since_user : now;
+		age = now - w->v.since_user;
+		w->v.until_user = user ? now + (age > OFFCPU_RECHECK_NS ? age : OFFCPU_RECHECK_NS) : 0;
 		m->key = w->v.key;
 		m->gen = agree ? want : 0;
 		m->until = w->v.until;
