@@ -123,7 +123,22 @@ struct Targeting {
 
 impl Targeting {
     fn learn(&mut self, pid: u32, s: &Settings) {
-        let known = match meta::read_process_meta(std::path::Path::new("/proc"), pid) {
+        let read = meta::read_process_meta(std::path::Path::new("/proc"), pid);
+        // A read that finds less than final labels already hold (no `exe`:
+        // the process is exiting and its memory is gone; or it is gone)
+        // keeps them: a sample late in a process's exit announces it
+        // again, and its last window would lose `exe`. The same pid with
+        // another name is another process.
+        if let Some(Known::Labels(old)) = self.labels.get(&pid) {
+            let less = match &read {
+                Ok(m) => m.exe.is_empty() && old.get("comm").is_none_or(|c| *c == m.comm),
+                Err(_) => true,
+            };
+            if less {
+                return;
+            }
+        }
+        let known = match read {
             Ok(m) => {
                 let l = relabel::apply(&s.rules, &meta::discovery_labels(&m, &s.node));
                 match l {
@@ -686,5 +701,32 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert_eq!(l.get("exe").map(String::as_str), exe.to_str());
         assert!(matches!(t.labels.get(&me), Some(Known::Labels(_))));
+    }
+
+    #[test]
+    fn a_late_read_without_exe_keeps_the_final_labels() {
+        let s = config::Config::default().validate().unwrap();
+        let mut t = Targeting::default();
+        // kthreadd reads without `exe`, as an exiting process does: final
+        // labels that have one (from when it lived) are kept.
+        let held: Labels = [("comm", "kthreadd"), ("exe", "/usr/bin/was-here")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        t.labels.insert(2, Known::Labels(held.clone()));
+        t.learn(2, &s);
+        assert!(matches!(t.labels.get(&2), Some(Known::Labels(l)) if *l == held));
+        // A pid read under another name is another process: read anew.
+        let other: Labels = [("comm", "something-else")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        t.labels.insert(2, Known::Labels(other));
+        t.learn(2, &s);
+        assert!(matches!(t.labels.get(&2), Some(Known::Partial(_))));
+        // Gone: the labels stay.
+        t.labels.insert(u32::MAX - 1, Known::Labels(held.clone()));
+        t.learn(u32::MAX - 1, &s);
+        assert!(matches!(t.labels.get(&(u32::MAX - 1)), Some(Known::Labels(l)) if *l == held));
     }
 }
